@@ -1,0 +1,1169 @@
+//! Configuration: the checked [`Config`] type, its defaults, the TOML file
+//! format and its error messages.
+//!
+//! The file is TOML. Every key is optional (defaults fill the rest) and
+//! unknown keys, at any level, are errors. Durations are strings with a unit
+//! (`"250ms"`, `"5s"`, `"5m"`, `"1h"`), see [`parse_duration`]. The documented
+//! example with every key at its default value is `config/upcased.toml`, which
+//! is exactly what [`Config::to_toml`] prints for [`Config::default`].
+//!
+//! A bad file is reported as `FILE:LINE: KEY: what is wrong: what is expected`,
+//! with the dotted key (`tcp.idle_timeout`), e.g.
+//!
+//! ```text
+//! config/upcased.toml:7: tcp.idle_timeout: invalid duration "5x": expected a whole number followed by ms, s, m or h (e.g. "250ms", "5s", "5m")
+//! ```
+//!
+//! The file is parsed into toml's spanned document tree
+//! ([`toml::de::DeTable`]), which keeps the byte span of every key and value,
+//! and then checked key by key into [`Config`]; so every error message knows
+//! its exact line and key without guessing from the source text (only TOML
+//! syntax errors fall back to reading the key from the offending line).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+use toml::de::{DeString, DeTable, DeValue};
+use toml::Spanned;
+
+use crate::transform::Mode;
+
+/// The address both transports listen on by default: `127.0.0.1:12000`.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 12000));
+
+/// The checked daemon configuration: every field already holds a valid value.
+///
+/// Build it with [`Config::default`], [`Config::from_toml`] or
+/// [`Config::load`]; command-line flags are applied on top by
+/// `cli::DaemonArgs::apply_overrides`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// How replies are upper-cased (`mode`; default `unicode`).
+    pub mode: Mode,
+    /// Log verbosity (`log_level`; default `info`). `RUST_LOG`, when set,
+    /// takes precedence; that is up to the logger setup, not this module.
+    pub log_level: LevelFilter,
+    /// How long a graceful shutdown may take before remaining connections are
+    /// dropped (`shutdown_timeout`; default 5 s).
+    pub shutdown_timeout: Duration,
+    /// The `[tcp]` table.
+    pub tcp: TcpConfig,
+    /// The `[udp]` table.
+    pub udp: UdpConfig,
+}
+
+/// The `[tcp]` table: the stream transport.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpConfig {
+    /// Addresses to listen on; empty turns TCP off
+    /// (default `[127.0.0.1:12000]`).
+    pub listen: Vec<SocketAddr>,
+    /// Listen backlog passed to `listen(2)`, `1..=65535` (default 1024).
+    pub backlog: u32,
+    /// Most simultaneously open client connections (default 10000).
+    pub max_connections: NonZeroUsize,
+    /// Close a connection after this long without activity; `None` (written
+    /// `"0s"`) means never (default 5 min).
+    pub idle_timeout: Option<Duration>,
+    /// Per connection, most bytes of reply waiting to be sent before the
+    /// daemon stops reading from that client (default 65536).
+    pub max_pending_output: NonZeroUsize,
+}
+
+/// The `[udp]` table: the datagram transport.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UdpConfig {
+    /// Addresses to listen on; empty turns UDP off
+    /// (default `[127.0.0.1:12000]`).
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            mode: Mode::Unicode,
+            log_level: LevelFilter::Info,
+            shutdown_timeout: Duration::from_secs(5),
+            tcp: TcpConfig::default(),
+            udp: UdpConfig::default(),
+        }
+    }
+}
+
+impl Default for TcpConfig {
+    fn default() -> TcpConfig {
+        TcpConfig {
+            listen: vec![DEFAULT_LISTEN],
+            backlog: 1024,
+            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
+            idle_timeout: Some(Duration::from_secs(5 * 60)),
+            max_pending_output: NonZeroUsize::new(64 * 1024).expect("non-zero"),
+        }
+    }
+}
+
+impl Default for UdpConfig {
+    fn default() -> UdpConfig {
+        UdpConfig {
+            listen: vec![DEFAULT_LISTEN],
+        }
+    }
+}
+
+/// Why a configuration file could not be used.
+///
+/// Every variant's message names the file; [`ConfigError::Invalid`] and
+/// [`ConfigError::Syntax`] also name the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, permissions, not UTF-8, ...).
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file as given.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A key is unknown, has the wrong type or an invalid value (or the TOML
+    /// is malformed on a line whose key could be recognized).
+    #[error("{}:{line}: {key}: {message}", path.display())]
+    Invalid {
+        /// The file (the `origin` given to [`Config::from_toml`]).
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// The dotted key, e.g. `tcp.idle_timeout`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// The file is not valid TOML and no key could be named.
+    #[error("{}:{line}: {message}", path.display())]
+    Syntax {
+        /// The file (the `origin` given to [`Config::from_toml`]).
+        path: PathBuf,
+        /// 1-based line where the TOML parser gave up.
+        line: usize,
+        /// The TOML parser's message.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses and checks a TOML document; `origin` is only used in error
+    /// messages (normally the file's path).
+    ///
+    /// Missing keys take their defaults; unknown keys, wrong types and invalid
+    /// values are errors naming the line and the dotted key.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let document = match DeTable::parse(text) {
+            Ok(document) => document,
+            Err(error) => return Err(syntax_error(text, origin, &error)),
+        };
+        check_document(document.get_ref()).map_err(|fault| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            line: line_of(text, fault.offset),
+            key: fault.key,
+            message: fault.message,
+        })
+    }
+
+    /// Reads the file at `path` and parses it with [`Config::from_toml`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// The effective config as TOML text, every key present, with the same
+    /// layout and one-line comments as `config/upcased.toml` (for the default
+    /// config it is exactly that file). It parses back with
+    /// [`Config::from_toml`] to an equal `Config` (durations are written in
+    /// whole milliseconds, see [`format_duration`]).
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: &str| {
+            out.push_str(s);
+            out.push('\n');
+        };
+        line("# upcased configuration (TOML).");
+        line("#");
+        line("# Every key is optional: a missing key takes its built-in default (the example");
+        line("# config/upcased.toml lists every default, as does `upcased --check-config`).");
+        line("# Unknown keys are errors. Durations are strings with a unit: \"250ms\", \"5s\",");
+        line("# \"5m\", \"1h\". The flags --tcp, --udp and --mode override this file.");
+        line("");
+        line("# How replies are upper-cased: \"unicode\" (full Unicode mapping) or \"ascii\" (a-z only).");
+        line(&format!("mode = {}", quote(self.mode.as_str())));
+        line("# Log verbosity: off, error, warn, info, debug or trace (RUST_LOG overrides it).");
+        line(&format!(
+            "log_level = {}",
+            quote(level_name(self.log_level))
+        ));
+        line("# Graceful shutdown (SIGTERM/SIGINT) waits at most this long for connections to finish.");
+        line(&format!(
+            "shutdown_timeout = {}",
+            quote(&format_duration(self.shutdown_timeout))
+        ));
+        line("");
+        line("[tcp]");
+        line("# TCP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns TCP off.");
+        line(&format!("listen = {}", address_list(&self.tcp.listen)));
+        line("# Listen backlog: connections the kernel queues before they are accepted (1-65535).");
+        line(&format!("backlog = {}", self.tcp.backlog));
+        line("# Most client connections open at the same time.");
+        line(&format!("max_connections = {}", self.tcp.max_connections));
+        line("# Close a connection idle for this long; \"0s\" = never.");
+        line(&format!(
+            "idle_timeout = {}",
+            quote(&format_duration(
+                self.tcp.idle_timeout.unwrap_or(Duration::ZERO)
+            ))
+        ));
+        line("# Per connection, most bytes of reply not yet sent before reading pauses (or \"64KiB\").");
+        line(&format!(
+            "max_pending_output = {}",
+            self.tcp.max_pending_output
+        ));
+        line("");
+        line("[udp]");
+        line("# UDP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns UDP off.");
+        line(&format!("listen = {}", address_list(&self.udp.listen)));
+        out
+    }
+}
+
+/// The message for every malformed duration.
+const DURATION_EXPECTED: &str =
+    "expected a whole number followed by ms, s, m or h (e.g. \"250ms\", \"5s\", \"5m\")";
+
+/// Parses a duration written as a whole number followed by a unit: `ms`,
+/// `s`, `m` or `h` (`"250ms"`, `"5s"`, `"5m"`, `"1h"`, `"0s"`).
+///
+/// Rejected: a missing or unknown unit (`"5"`, `"5x"`), signs (`"-1s"`),
+/// fractions (`"1.5s"`; write `"1500ms"`), spaces, the empty string and
+/// values too large for a [`Duration`]. The error text is complete, e.g.
+/// `invalid duration "5x": expected a whole number followed by ms, s, m or h (e.g. "250ms", "5s", "5m")`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(digits_end);
+    let invalid = || format!("invalid duration {s:?}: {DURATION_EXPECTED}");
+    let scale: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let too_large = || format!("invalid duration {s:?}: too large");
+    let number: u64 = digits.parse().map_err(|_| too_large())?;
+    let millis = number.checked_mul(scale).ok_or_else(too_large)?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// Formats a duration in the largest unit that represents it exactly, in the
+/// syntax [`parse_duration`] reads: 300 s -> `"5m"`, 1500 ms -> `"1500ms"`,
+/// 2 h -> `"2h"`, zero -> `"0s"`. Parts below a millisecond are dropped.
+pub fn format_duration(d: Duration) -> String {
+    let millis = d.as_millis();
+    if millis == 0 {
+        return "0s".to_owned();
+    }
+    for (scale, unit) in [(3_600_000, "h"), (60_000, "m"), (1_000, "s")] {
+        if millis % scale == 0 {
+            return format!("{}{unit}", millis / scale);
+        }
+    }
+    format!("{millis}ms")
+}
+
+/// Parses a byte size: a whole number, optionally followed by `B`, `KiB`,
+/// `MiB` or `GiB` (`"4096"`, `"512B"`, `"64KiB"`, `"1MiB"`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(digits_end);
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => 0,
+    };
+    if digits.is_empty() || scale == 0 {
+        return Err(format!(
+            "invalid size {s:?}: expected a whole number of bytes, optionally followed by B, KiB, MiB or GiB (e.g. 65536, \"64KiB\", \"1MiB\")"
+        ));
+    }
+    let too_large = || format!("invalid size {s:?}: too large");
+    let number: u64 = digits.parse().map_err(|_| too_large())?;
+    number.checked_mul(scale).ok_or_else(too_large)
+}
+
+/// The config-file name of a log level (lower case).
+fn level_name(level: LevelFilter) -> &'static str {
+    match level {
+        LevelFilter::Off => "off",
+        LevelFilter::Error => "error",
+        LevelFilter::Warn => "warn",
+        LevelFilter::Info => "info",
+        LevelFilter::Debug => "debug",
+        LevelFilter::Trace => "trace",
+    }
+}
+
+/// Parses a config-file log level name (lower case only, like `mode`).
+fn parse_level(s: &str) -> Result<LevelFilter, String> {
+    [
+        LevelFilter::Off,
+        LevelFilter::Error,
+        LevelFilter::Warn,
+        LevelFilter::Info,
+        LevelFilter::Debug,
+        LevelFilter::Trace,
+    ]
+    .into_iter()
+    .find(|&level| level_name(level) == s)
+    .ok_or_else(|| {
+        format!("unknown log level {s:?}: expected one of off, error, warn, info, debug, trace")
+    })
+}
+
+/// Parses one listen address (IP:PORT; host names are not resolved).
+fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(s).map_err(|_| {
+        format!(
+            "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:12000\" or \"[::]:12000\" (host names are not allowed)"
+        )
+    })
+}
+
+/// A TOML basic string literal for `s`.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// A TOML array of address strings.
+fn address_list(addresses: &[SocketAddr]) -> String {
+    let items: Vec<String> = addresses.iter().map(|a| quote(&a.to_string())).collect();
+    format!("[{}]", items.join(", "))
+}
+
+// ---------------------------------------------------------------------------
+// Checking the parsed document.
+
+/// One problem found while checking: where, which key, what.
+struct Fault {
+    /// Byte offset in the source text.
+    offset: usize,
+    /// Dotted key.
+    key: String,
+    /// What is wrong and what is expected.
+    message: String,
+}
+
+type Checked<T> = Result<T, Fault>;
+type Key<'i> = Spanned<DeString<'i>>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+const TOP_KEYS: &[&str] = &["mode", "log_level", "shutdown_timeout", "tcp", "udp"];
+const TCP_KEYS: &[&str] = &[
+    "listen",
+    "backlog",
+    "max_connections",
+    "idle_timeout",
+    "max_pending_output",
+];
+const UDP_KEYS: &[&str] = &["listen"];
+
+fn fault(span: Range<usize>, key: &str, message: String) -> Fault {
+    Fault {
+        offset: span.start,
+        key: key.to_owned(),
+        message,
+    }
+}
+
+/// The table's entries in source order, so the first problem in the file is
+/// the one reported.
+fn entries<'a, 'i>(table: &'a DeTable<'i>) -> Vec<(&'a Key<'i>, &'a Value<'i>)> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    entries
+}
+
+fn unknown_key(key: &Key<'_>, dotted: &str, known: &[&str]) -> Fault {
+    fault(
+        key.span(),
+        dotted,
+        format!("unknown key; expected one of: {}", known.join(", ")),
+    )
+}
+
+/// "a string", "an integer", ... for messages.
+fn type_name(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn wrong_type(value: &Value<'_>, key: &str, expected: &str) -> Fault {
+    fault(
+        value.span(),
+        key,
+        format!("expected {expected}, found {}", type_name(value.get_ref())),
+    )
+}
+
+/// A string value run through `parse`; `expected` describes the accepted
+/// values for the wrong-type message.
+fn string_value<T>(
+    value: &Value<'_>,
+    key: &str,
+    expected: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Checked<T> {
+    match value.get_ref() {
+        DeValue::String(s) => parse(s).map_err(|message| fault(value.span(), key, message)),
+        _ => Err(wrong_type(value, key, expected)),
+    }
+}
+
+fn duration_value(value: &Value<'_>, key: &str) -> Checked<Duration> {
+    string_value(
+        value,
+        key,
+        "a duration string such as \"5s\"",
+        parse_duration,
+    )
+}
+
+/// An integer value within `min..=max`; `expected` describes the range.
+fn integer_value(value: &Value<'_>, key: &str, min: i64, max: i64, expected: &str) -> Checked<i64> {
+    let DeValue::Integer(integer) = value.get_ref() else {
+        return Err(wrong_type(value, key, "an integer"));
+    };
+    let text = integer.as_str();
+    match i64::from_str_radix(text, integer.radix()) {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(fault(
+            value.span(),
+            key,
+            format!("{n} is out of range: expected {expected}"),
+        )),
+        Err(_) => Err(fault(
+            value.span(),
+            key,
+            format!("{text} is out of range: expected {expected}"),
+        )),
+    }
+}
+
+fn table_value<'a, 'i>(value: &'a Value<'i>, key: &str) -> Checked<&'a DeTable<'i>> {
+    match value.get_ref() {
+        DeValue::Table(table) => Ok(table),
+        _ => Err(wrong_type(value, key, "a table")),
+    }
+}
+
+fn listen_value(value: &Value<'_>, key: &str) -> Checked<Vec<SocketAddr>> {
+    let DeValue::Array(items) = value.get_ref() else {
+        return Err(wrong_type(
+            value,
+            key,
+            "an array of addresses such as [\"127.0.0.1:12000\"]",
+        ));
+    };
+    items
+        .iter()
+        .map(|item| {
+            string_value(
+                item,
+                key,
+                "an address string such as \"127.0.0.1:12000\"",
+                parse_address,
+            )
+        })
+        .collect()
+}
+
+fn check_document(table: &DeTable<'_>) -> Checked<Config> {
+    let mut config = Config::default();
+    for (key, value) in entries(table) {
+        match key.get_ref().as_ref() {
+            "mode" => {
+                config.mode = string_value(
+                    value,
+                    "mode",
+                    "a string (\"ascii\" or \"unicode\")",
+                    Mode::from_str,
+                )?;
+            }
+            "log_level" => {
+                config.log_level = string_value(
+                    value,
+                    "log_level",
+                    "a string (off, error, warn, info, debug or trace)",
+                    parse_level,
+                )?;
+            }
+            "shutdown_timeout" => {
+                config.shutdown_timeout = duration_value(value, "shutdown_timeout")?;
+            }
+            "tcp" => check_tcp(table_value(value, "tcp")?, &mut config.tcp)?,
+            "udp" => check_udp(table_value(value, "udp")?, &mut config.udp)?,
+            other => return Err(unknown_key(key, other, TOP_KEYS)),
+        }
+    }
+    Ok(config)
+}
+
+fn check_tcp(table: &DeTable<'_>, tcp: &mut TcpConfig) -> Checked<()> {
+    for (key, value) in entries(table) {
+        match key.get_ref().as_ref() {
+            "listen" => tcp.listen = listen_value(value, "tcp.listen")?,
+            "backlog" => {
+                let n =
+                    integer_value(value, "tcp.backlog", 1, 65535, "an integer from 1 to 65535")?;
+                tcp.backlog = u32::try_from(n).expect("checked range");
+            }
+            "max_connections" => {
+                let key = "tcp.max_connections";
+                let expected = "an integer of at least 1";
+                let n = integer_value(value, key, 1, i64::MAX, expected)?;
+                tcp.max_connections = usize::try_from(n)
+                    .ok()
+                    .and_then(NonZeroUsize::new)
+                    .ok_or_else(|| {
+                        fault(value.span(), key, format!("{n} is out of range: too large"))
+                    })?;
+            }
+            "idle_timeout" => {
+                let d = duration_value(value, "tcp.idle_timeout")?;
+                tcp.idle_timeout = (!d.is_zero()).then_some(d);
+            }
+            "max_pending_output" => {
+                tcp.max_pending_output = check_pending_output(value)?;
+            }
+            other => return Err(unknown_key(key, &format!("tcp.{other}"), TCP_KEYS)),
+        }
+    }
+    Ok(())
+}
+
+fn check_pending_output(value: &Value<'_>) -> Checked<NonZeroUsize> {
+    let key = "tcp.max_pending_output";
+    let expected = "at least 1 byte";
+    let bytes = match value.get_ref() {
+        DeValue::Integer(_) => integer_value(value, key, 1, i64::MAX, expected)? as u64,
+        DeValue::String(s) => {
+            let bytes = parse_size(s).map_err(|message| fault(value.span(), key, message))?;
+            if bytes == 0 {
+                return Err(fault(
+                    value.span(),
+                    key,
+                    format!("{s:?} is out of range: expected {expected}"),
+                ));
+            }
+            bytes
+        }
+        _ => {
+            return Err(wrong_type(
+                value,
+                key,
+                "an integer or a string such as \"64KiB\"",
+            ))
+        }
+    };
+    usize::try_from(bytes)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .ok_or_else(|| fault(value.span(), key, format!("{bytes} bytes is too large")))
+}
+
+fn check_udp(table: &DeTable<'_>, udp: &mut UdpConfig) -> Checked<()> {
+    for (key, value) in entries(table) {
+        match key.get_ref().as_ref() {
+            "listen" => udp.listen = listen_value(value, "udp.listen")?,
+            other => return Err(unknown_key(key, &format!("udp.{other}"), UDP_KEYS)),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Locating errors in the source text.
+
+/// 1-based line number of a byte offset (offsets past the end count as the
+/// last line).
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Turns a TOML syntax error into [`ConfigError::Invalid`] when the offending
+/// line is a `key = ...` line (the key is then prefixed with the last
+/// `[table]` header above it), else into [`ConfigError::Syntax`].
+fn syntax_error(text: &str, origin: &Path, error: &toml::de::Error) -> ConfigError {
+    let offset = error.span().map_or(text.len(), |span| span.start);
+    let line = line_of(text, offset);
+    let message = format!("invalid TOML: {}", error.message().trim_end());
+    match key_on_line(text, line) {
+        Some(key) => ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            line,
+            key,
+            message,
+        },
+        None => ConfigError::Syntax {
+            path: origin.to_path_buf(),
+            line,
+            message,
+        },
+    }
+}
+
+/// A bare (possibly dotted) key: letters, digits, `_`, `-`, `.`.
+fn bare_key(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split('.').map(str::trim).collect();
+    let valid = parts.iter().all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    valid.then(|| parts.join("."))
+}
+
+/// The dotted key defined on 1-based line `line`, best effort: the name in a
+/// `[table]` header on that line, or the `key =` at its start prefixed by the
+/// last `[table]` header above.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let mut header: Option<String> = None;
+    for (index, source_line) in text.lines().enumerate() {
+        let trimmed = source_line.trim_start();
+        let header_name = trimmed.strip_prefix('[').map(|rest| {
+            let rest = rest.strip_prefix('[').unwrap_or(rest);
+            rest.split_once(']').and_then(|(name, _)| bare_key(name))
+        });
+        if index + 1 == line {
+            if let Some(name) = header_name {
+                return name;
+            }
+            let (key, _) = trimmed.split_once('=')?;
+            let key = bare_key(key)?;
+            return Some(match header {
+                Some(header) => format!("{header}.{key}"),
+                None => key,
+            });
+        }
+        if let Some(name) = header_name {
+            header = name;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv6Addr};
+
+    const EXAMPLE: &str = include_str!("../config/upcased.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn non_default() -> Config {
+        Config {
+            mode: Mode::Ascii,
+            log_level: LevelFilter::Trace,
+            shutdown_timeout: Duration::from_millis(1500),
+            tcp: TcpConfig {
+                listen: vec![
+                    "0.0.0.0:7000".parse().unwrap(),
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 7001),
+                ],
+                backlog: 1,
+                max_connections: NonZeroUsize::new(3).unwrap(),
+                idle_timeout: None,
+                max_pending_output: NonZeroUsize::new(1 << 20).unwrap(),
+            },
+            udp: UdpConfig { listen: vec![] },
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.mode, Mode::Unicode);
+        assert_eq!(c.log_level, LevelFilter::Info);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.tcp.listen, vec!["127.0.0.1:12000".parse().unwrap()]);
+        assert_eq!(c.tcp.backlog, 1024);
+        assert_eq!(c.tcp.max_connections.get(), 10_000);
+        assert_eq!(c.tcp.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(c.tcp.max_pending_output.get(), 65536);
+        assert_eq!(c.udp.listen, vec![DEFAULT_LISTEN]);
+    }
+
+    #[test]
+    fn empty_file_is_default() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());
+        assert_eq!(parse("[tcp]\n[udp]\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_file_is_default() {
+        assert_eq!(
+            Config::from_toml(EXAMPLE, Path::new("config/upcased.toml")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn example_file_is_default_to_toml() {
+        // Same layout and comments: the example is the default config's to_toml.
+        assert_eq!(Config::default().to_toml(), EXAMPLE);
+    }
+
+    #[test]
+    fn full_file() {
+        let text = r#"
+mode = "ascii"
+log_level = "trace"
+shutdown_timeout = "1500ms"
+
+[tcp]
+listen = ["0.0.0.0:7000", "[::]:7001"]
+backlog = 1
+max_connections = 3
+idle_timeout = "0s"
+max_pending_output = "1MiB"
+
+[udp]
+listen = []
+"#;
+        assert_eq!(parse(text).unwrap(), non_default());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = parse("[tcp]\nbacklog = 0x10\n").unwrap();
+        assert_eq!(
+            c,
+            Config {
+                tcp: TcpConfig {
+                    backlog: 16,
+                    ..TcpConfig::default()
+                },
+                ..Config::default()
+            }
+        );
+    }
+
+    #[test]
+    fn inline_and_dotted_tables() {
+        let c = parse("tcp = { backlog = 5 }\nudp.listen = []\n").unwrap();
+        assert_eq!(c.tcp.backlog, 5);
+        assert!(c.udp.listen.is_empty());
+    }
+
+    #[test]
+    fn empty_listen_lists_are_allowed() {
+        let c = parse("[tcp]\nlisten = []\n[udp]\nlisten = []\n").unwrap();
+        assert!(c.tcp.listen.is_empty());
+        assert!(c.udp.listen.is_empty());
+        assert_eq!(c.tcp.backlog, 1024);
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        assert_eq!(
+            error("mode = \"ascii\"\nbogus = 1\n"),
+            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, tcp, udp"
+        );
+    }
+
+    #[test]
+    fn unknown_tcp_key() {
+        assert_eq!(
+            error("[tcp]\nbacklog = 5\n\nbogus = true\n"),
+            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output"
+        );
+    }
+
+    #[test]
+    fn unknown_udp_key_in_inline_table() {
+        assert_eq!(
+            error("udp = { listen = [], port = 1 }\n"),
+            "test.toml:1: udp.port: unknown key; expected one of: listen"
+        );
+    }
+
+    #[test]
+    fn unknown_table() {
+        assert_eq!(
+            error("[tcp]\n\n[http]\nlisten = []\n"),
+            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, tcp, udp"
+        );
+        assert_eq!(
+            error("[tcp.extra]\nx = 1\n"),
+            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output"
+        );
+    }
+
+    #[test]
+    fn first_error_in_file_order_wins() {
+        // Keys are checked in source order, not alphabetically.
+        assert_eq!(
+            error("zzz = 1\naaa = 2\n"),
+            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, tcp, udp"
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_eq!(
+            error("[tcp]\nbacklog = \"1024\"\n"),
+            "test.toml:2: tcp.backlog: expected an integer, found a string"
+        );
+        assert_eq!(
+            error("\nmode = 1\n"),
+            "test.toml:2: mode: expected a string (\"ascii\" or \"unicode\"), found an integer"
+        );
+        assert_eq!(
+            error("tcp = 5\n"),
+            "test.toml:1: tcp: expected a table, found an integer"
+        );
+        assert_eq!(
+            error("[[udp]]\nlisten = []\n"),
+            "test.toml:1: udp: expected a table, found an array"
+        );
+        assert_eq!(
+            error("[udp]\nlisten = \"127.0.0.1:1\"\n"),
+            "test.toml:2: udp.listen: expected an array of addresses such as [\"127.0.0.1:12000\"], found a string"
+        );
+        assert_eq!(
+            error("[tcp]\nlisten = [\n  \"127.0.0.1:1\",\n  2,\n]\n"),
+            "test.toml:4: tcp.listen: expected an address string such as \"127.0.0.1:12000\", found an integer"
+        );
+        assert_eq!(
+            error("shutdown_timeout = 5\n"),
+            "test.toml:1: shutdown_timeout: expected a duration string such as \"5s\", found an integer"
+        );
+        assert_eq!(
+            error("[tcp]\nmax_pending_output = true\n"),
+            "test.toml:2: tcp.max_pending_output: expected an integer or a string such as \"64KiB\", found a boolean"
+        );
+        assert_eq!(
+            error("[tcp]\nmax_connections = 1.5\n"),
+            "test.toml:2: tcp.max_connections: expected an integer, found a float"
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        let text = "mode = \"unicode\"\n\n[tcp]\nlisten = [\"127.0.0.1:12000\"]\nbacklog = 1024\n\nidle_timeout = \"5x\"\n";
+        let e = Config::from_toml(text, Path::new("config/upcased.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"config/upcased.toml:7: tcp.idle_timeout: invalid duration "5x": expected a whole number followed by ms, s, m or h (e.g. "250ms", "5s", "5m")"#
+        );
+        assert!(
+            matches!(e, ConfigError::Invalid { line: 7, ref key, .. } if key == "tcp.idle_timeout")
+        );
+        assert_eq!(
+            error("shutdown_timeout = \"-1s\"\n"),
+            r#"test.toml:1: shutdown_timeout: invalid duration "-1s": expected a whole number followed by ms, s, m or h (e.g. "250ms", "5s", "5m")"#
+        );
+    }
+
+    #[test]
+    fn backlog_out_of_range() {
+        assert_eq!(
+            error("[tcp]\nbacklog = 0\n"),
+            "test.toml:2: tcp.backlog: 0 is out of range: expected an integer from 1 to 65535"
+        );
+        assert_eq!(
+            error("[tcp]\nbacklog = 70000\n"),
+            "test.toml:2: tcp.backlog: 70000 is out of range: expected an integer from 1 to 65535"
+        );
+        assert_eq!(
+            parse("[tcp]\nbacklog = 65535\n").unwrap().tcp.backlog,
+            65535
+        );
+    }
+
+    #[test]
+    fn other_ranges() {
+        assert_eq!(
+            error("[tcp]\nmax_connections = 0\n"),
+            "test.toml:2: tcp.max_connections: 0 is out of range: expected an integer of at least 1"
+        );
+        assert_eq!(
+            error("[tcp]\nmax_pending_output = -1\n"),
+            "test.toml:2: tcp.max_pending_output: -1 is out of range: expected at least 1 byte"
+        );
+        assert_eq!(
+            error("[tcp]\nmax_pending_output = \"0KiB\"\n"),
+            "test.toml:2: tcp.max_pending_output: \"0KiB\" is out of range: expected at least 1 byte"
+        );
+        assert_eq!(
+            error("[tcp]\nmax_pending_output = \"64KB\"\n"),
+            "test.toml:2: tcp.max_pending_output: invalid size \"64KB\": expected a whole number of bytes, optionally followed by B, KiB, MiB or GiB (e.g. 65536, \"64KiB\", \"1MiB\")"
+        );
+    }
+
+    #[test]
+    fn max_pending_output_units() {
+        let pending = |v: &str| {
+            parse(&format!("[tcp]\nmax_pending_output = {v}\n"))
+                .unwrap()
+                .tcp
+                .max_pending_output
+                .get()
+        };
+        assert_eq!(pending("\"64KiB\""), 65536);
+        assert_eq!(pending("\"1MiB\""), 1 << 20);
+        assert_eq!(pending("\"512B\""), 512);
+        assert_eq!(pending("\"4096\""), 4096);
+        assert_eq!(pending("100"), 100);
+    }
+
+    #[test]
+    fn bad_address() {
+        assert_eq!(
+            error("[udp]\nlisten = [\"localhost:12000\"]\n"),
+            "test.toml:2: udp.listen: invalid address \"localhost:12000\": expected IP:PORT such as \"127.0.0.1:12000\" or \"[::]:12000\" (host names are not allowed)"
+        );
+        assert!(error("[tcp]\nlisten = [\"127.0.0.1\"]\n")
+            .starts_with("test.toml:2: tcp.listen: invalid address \"127.0.0.1\""));
+    }
+
+    #[test]
+    fn bad_mode() {
+        assert_eq!(
+            error("mode = \"fast\"\n"),
+            "test.toml:1: mode: unknown mode \"fast\": expected \"ascii\" or \"unicode\""
+        );
+    }
+
+    #[test]
+    fn bad_log_level() {
+        assert_eq!(
+            error("\n\nlog_level = \"verbose\"\n"),
+            "test.toml:3: log_level: unknown log level \"verbose\": expected one of off, error, warn, info, debug, trace"
+        );
+        for (name, level) in [
+            ("off", LevelFilter::Off),
+            ("error", LevelFilter::Error),
+            ("warn", LevelFilter::Warn),
+            ("info", LevelFilter::Info),
+            ("debug", LevelFilter::Debug),
+            ("trace", LevelFilter::Trace),
+        ] {
+            let c = parse(&format!("log_level = \"{name}\"")).unwrap();
+            assert_eq!(c.log_level, level);
+        }
+    }
+
+    #[test]
+    fn syntax_error_without_key() {
+        let e = parse("mode = \"ascii\"\n[tcp\nbacklog = 1\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with("test.toml:2: invalid TOML: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_with_key() {
+        let e = parse("[tcp]\nbacklog = 1\nidle_timeout = 5m\n").unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "tcp.idle_timeout"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("test.toml:3: tcp.idle_timeout: invalid TOML: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_key_is_an_error() {
+        let e = error("[tcp]\nbacklog = 1\nbacklog = 2\n");
+        assert!(
+            e.starts_with("test.toml:3: tcp.backlog: invalid TOML: "),
+            "{e}"
+        );
+        let e = error("[udp]\n\n[udp]\n");
+        assert!(e.starts_with("test.toml:3: udp: invalid TOML: "), "{e}");
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let path = std::env::temp_dir().join(format!(
+            "upcased-config-test-{}-missing.toml",
+            std::process::id()
+        ));
+        let e = Config::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        let text = e.to_string();
+        let prefix = format!("cannot read config file {}: ", path.display());
+        assert!(text.starts_with(&prefix), "{text}");
+        assert!(text.len() > prefix.len(), "{text}");
+    }
+
+    #[test]
+    fn load_reads_the_file() {
+        let path = std::env::temp_dir().join(format!(
+            "upcased-config-test-{}-load.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, "mode = \"ascii\"\n[tcp]\nbacklog = 0\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            e,
+            format!(
+                "{}:3: tcp.backlog: 0 is out of range: expected an integer from 1 to 65535",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        for config in [Config::default(), non_default()] {
+            let text = config.to_toml();
+            assert_eq!(parse(&text).unwrap(), config, "{text}");
+        }
+        let text = non_default().to_toml();
+        assert!(
+            text.contains("listen = [\"0.0.0.0:7000\", \"[::]:7001\"]\n"),
+            "{text}"
+        );
+        assert!(text.contains("idle_timeout = \"0s\"\n"), "{text}");
+        assert!(text.contains("shutdown_timeout = \"1500ms\"\n"), "{text}");
+        assert!(text.contains("[udp]\n# "), "{text}");
+        assert!(text.ends_with("listen = []\n"), "{text}");
+    }
+
+    #[test]
+    fn to_toml_has_a_comment_above_every_key() {
+        let text = Config::default().to_toml();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut keys = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                keys += 1;
+                assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
+            }
+        }
+        assert_eq!(keys, 9);
+    }
+
+    #[test]
+    fn parse_duration_accepts() {
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("007s"), Ok(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn parse_duration_rejects() {
+        for bad in [
+            "5", "5x", "-1s", "", "1.5s", "s", "5 s", " 5s", "5s ", "5S", "+5s", "5ms5",
+        ] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(format!("invalid duration {bad:?}: {DURATION_EXPECTED}")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_duration("99999999999999999999s"),
+            Err("invalid duration \"99999999999999999999s\": too large".to_owned())
+        );
+        assert_eq!(
+            parse_duration("18446744073709551615h"),
+            Err("invalid duration \"18446744073709551615h\": too large".to_owned())
+        );
+    }
+
+    #[test]
+    fn format_duration_cases() {
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1ms");
+        for s in ["0s", "250ms", "1500ms", "5s", "5m", "1h", "90m"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+        }
+    }
+
+    #[test]
+    fn parse_size_cases() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        for bad in ["", "KiB", "64kib", "64 KiB", "1.5MiB", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_on_line_cases() {
+        let text = "a = 1\n[tcp]\n x . y = 2\n[[udp]]\nlisten = [\n\"q\" = 1\n";
+        assert_eq!(key_on_line(text, 1).as_deref(), Some("a"));
+        assert_eq!(key_on_line(text, 2).as_deref(), Some("tcp"));
+        assert_eq!(key_on_line(text, 3).as_deref(), Some("tcp.x.y"));
+        assert_eq!(key_on_line(text, 5).as_deref(), Some("udp.listen"));
+        assert_eq!(key_on_line(text, 6), None);
+        assert_eq!(key_on_line(text, 99), None);
+    }
+}
