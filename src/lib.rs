@@ -1,5 +1,31 @@
-//! upcase: the uppercase service (see the layout once the server lands).
+//! upcase: the textbook "send a line, get it back in upper case" exercise,
+//! made into a daemon (`upcased`) that serves TCP and UDP from one thread.
+//!
+//! # Layout
+//!
+//! - [`transform`]: the uppercase transform, pure (bytes in, bytes out); the
+//!   streaming form carries a UTF-8 character split across reads.
+//! - [`config`]: the TOML file parsed into a file type, then validated into
+//!   [`config::Config`], whose fields are already-checked types.
+//! - [`cli`]: the command-line definitions (clap), shared by the binary and
+//!   the man pages.
+//! - [`server`]: the event loop. `server/mod.rs` owns the one `mio::Poll`
+//!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams),
+//!   `conn.rs` (one client: read, transform, write, back-pressure,
+//!   half-close), `buffers.rs` (the buffers all clients share), `stats.rs`
+//!   (counters).
+//! - [`signals`]: the only module that knows signal-hook; signals arrive as
+//!   one more token in the poll.
+//! - [`systemd`]: the sd_notify messages (ready, stopping).
+//! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
+//!
+//! Binaries in `src/bin/` stay thin: parse arguments, set up logging, run,
+//! map errors to exit codes.
 
 pub mod cli;
 pub mod config;
+pub mod logging;
+pub mod server;
+pub mod signals;
+pub mod systemd;
 pub mod transform;

@@ -1,0 +1,47 @@
+//! `upcased`: the daemon. Parses arguments, sets up logging, runs the server,
+//! and maps what went wrong to the exit codes of the contract:
+//! 0 clean shutdown, 1 runtime failure, 2 bad usage or config.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::error;
+
+use upcase::cli::DaemonArgs;
+use upcase::server::{Server, ServerError};
+
+fn main() -> ExitCode {
+    // clap exits with 2 on bad usage, 0 for --help and --version.
+    let args = DaemonArgs::parse();
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("upcased: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let logs = upcase::logging::init(config.log_level);
+    let result = Server::bind(config).and_then(|mut server| {
+        server.handle_signals()?;
+        server.set_reloader(Box::new(move || {
+            let config = args.resolve().map_err(|e| e.to_string())?;
+            logs.set_level(config.log_level);
+            Ok(config)
+        }));
+        server.run()
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            match e {
+                ServerError::NothingToServe => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Buffers shared by every client of the loop.
+//!
+//! One thread serves every client, so one read buffer and one scratch buffer
+//! serve them all: a connection borrows them for one call and keeps nothing.
+//! Only replies the kernel refused need a buffer of their own; those come from
+//! a small pool and go back to it when they drain.
+
+use crate::server::stats::Counters;
+
+/// Size of the shared read buffer: one `read`/`recv_from` takes at most this
+/// much. 64 KiB holds the largest UDP datagram (65,507 bytes over IPv4,
+/// 65,527 over IPv6) whole.
+pub const READ_BUF_SIZE: usize = 64 * 1024;
+
+/// Everything a handler may borrow from the loop for one call.
+#[derive(Debug)]
+pub struct Shared {
+    /// Where the kernel's bytes land.
+    pub read_buf: Box<[u8]>,
+    /// Where the transform writes before the reply is sent.
+    pub scratch: Vec<u8>,
+    /// Output buffers for connections whose replies the kernel refused.
+    pub pool: BufPool,
+    /// Reading from a connection pauses while its pending output is at least this.
+    pub max_pending_output: usize,
+    /// What the daemon counts (logged on SIGUSR1 and at shutdown).
+    pub counters: Counters,
+}
+
+impl Shared {
+    /// Buffers for a loop whose connections may queue `max_pending_output` bytes.
+    pub fn new(max_pending_output: usize) -> Shared {
+        Shared {
+            read_buf: vec![0; READ_BUF_SIZE].into_boxed_slice(),
+            scratch: Vec::with_capacity(READ_BUF_SIZE),
+            pool: BufPool::default(),
+            max_pending_output,
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// A free list of output buffers, so the hot path does not allocate.
+#[derive(Debug, Default)]
+pub struct BufPool {
+    /// Empty buffers with their capacity kept.
+    free: Vec<Vec<u8>>,
+}
+
+/// How many free buffers the pool keeps; more are freed. Enough for the
+/// connections that are slow readers at one moment, not for all of them.
+const POOL_KEEP: usize = 256;
+
+/// A buffer that grew past this (a client that stalled with a large backlog)
+/// is freed rather than kept, so the pool does not pin the peak forever.
+const POOL_MAX_CAPACITY: usize = 256 * 1024;
+
+impl BufPool {
+    /// An empty buffer, reused when one is free.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    /// Returns a buffer; its contents are dropped.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > POOL_MAX_CAPACITY || self.free.len() >= POOL_KEEP
+        {
+            return;
+        }
+        buf.clear();
+        self.free.push(buf);
+    }
+}

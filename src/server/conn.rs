@@ -1,0 +1,328 @@
+//! One accepted TCP client: its socket, its streaming transform and the
+//! replies the kernel has not taken yet.
+//!
+//! A `Connection` never touches the slab, the registry or another client. The
+//! loop lends it the shared buffers (`Shared`) for the duration of one call
+//! and it answers with a [`Status`]: keep it, call it again soon (its work
+//! budget ran out), or close it (and why).
+//!
+//! Data flow for one read: the kernel's bytes land in the shared read buffer,
+//! are transformed into the shared scratch buffer and written at once. Only
+//! what the kernel refuses is copied into the connection's own output buffer,
+//! which comes from a pool and goes back to it as soon as it drains, so an
+//! idle connection holds no buffer at all.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+
+use mio::net::TcpStream;
+
+use crate::server::buffers::Shared;
+use crate::transform::{Mode, Upcaser};
+
+/// Reads one connection may do per turn before the others get theirs. With
+/// the 64 KiB read buffer that is up to 256 KiB per turn: large enough that a
+/// bulk transfer costs few wake-ups, small enough that one fast client cannot
+/// starve thousands of others.
+const READS_PER_TURN: usize = 4;
+
+/// What the loop should do with a connection after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Nothing more to do until the next readiness event.
+    Waiting,
+    /// The work budget ran out with input still waiting in the kernel: call
+    /// `run` again on the next turn of the loop (no event will come for it).
+    Yielded,
+    /// The connection is finished; drop it.
+    Closed(Close),
+}
+
+/// Why a connection ended; each reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client shut down its side and every reply was delivered to the kernel.
+    Done,
+    /// The client reset the connection or vanished (ECONNRESET, EPIPE).
+    Reset,
+    /// Any other socket error.
+    Error,
+}
+
+/// Where the input side of a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Normal service: read, transform, reply.
+    Open,
+    /// Graceful shutdown began: answer this many more bytes, which the
+    /// kernel had already received when it began, then stop. (Reading until
+    /// `WouldBlock` instead would never end against a client that keeps
+    /// sending faster than we drain.)
+    Draining(usize),
+    /// Shutting down and answered: read and drop further input until the
+    /// client's EOF, so that closing never meets unread data (which would
+    /// make the kernel send an RST and destroy replies in flight).
+    Discarding,
+    /// The client sent EOF.
+    Eof,
+}
+
+/// One accepted client.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket, registered once for READABLE | WRITABLE (edge-triggered).
+    stream: TcpStream,
+    /// The client's address, for logs.
+    peer: SocketAddr,
+    /// The streaming transform; carries at most 3 bytes of a split UTF-8 character.
+    upcaser: Upcaser,
+    /// Replies the kernel has not accepted yet: `out[sent..]`. Empty with no
+    /// capacity while nothing is pending (the buffer is back in the pool).
+    out: Vec<u8>,
+    /// How much of `out` has been written.
+    sent: usize,
+    /// The kernel may hold input we have not read yet: the last read did not
+    /// end in `WouldBlock` (reading was paused or the budget ran out). With
+    /// edge-triggered readiness no new event comes for that data, so this
+    /// flag is what resumes reading.
+    readable: bool,
+    /// State of the input side.
+    input: Input,
+}
+
+impl Connection {
+    /// Wraps a freshly accepted socket.
+    pub fn new(stream: TcpStream, peer: SocketAddr, mode: Mode) -> Connection {
+        Connection {
+            stream,
+            peer,
+            upcaser: Upcaser::new(mode),
+            out: Vec::new(),
+            sent: 0,
+            // A client may have sent data before we accepted it: try at once.
+            readable: true,
+            input: Input::Open,
+        }
+    }
+
+    /// The socket, for (de)registration by the loop.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Bytes of replies waiting for the kernel to take them.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// A readiness event arrived. Whatever it says, the connection tries what
+    /// it can: reads until `WouldBlock` (or its budget), writes what is pending.
+    pub fn ready(&mut self, readable: bool, shared: &mut Shared) -> Status {
+        if readable {
+            self.readable = true;
+        }
+        self.run(shared)
+    }
+
+    /// Begin graceful shutdown: answer the input the kernel already holds,
+    /// then stop reading it, flush, and half-close.
+    pub fn begin_shutdown(&mut self, shared: &mut Shared) -> Status {
+        if self.input == Input::Open {
+            match received_unread(&self.stream) {
+                Ok(0) => self.input = Input::Draining(0),
+                Ok(n) => {
+                    self.input = Input::Draining(n);
+                    // The bytes may have arrived after the last WouldBlock,
+                    // their event not yet processed.
+                    self.readable = true;
+                }
+                Err(e) => return Status::Closed(classify(&e)),
+            }
+        }
+        self.run(shared)
+    }
+
+    /// One turn of work: flush, read and reply within the budget, then see
+    /// whether the connection is finished.
+    pub fn run(&mut self, shared: &mut Shared) -> Status {
+        match self.turn(shared) {
+            Ok(status) => status,
+            Err(e) => Status::Closed(classify(&e)),
+        }
+    }
+
+    fn turn(&mut self, shared: &mut Shared) -> io::Result<Status> {
+        if self.pending_output() > 0 {
+            self.flush(shared)?;
+        }
+        if self.input == Input::Draining(0) {
+            // Everything received before the shutdown is answered (a split
+            // character at the very end passes through as it is).
+            self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
+            self.input = Input::Discarding;
+        }
+        let cap = shared.max_pending_output;
+        let mut reads = 0;
+        while self.readable && self.input != Input::Eof {
+            if self.pending_output() >= cap {
+                // Back-pressure: the client is not reading its replies. Leave
+                // its input in the kernel, so TCP flow control slows it down;
+                // the WRITABLE event that follows a drain resumes us.
+                break;
+            }
+            if reads == READS_PER_TURN {
+                return Ok(Status::Yielded);
+            }
+            reads += 1;
+            // Never read more than the output cap allows: the pending output
+            // stays below cap + one read (times the mode's growth).
+            let mut len = shared.read_buf.len().min(cap);
+            if let Input::Draining(left) = self.input {
+                len = len.min(left);
+            }
+            match self.stream.read(&mut shared.read_buf[..len]) {
+                Ok(0) => {
+                    self.readable = false;
+                    if self.input != Input::Discarding {
+                        self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
+                    }
+                    self.input = Input::Eof;
+                }
+                Ok(n) => {
+                    shared.counters.bytes_in += n as u64;
+                    if self.input != Input::Discarding {
+                        self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out))?;
+                    }
+                    if let Input::Draining(left) = self.input {
+                        let left = left.saturating_sub(n);
+                        self.input = Input::Draining(left);
+                        if left == 0 {
+                            self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
+                            self.input = Input::Discarding;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    if let Input::Draining(_) = self.input {
+                        // Fewer bytes than counted (cannot happen with TCP,
+                        // but a count is no promise): what there was is answered.
+                        self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
+                        self.input = Input::Discarding;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.pending_output() == 0 {
+            match self.input {
+                Input::Eof => {
+                    // Half-close done right: every reply is with the kernel,
+                    // which delivers it before the FIN. The client's input is
+                    // fully read, so closing sends no RST.
+                    shutdown_write(&self.stream)?;
+                    return Ok(Status::Closed(Close::Done));
+                }
+                Input::Discarding => {
+                    // Our FIN tells the client we are done; we keep reading
+                    // (and dropping) until its EOF or the shutdown deadline.
+                    shutdown_write(&self.stream)?;
+                }
+                Input::Open | Input::Draining(_) => {}
+            }
+        }
+        Ok(Status::Waiting)
+    }
+
+    /// Produces replies with `produce` and sends them: written at once from
+    /// the shared scratch buffer when nothing is queued before them, appended
+    /// to the queue otherwise (order is preserved).
+    fn reply<F>(&mut self, shared: &mut Shared, produce: F) -> io::Result<()>
+    where
+        F: FnOnce(&mut Upcaser, &[u8], &mut Vec<u8>),
+    {
+        if self.pending_output() > 0 {
+            produce(&mut self.upcaser, &shared.read_buf, &mut self.out);
+            return self.flush(shared);
+        }
+        let scratch = &mut shared.scratch;
+        scratch.clear();
+        produce(&mut self.upcaser, &shared.read_buf, scratch);
+        let written = write_all_nonblocking(&mut self.stream, scratch)?;
+        shared.counters.bytes_out += written as u64;
+        if written < scratch.len() {
+            self.out = shared.pool.take();
+            self.out.extend_from_slice(&scratch[written..]);
+            self.sent = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes pending output until it is gone or the kernel refuses more.
+    fn flush(&mut self, shared: &mut Shared) -> io::Result<()> {
+        let written = write_all_nonblocking(&mut self.stream, &self.out[self.sent..])?;
+        shared.counters.bytes_out += written as u64;
+        self.sent += written;
+        if self.sent == self.out.len() {
+            shared.pool.give(std::mem::take(&mut self.out));
+            self.sent = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Writes as much of `data` as the kernel takes without blocking; returns how
+/// much that was. Stops at `WouldBlock`, retries `Interrupted`.
+fn write_all_nonblocking(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// Bytes the kernel has received on this socket that we have not read yet
+/// (`FIONREAD`, also known as `SIOCINQ`).
+fn received_unread(stream: &TcpStream) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid
+    // for the duration of the call; the descriptor is owned by `stream`.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Sends our FIN. `NotConnected` means the peer is already gone, which is
+/// no reason to count an error.
+fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    match stream.shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A peer that resets or vanishes is a normal end, not a server error.
+fn classify(e: &io::Error) -> Close {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::NotConnected => Close::Reset,
+        _ => Close::Error,
+    }
+}

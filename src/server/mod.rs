@@ -1,0 +1,628 @@
+//! The event loop: one thread, one `mio::Poll`, every socket of the daemon.
+//!
+//! This module owns the only `poll()` call and every (re)registration.
+//! Readiness events are dispatched by token to small handlers:
+//!
+//! ```text
+//! SIGNALS            -> shutdown / reload / counters      (signals.rs)
+//! WAKER              -> shutdown asked by a Handle        (tests, embedders)
+//! listener i         -> accept until WouldBlock -> slab   (tcp.rs)
+//! udp i              -> recv_from, transform, send_to     (udp.rs)
+//! conn_base + key    -> read, transform, write            (conn.rs)
+//! poll timeout       -> idle timeouts, accept back-off, shutdown deadline
+//! ```
+//!
+//! Every handler works under edge-triggered readiness: it keeps going until
+//! `WouldBlock` or until its per-turn budget runs out; in the latter case its
+//! token goes on the `again` list and the next poll does not wait, so one busy
+//! client cannot starve the rest and no work is forgotten.
+
+mod buffers;
+mod conn;
+mod idle;
+mod stats;
+mod tcp;
+mod udp;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::signals::{Request, Signals};
+use buffers::Shared;
+use conn::{Close, Connection, Status};
+use idle::{IdleList, Link, Linked};
+pub use stats::Counters;
+
+const SIGNALS: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Tokens from here on are listeners, then UDP sockets, then connections.
+const FIRST_SOCKET: usize = 2;
+
+/// Capacity of the events array: how many readiness events one `poll` returns.
+const EVENTS_CAPACITY: usize = 1024;
+/// Connections one listener may accept per turn.
+const ACCEPTS_PER_TURN: usize = 256;
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listen address could not be bound (in use, not local, no permission...).
+    #[error("cannot bind {proto}://{addr}: {source}")]
+    Bind {
+        /// "tcp" or "udp".
+        proto: &'static str,
+        /// The address from the config.
+        addr: SocketAddr,
+        /// The OS reason.
+        source: io::Error,
+    },
+    /// Both listen lists are empty: there is nothing to serve.
+    #[error("nothing to listen on: [tcp] listen and [udp] listen are both empty")]
+    NothingToServe,
+    /// The poll, waker or signal handlers could not be set up.
+    #[error("cannot set up the event loop: {0}")]
+    Setup(#[source] io::Error),
+    /// `poll` itself failed (not `EINTR`, which is retried).
+    #[error("poll failed: {0}")]
+    Poll(#[source] io::Error),
+    /// A second SIGTERM/SIGINT arrived during the graceful shutdown.
+    #[error("second shutdown signal: exited at once, {0} connections cut")]
+    Interrupted(usize),
+}
+
+/// Re-reads the configuration on SIGHUP; an `Err` carries the message to log.
+pub type Reloader = Box<dyn FnMut() -> Result<Config, String> + Send>;
+
+/// Asks a running server to shut down gracefully, from any thread.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Handle {
+    /// The same graceful shutdown as SIGTERM.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            error!("cannot wake the event loop: {e}");
+        }
+    }
+}
+
+/// A connection and the loop's bookkeeping for it.
+#[derive(Debug)]
+struct Slot {
+    conn: Connection,
+    /// When bytes last moved in either direction.
+    last_active: Instant,
+    /// Its place in the list of connections by last activity.
+    link: Link,
+}
+
+impl Linked for Slot {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+}
+
+/// The daemon: bound sockets and the loop that serves them.
+pub struct Server {
+    poll: Poll,
+    config: Config,
+    listeners: Vec<tcp::Listener>,
+    udp: Vec<udp::Endpoint>,
+    conns: Slab<Slot>,
+    /// Token of slab key 0.
+    conn_base: usize,
+    shared: Shared,
+    signals: Option<Signals>,
+    reloader: Option<Reloader>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    /// Tokens whose handler ran out of budget: served again next turn.
+    again: Vec<Token>,
+    /// Every connection, the one idle the longest first.
+    idle: IdleList,
+    /// The connection limit is reached: accepting waits for a slot.
+    at_limit: bool,
+    /// Out of file descriptors: accepting waits until then.
+    accept_backoff: Option<Instant>,
+    /// When the last "out of file descriptors" warning was logged.
+    last_fd_warning: Option<Instant>,
+    /// Graceful shutdown is under way; connections are cut at this instant.
+    deadline: Option<Instant>,
+}
+
+impl Server {
+    /// Binds every configured socket (the addresses are logged by `run`).
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        if config.tcp.listen.is_empty() && config.udp.listen.is_empty() {
+            return Err(ServerError::NothingToServe);
+        }
+        let poll = Poll::new().map_err(ServerError::Setup)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?);
+        let mut listeners = Vec::new();
+        for &addr in &config.tcp.listen {
+            let listener =
+                tcp::bind(addr, config.tcp.backlog).map_err(|source| ServerError::Bind {
+                    proto: "tcp",
+                    addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        let mut udp = Vec::new();
+        for &addr in &config.udp.listen {
+            let endpoint = udp::bind(addr).map_err(|source| ServerError::Bind {
+                proto: "udp",
+                addr,
+                source,
+            })?;
+            udp.push(endpoint);
+        }
+        let registry = poll.registry();
+        for (i, l) in listeners.iter_mut().enumerate() {
+            registry
+                .register(&mut l.socket, Token(FIRST_SOCKET + i), Interest::READABLE)
+                .map_err(ServerError::Setup)?;
+        }
+        for (i, u) in udp.iter_mut().enumerate() {
+            registry
+                .register(
+                    &mut u.socket,
+                    Token(FIRST_SOCKET + listeners.len() + i),
+                    Interest::READABLE,
+                )
+                .map_err(ServerError::Setup)?;
+        }
+        let conn_base = FIRST_SOCKET + listeners.len() + udp.len();
+        let shared = Shared::new(config.tcp.max_pending_output.get());
+        Ok(Server {
+            poll,
+            config,
+            listeners,
+            udp,
+            conns: Slab::new(),
+            conn_base,
+            shared,
+            signals: None,
+            reloader: None,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            again: Vec::new(),
+            idle: IdleList::default(),
+            at_limit: false,
+            accept_backoff: None,
+            last_fd_warning: None,
+            deadline: None,
+        })
+    }
+
+    /// Handles SIGTERM, SIGINT, SIGHUP and SIGUSR1 in the loop. Only the
+    /// binary does this: a library user (or a test) keeps its own signals.
+    pub fn handle_signals(&mut self) -> Result<(), ServerError> {
+        let mut signals = Signals::new().map_err(ServerError::Setup)?;
+        signals
+            .register(self.poll.registry(), SIGNALS)
+            .map_err(ServerError::Setup)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// What SIGHUP calls to get the new configuration.
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reloader = Some(reloader);
+    }
+
+    /// A handle that stops this server gracefully from another thread.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            waker: Arc::clone(&self.waker),
+            stop: Arc::clone(&self.stop),
+        }
+    }
+
+    /// The bound TCP addresses (port 0 resolved).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// The bound UDP addresses (port 0 resolved).
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp.iter().map(|u| u.addr).collect()
+    }
+
+    /// Serves until a graceful shutdown completes (or is cut at its deadline).
+    ///
+    /// Logs `listening on PROTO://ADDR` for every socket, with the real
+    /// address, and tells systemd it is ready: only here, once signal
+    /// handlers are in place, so whoever reacts to those lines (a test, a
+    /// script, systemd) can already signal the daemon safely.
+    pub fn run(mut self) -> Result<Counters, ServerError> {
+        for l in &self.listeners {
+            info!("listening on tcp://{}", l.addr);
+        }
+        for u in &self.udp {
+            info!("listening on udp://{}", u.addr);
+        }
+        if let Err(e) = crate::systemd::notify("READY=1") {
+            warn!("cannot notify the service manager: {e}");
+        }
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut again = Vec::new();
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    // A signal arrived during the wait; its own event follows.
+                    continue;
+                }
+                return Err(ServerError::Poll(e));
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                // An error or hang-up is worth a read: it reports the cause
+                // (or the EOF) in order, after the data before it.
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                self.dispatch(event.token(), readable, now)?;
+            }
+            std::mem::swap(&mut again, &mut self.again);
+            for token in again.drain(..) {
+                self.dispatch(token, false, now)?;
+            }
+            self.expire(now);
+            if let Some(deadline) = self.deadline {
+                if self.conns.is_empty() {
+                    info!("shutdown complete; {}", self.shared.counters);
+                    return Ok(self.shared.counters.clone());
+                }
+                if now >= deadline {
+                    self.cut_all();
+                    info!("shutdown complete; {}", self.shared.counters);
+                    return Ok(self.shared.counters.clone());
+                }
+            }
+        }
+    }
+
+    /// How long `poll` may sleep: not at all when work is queued, else until
+    /// the nearest deadline (idle timeout, accept back-off, shutdown).
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let nearest = [self.idle_deadline(), self.accept_backoff, self.deadline]
+            .into_iter()
+            .flatten()
+            .min()?;
+        // Round up to the next millisecond: epoll's resolution. Rounding
+        // down would wake just before the deadline and spin once for nothing.
+        Some(nearest.saturating_duration_since(now) + Duration::from_micros(999))
+    }
+
+    fn dispatch(&mut self, token: Token, readable: bool, now: Instant) -> Result<(), ServerError> {
+        match token {
+            SIGNALS => self.on_signals(now)?,
+            WAKER => {
+                if self.stop.load(Ordering::SeqCst) {
+                    self.begin_shutdown(now)?;
+                }
+            }
+            Token(t) if t >= self.conn_base => {
+                self.on_connection(t - self.conn_base, readable, now)
+            }
+            Token(t) if t - FIRST_SOCKET < self.listeners.len() => {
+                let i = t - FIRST_SOCKET;
+                self.listeners[i].pending = true;
+                self.accept(i, now);
+            }
+            Token(t) => {
+                let i = t - FIRST_SOCKET - self.listeners.len();
+                if let Some(endpoint) = self.udp.get_mut(i) {
+                    if endpoint.serve(self.config.mode, &mut self.shared, udp::DATAGRAMS_PER_TURN) {
+                        self.again.push(token);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_signals(&mut self, now: Instant) -> Result<(), ServerError> {
+        let Some(signals) = self.signals.as_mut() else {
+            return Ok(());
+        };
+        let requests: Vec<Request> = signals.pending().collect();
+        for request in requests {
+            match request {
+                Request::Shutdown if self.deadline.is_some() => {
+                    let cut = self.conns.len();
+                    warn!("second shutdown signal: exiting now, cutting {cut} connections");
+                    return Err(ServerError::Interrupted(cut));
+                }
+                Request::Shutdown => self.begin_shutdown(now)?,
+                Request::Reload => self.reload(),
+                Request::Stats => info!("counters: {}", self.shared.counters),
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts waiting clients until `WouldBlock`, the per-turn budget, the
+    /// connection limit or the file-descriptor limit.
+    fn accept(&mut self, i: usize, now: Instant) {
+        if self.deadline.is_some() || self.at_limit || self.accept_backoff.is_some() {
+            // `pending` stays set: accepting resumes when the pause ends.
+            return;
+        }
+        for _ in 0..ACCEPTS_PER_TURN {
+            if self.conns.len() >= self.config.tcp.max_connections.get() {
+                self.at_limit = true;
+                self.shared.counters.accept_pauses += 1;
+                warn!(
+                    "connection limit reached ({} open): new clients wait in the listen backlog",
+                    self.conns.len()
+                );
+                return;
+            }
+            let listener = &mut self.listeners[i];
+            match listener.socket.accept() {
+                Ok((stream, peer)) => self.add_connection(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    listener.pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if tcp::is_resource_exhaustion(&e) => {
+                    // The client stays queued and no new event will come for
+                    // it: retry after a pause driven by the poll timeout,
+                    // instead of spinning on a descriptor we cannot get.
+                    self.accept_backoff = Some(now + ACCEPT_BACKOFF);
+                    self.shared.counters.accept_pauses += 1;
+                    if self
+                        .last_fd_warning
+                        .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+                    {
+                        warn!(
+                            "accept on tcp://{}: {e}; pausing accepts (open connections: {})",
+                            listener.addr,
+                            self.conns.len()
+                        );
+                        self.last_fd_warning = Some(now);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and the like: that client is gone, the
+                    // next one may be fine.
+                    self.shared.counters.errors += 1;
+                    debug!("accept on tcp://{}: {e}", listener.addr);
+                }
+            }
+        }
+        // Budget spent with clients possibly still queued.
+        self.again.push(Token(FIRST_SOCKET + i));
+    }
+
+    fn add_connection(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+        // Replies are written whole as soon as they are made; Nagle's
+        // algorithm would only hold small ones back waiting for an ACK.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("{peer}: TCP_NODELAY: {e}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let token = Token(self.conn_base + key);
+        let mut slot = Slot {
+            conn: Connection::new(stream, peer, self.config.mode),
+            last_active: now,
+            link: Link::default(),
+        };
+        // Registered once for both directions and never re-registered: with
+        // edge-triggered readiness, WRITABLE only fires when a full send
+        // buffer gets room, which is exactly when pending output can move.
+        if let Err(e) = self.poll.registry().register(
+            slot.conn.stream_mut(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.shared.counters.errors += 1;
+            warn!("{peer}: cannot register connection: {e}");
+            return;
+        }
+        entry.insert(slot);
+        self.idle.push_back(&mut self.conns, key);
+        self.shared.counters.conns_accepted += 1;
+        self.shared.counters.conns_open += 1;
+        debug!("{peer}: connected");
+    }
+
+    fn on_connection(&mut self, key: usize, readable: bool, now: Instant) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            // Sporadic events happen (an event for a connection closed
+            // earlier in this same batch); there is nothing to do.
+            return;
+        };
+        let moved = self.shared.counters.bytes_in + self.shared.counters.bytes_out;
+        let status = slot.conn.ready(readable, &mut self.shared);
+        if self.shared.counters.bytes_in + self.shared.counters.bytes_out != moved {
+            slot.last_active = now;
+            self.idle.touch(&mut self.conns, key);
+        }
+        self.after(key, status);
+    }
+
+    /// Acts on what a connection said about itself.
+    fn after(&mut self, key: usize, status: Status) {
+        match status {
+            Status::Waiting => {}
+            Status::Yielded => self.again.push(Token(self.conn_base + key)),
+            Status::Closed(reason) => {
+                let counters = &mut self.shared.counters;
+                match reason {
+                    Close::Done => counters.closed_done += 1,
+                    Close::Reset => counters.closed_reset += 1,
+                    Close::Error => counters.closed_error += 1,
+                }
+                self.remove(key);
+            }
+        }
+    }
+
+    /// Drops a connection (closing its socket also removes it from epoll)
+    /// and, if accepting was paused at the limit, resumes it.
+    fn remove(&mut self, key: usize) {
+        self.idle.unlink(&mut self.conns, key);
+        let slot = self.conns.remove(key);
+        debug!("{}: closed", slot.conn.peer());
+        self.shared.counters.conns_open -= 1;
+        if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
+            self.at_limit = false;
+            info!("below the connection limit again: accepting resumed");
+            self.resume_accepting();
+        }
+    }
+
+    /// Queues every listener that may hold waiting clients: no event will
+    /// come for them on its own.
+    fn resume_accepting(&mut self) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.pending {
+                self.again.push(Token(FIRST_SOCKET + i));
+            }
+        }
+    }
+
+    /// Timers: idle connections and the end of an accept back-off.
+    fn expire(&mut self, now: Instant) {
+        if self.accept_backoff.is_some_and(|at| at <= now) {
+            self.accept_backoff = None;
+            self.resume_accepting();
+        }
+        let Some(timeout) = self.config.tcp.idle_timeout else {
+            return;
+        };
+        while let Some(key) = self.idle.front() {
+            let slot = &self.conns[key];
+            if slot.last_active + timeout > now {
+                break;
+            }
+            // No bytes either way for the whole timeout, so none are
+            // waiting to be read: closing sends a plain FIN.
+            debug!("{}: idle for {timeout:?}, closing", slot.conn.peer());
+            self.shared.counters.closed_idle += 1;
+            self.remove(key);
+        }
+    }
+
+    /// When the connection idle the longest reaches the idle timeout.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.config.tcp.idle_timeout?;
+        let key = self.idle.front()?;
+        Some(self.conns[key].last_active + timeout)
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, answer everything already received,
+    /// flush, half-close, and wait (up to the deadline) for clients to finish.
+    fn begin_shutdown(&mut self, now: Instant) -> Result<(), ServerError> {
+        if self.deadline.is_some() {
+            return Ok(());
+        }
+        let timeout = self.config.shutdown_timeout;
+        self.deadline = Some(now + timeout);
+        if let Err(e) = crate::systemd::notify("STOPPING=1") {
+            warn!("cannot notify the service manager: {e}");
+        }
+        info!(
+            "shutting down: {} connections to finish (deadline {timeout:?})",
+            self.conns.len()
+        );
+        // Clients already in the accept queue may have sent requests too:
+        // take them in before closing the listeners (which would reset them).
+        for i in 0..self.listeners.len() {
+            loop {
+                match self.listeners[i].socket.accept() {
+                    Ok((stream, peer)) => self.add_connection(stream, peer, now),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        self.at_limit = false;
+        // Datagrams already queued get their answers; then the sockets close.
+        for mut endpoint in self.udp.drain(..) {
+            endpoint.serve(self.config.mode, &mut self.shared, udp::SHUTDOWN_BUDGET);
+            let _ = self.poll.registry().deregister(&mut endpoint.socket);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let status = self.conns[key].conn.begin_shutdown(&mut self.shared);
+            self.after(key, status);
+        }
+        Ok(())
+    }
+
+    /// The shutdown deadline passed: close what is left and say what was cut.
+    fn cut_all(&mut self) {
+        let n = self.conns.len();
+        let unsent: usize = self
+            .conns
+            .iter()
+            .map(|(_, s)| s.conn.pending_output())
+            .sum();
+        warn!(
+            "shutdown deadline passed: cut {n} connections with {unsent} bytes of replies unsent"
+        );
+        self.shared.counters.closed_cut += n as u64;
+        self.shared.counters.conns_open -= n as u64;
+        self.conns.clear();
+        self.idle = IdleList::default();
+    }
+
+    /// SIGHUP: apply what can change live; report what cannot.
+    fn reload(&mut self) {
+        let Some(reloader) = self.reloader.as_mut() else {
+            info!("SIGHUP: no configuration source to reload");
+            return;
+        };
+        let new = match reloader() {
+            Ok(config) => config,
+            Err(message) => {
+                error!("reload failed, keeping the current configuration: {message}");
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.config, new);
+        let new = &self.config;
+        if new.tcp.listen != old.tcp.listen
+            || new.udp.listen != old.udp.listen
+            || new.tcp.backlog != old.tcp.backlog
+        {
+            warn!("reload: listen addresses and backlog cannot change live; restart to apply them");
+        }
+        self.shared.max_pending_output = new.tcp.max_pending_output.get();
+        info!(
+            "configuration reloaded: mode {}, max_connections {}, idle_timeout {:?}, max_pending_output {}, shutdown_timeout {:?}",
+            new.mode, new.tcp.max_connections, new.tcp.idle_timeout, new.tcp.max_pending_output, new.shutdown_timeout
+        );
+        if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
+            self.at_limit = false;
+            self.resume_accepting();
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! What the daemon counts. Plain integers: one thread owns them.
+
+use std::fmt;
+
+/// Counters since start; logged as one line on SIGUSR1 and at shutdown.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// TCP connections open now.
+    pub conns_open: u64,
+    /// TCP connections accepted since start.
+    pub conns_accepted: u64,
+    /// Closed after the client's EOF, every reply delivered.
+    pub closed_done: u64,
+    /// Closed because the client reset or vanished.
+    pub closed_reset: u64,
+    /// Closed by the idle timeout.
+    pub closed_idle: u64,
+    /// Closed on another socket error.
+    pub closed_error: u64,
+    /// Cut by the shutdown deadline.
+    pub closed_cut: u64,
+    /// Bytes read from TCP clients and UDP datagrams.
+    pub bytes_in: u64,
+    /// Bytes of replies handed to the kernel.
+    pub bytes_out: u64,
+    /// UDP datagrams received.
+    pub dgrams_in: u64,
+    /// UDP replies sent.
+    pub dgrams_out: u64,
+    /// UDP datagrams not answered (reply too large, send buffer full, ...).
+    pub dgrams_dropped: u64,
+    /// Errors that ended no connection: failed accepts, UDP receive errors.
+    pub errors: u64,
+    /// Times accepting paused (connection limit or out of file descriptors).
+    pub accept_pauses: u64,
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={}; \
+             bytes in={} out={}; datagrams in={} out={} dropped={}; errors={} accept_pauses={}",
+            self.conns_open,
+            self.conns_accepted,
+            self.closed_done,
+            self.closed_reset,
+            self.closed_idle,
+            self.closed_error,
+            self.closed_cut,
+            self.bytes_in,
+            self.bytes_out,
+            self.dgrams_in,
+            self.dgrams_out,
+            self.dgrams_dropped,
+            self.errors,
+            self.accept_pauses,
+        )
+    }
+}

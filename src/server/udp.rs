@@ -1,0 +1,95 @@
+//! UDP sockets: each datagram is transformed on its own and answered to its
+//! sender. Nothing is kept between datagrams.
+
+use std::io;
+use std::net::SocketAddr;
+
+use log::debug;
+use mio::net::UdpSocket;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::server::buffers::Shared;
+use crate::transform::{upcase_into, Mode};
+
+/// Datagrams one socket may answer per turn before the others get theirs.
+pub const DATAGRAMS_PER_TURN: usize = 256;
+
+/// Datagrams answered at shutdown, at most: more than a default receive
+/// buffer can queue, yet a bound against a flood that never pauses.
+pub const SHUTDOWN_BUDGET: usize = 4096;
+
+/// One UDP socket.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The socket, registered READABLE (edge-triggered).
+    pub socket: UdpSocket,
+    /// The address actually bound (port 0 resolved).
+    pub addr: SocketAddr,
+}
+
+/// Binds a UDP socket: v6-only for IPv6, non-blocking, and deliberately
+/// without `SO_REUSEADDR` (on UDP it would let another process bind the same
+/// port and take a share of our datagrams).
+pub fn bind(addr: SocketAddr) -> io::Result<Endpoint> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let socket = UdpSocket::from_std(socket.into());
+    let addr = socket.local_addr()?;
+    Ok(Endpoint { socket, addr })
+}
+
+impl Endpoint {
+    /// Answers datagrams until `WouldBlock`, or until `budget` datagrams.
+    /// Returns true if the budget ran out with datagrams possibly still queued.
+    ///
+    /// No error here stops the loop: each one costs at most one datagram.
+    pub fn serve(&mut self, mode: Mode, shared: &mut Shared, budget: usize) -> bool {
+        let mut answered = 0;
+        loop {
+            if answered == budget {
+                return true;
+            }
+            let (n, from) = match self.socket.recv_from(&mut shared.read_buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Typically ECONNREFUSED: an ICMP "port unreachable" for
+                    // an earlier reply (its sender had gone) is reported on
+                    // the next call. It concerns that old datagram only.
+                    shared.counters.errors += 1;
+                    debug!("udp://{}: receive error: {e}", self.addr);
+                    continue;
+                }
+            };
+            answered += 1;
+            shared.counters.dgrams_in += 1;
+            shared.counters.bytes_in += n as u64;
+            shared.scratch.clear();
+            upcase_into(mode, &shared.read_buf[..n], &mut shared.scratch);
+            match self.socket.send_to(&shared.scratch, from) {
+                Ok(sent) => {
+                    shared.counters.dgrams_out += 1;
+                    shared.counters.bytes_out += sent as u64;
+                }
+                Err(e) => {
+                    // EMSGSIZE: unicode growth made the reply larger than a
+                    // datagram can be (it is never truncated mid-character).
+                    // WouldBlock: the socket's send buffer is full; UDP may
+                    // drop, and blocking the loop for one datagram would be
+                    // worse. ECONNREFUSED: a stale ICMP error surfaced here.
+                    shared.counters.dgrams_dropped += 1;
+                    debug!(
+                        "udp://{}: reply to {from} ({} bytes) dropped: {e}",
+                        self.addr,
+                        shared.scratch.len()
+                    );
+                }
+            }
+        }
+    }
+}
