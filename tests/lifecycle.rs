@@ -1,0 +1,473 @@
+//! The real binary: listening lines, signals, graceful shutdown, exit codes.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const LOOPBACK: [&str; 4] = ["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"];
+
+#[test]
+fn logs_the_real_address_of_every_socket() {
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    assert_eq!(daemon.tcp.len(), 1);
+    assert_eq!(daemon.udp.len(), 1);
+    assert_ne!(
+        daemon.tcp[0].port(),
+        0,
+        "port 0 is resolved to the real port"
+    );
+    assert_ne!(daemon.udp[0].port(), 0);
+    assert_eq!(round_trip(daemon.tcp[0], b"hello\n"), b"HELLO\n");
+    assert_eq!(
+        udp_exchange(&udp_client(), daemon.udp[0], b"hello"),
+        b"HELLO"
+    );
+}
+
+#[test]
+fn sigterm_with_idle_clients_closes_them_cleanly_and_exits_0() {
+    let mut daemon = Daemon::start(&LOOPBACK, 2);
+    let mut clients: Vec<TcpStream> = (0..10).map(|_| connect(daemon.tcp[0])).collect();
+    for c in &mut clients {
+        c.write_all(b"hi").unwrap();
+        assert_eq!(read_exact(c, 2), b"HI");
+    }
+    daemon.signal(libc::SIGTERM);
+    for c in &mut clients {
+        // The server half-closes: a clean EOF, no reset.
+        assert_eq!(read_to_eof(c), b"");
+        c.shutdown(Shutdown::Write).unwrap();
+    }
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    daemon.wait_for_log("shutdown complete");
+}
+
+#[test]
+fn sigint_also_shuts_down_gracefully() {
+    let mut daemon = Daemon::start(&LOOPBACK, 2);
+    daemon.signal(libc::SIGINT);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn sigterm_mid_stream_answers_everything_received_and_ends_in_a_clean_eof() {
+    let mut daemon = Daemon::start(&LOOPBACK, 2);
+    let text: Arc<str> = String::from_utf8(mixed_text(64 << 20)).unwrap().into();
+    let client = connect(daemon.tcp[0]);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let paused = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let mut client = client.try_clone().unwrap();
+        let (text, sent, paused, stop) = (text.clone(), sent.clone(), paused.clone(), stop.clone());
+        thread::spawn(move || {
+            for (i, chunk) in text.as_bytes().chunks(4096).enumerate() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if i == 1024 {
+                    // After 4 MB, pause until told to go on (see below).
+                    paused.store(true, Ordering::SeqCst);
+                    while paused.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                if client.write_all(chunk).is_err() {
+                    break; // the server is gone: expected once it closed
+                }
+                sent.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+            let _ = client.shutdown(Shutdown::Write);
+        })
+    };
+    let reader = {
+        let mut client = client.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut reply = Vec::new();
+            let mut buf = vec![0; 1 << 16];
+            loop {
+                match client.read(&mut buf) {
+                    Ok(0) => return Ok(reply),
+                    Ok(n) => reply.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err((e, reply.len())),
+                }
+            }
+        })
+    };
+    // Wait until the writer paused at 4 MB, then until the server's kernel
+    // has every byte of it (the client's send queue is empty): those bytes
+    // are "already received" when the signal comes, whatever the server has
+    // read of them so far.
+    let deadline = Instant::now() + PATIENCE;
+    while !paused.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(1));
+    }
+    let before_signal = sent.load(Ordering::SeqCst);
+    while unsent_bytes(&client) > 0 {
+        assert!(Instant::now() < deadline, "the server stopped taking input");
+        thread::sleep(Duration::from_millis(1));
+    }
+    daemon.signal(libc::SIGTERM);
+    // The writer goes on sending during the shutdown: that input is no
+    // longer answered, but must not turn the close into a reset.
+    paused.store(false, Ordering::SeqCst);
+    let reply = reader
+        .join()
+        .unwrap()
+        .unwrap_or_else(|(e, at)| panic!("reply cut by {e} after {at} bytes"));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    client.shutdown(Shutdown::Both).ok();
+    let answered = uppercased_prefix_len(&text, &reply);
+    eprintln!("received before SIGTERM: {before_signal} bytes; answered: {answered} bytes");
+    assert!(
+        answered >= before_signal,
+        "only {answered} bytes answered of the {before_signal} received before SIGTERM"
+    );
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+/// Bytes written on `stream` that the peer's kernel has not acknowledged yet.
+fn unsent_bytes(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on sockets) writes one c_int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "ioctl(SIOCOUTQ)");
+    n as usize
+}
+
+#[test]
+fn shutdown_timeout_cuts_clients_that_never_finish_and_says_so() {
+    let config = TempFile::new("cut.toml", "shutdown_timeout = \"300ms\"\n");
+    let mut daemon = Daemon::start(
+        &[
+            "-c",
+            config.path(),
+            "--tcp",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let mut stubborn = connect(daemon.tcp[0]);
+    stubborn.write_all(b"x").unwrap();
+    assert_eq!(read_exact(&mut stubborn, 1), b"X");
+    let started = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    // We never half-close: the daemon waits for us until its deadline.
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the deadline was not waited for"
+    );
+    let line = daemon.wait_for_log("shutdown deadline passed");
+    assert!(line.contains("cut 1 connections"), "{line}");
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let mut daemon = Daemon::start(&LOOPBACK, 2);
+    let _stubborn = connect(daemon.tcp[0]);
+    // Let the daemon accept it, so that the shutdown has a client to wait for.
+    assert_eq!(round_trip(daemon.tcp[0], b"a"), b"A");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for_log("shutting down");
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "still finishing its client"
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(1));
+    daemon.wait_for_log("second shutdown signal");
+}
+
+#[test]
+fn sigusr1_logs_the_counters() {
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    assert_eq!(round_trip(daemon.tcp[0], b"abc"), b"ABC");
+    assert_eq!(udp_exchange(&udp_client(), daemon.udp[0], b"de"), b"DE");
+    // The close is counted once the daemon has seen it; wait for that.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        daemon.signal(libc::SIGUSR1);
+        thread::sleep(Duration::from_millis(50));
+        let lines = daemon.lines();
+        let last = lines.iter().rev().find(|l| l.contains("counters:"));
+        if let Some(line) = last.filter(|l| l.contains("done=1")) {
+            assert!(line.contains("open=0 accepted=1"), "{line}");
+            assert!(line.contains("bytes in=5 out=5"), "{line}");
+            assert!(line.contains("datagrams in=1 out=1 dropped=0"), "{line}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no counters line:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
+#[test]
+fn sighup_reloads_the_mode_and_keeps_the_old_config_when_the_file_is_bad() {
+    // Listen addresses in the file, not in flags: flags would keep winning
+    // over the re-read file.
+    let sockets = "[tcp]\nlisten = [\"127.0.0.1:0\"]\n[udp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let config = TempFile::new("reload.toml", &format!("mode = \"unicode\"\n{sockets}"));
+    let daemon = Daemon::start(&["-c", config.path()], 2);
+    let addr = daemon.tcp[0];
+    assert_eq!(round_trip(addr, "é".as_bytes()), "É".as_bytes());
+
+    std::fs::write(&config.0, format!("mode = \"ascii\"\n{sockets}")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded");
+    assert_eq!(round_trip(addr, "éa".as_bytes()), "éA".as_bytes());
+
+    std::fs::write(
+        &config.0,
+        format!("mode = \"unicode\"\nbogus = 1\n{sockets}"),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_for_log("reload failed");
+    assert!(line.contains("bogus"), "{line}");
+    assert_eq!(
+        round_trip(addr, "éa".as_bytes()),
+        "éA".as_bytes(),
+        "the old config stays"
+    );
+
+    std::fs::write(&config.0, "[tcp]\nlisten = [\"127.0.0.1:1\"]\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("cannot change live");
+    // Still serving where it listened, now in the file's (default) mode.
+    assert_eq!(round_trip(addr, "é".as_bytes()), "É".as_bytes());
+}
+
+#[test]
+fn idle_connections_are_closed_and_active_ones_are_not() {
+    let config = TempFile::new("idle.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
+    let daemon = Daemon::start(
+        &[
+            "-c",
+            config.path(),
+            "--tcp",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let mut idle = connect(daemon.tcp[0]);
+    let mut active = connect(daemon.tcp[0]);
+    let started = Instant::now();
+    // The active client talks every 50 ms for twice the timeout.
+    while started.elapsed() < Duration::from_millis(700) {
+        active.write_all(b"z").unwrap();
+        assert_eq!(read_exact(&mut active, 1), b"Z");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The idle one was closed cleanly (EOF, no reset) along the way.
+    assert_eq!(read_to_eof(&mut idle), b"");
+    active.write_all(b"still open").unwrap();
+    assert_eq!(read_exact(&mut active, 10), b"STILL OPEN");
+}
+
+#[test]
+fn at_max_connections_new_clients_wait_and_are_served_when_a_slot_frees() {
+    let config = TempFile::new("limit.toml", "[tcp]\nmax_connections = 2\n");
+    let daemon = Daemon::start(
+        &[
+            "-c",
+            config.path(),
+            "--tcp",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let addr = daemon.tcp[0];
+    let mut first = connect(addr);
+    let mut second = connect(addr);
+    for c in [&mut first, &mut second] {
+        c.write_all(b"in").unwrap();
+        assert_eq!(read_exact(c, 2), b"IN");
+    }
+    // The third connects (the kernel's backlog takes it) but is not served yet.
+    let mut third = connect(addr);
+    third.write_all(b"waiting").unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 7];
+    assert!(
+        third.read(&mut buf).is_err(),
+        "served beyond max_connections"
+    );
+    daemon.wait_for_log("connection limit reached");
+    // A slot frees: the waiting client is accepted and gets its reply.
+    first.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut first), b"");
+    third.set_read_timeout(Some(PATIENCE)).unwrap();
+    third.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"WAITING");
+}
+
+#[test]
+fn ipv4_and_ipv6_bind_the_same_port() {
+    let port = free_port();
+    let v4 = format!("127.0.0.1:{port}");
+    let v6 = format!("[::1]:{port}");
+    let daemon = Daemon::start(&["--tcp", &v4, "--tcp", &v6, "--udp", &v4, "--udp", &v6], 4);
+    let v6_addr: SocketAddr = v6.parse().unwrap();
+    assert_eq!(daemon.tcp, vec![v4.parse::<SocketAddr>().unwrap(), v6_addr]);
+    assert_eq!(round_trip(daemon.tcp[0], b"four"), b"FOUR");
+    assert_eq!(round_trip(daemon.tcp[1], b"six"), b"SIX");
+    let client6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    client6
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(udp_exchange(&client6, v6_addr, b"six"), b"SIX");
+    assert_eq!(udp_exchange(&udp_client(), daemon.udp[0], b"four"), b"FOUR");
+}
+
+#[test]
+fn a_port_in_use_exits_1_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run_daemon(&["--tcp", &addr, "--udp", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot bind tcp://{addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+}
+
+#[test]
+fn nothing_to_listen_on_is_a_config_error() {
+    let config = TempFile::new("empty.toml", "[tcp]\nlisten = []\n[udp]\nlisten = []\n");
+    let out = run_daemon(&["-c", config.path()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to listen on"));
+}
+
+#[test]
+fn an_empty_listen_list_turns_a_transport_off() {
+    let config = TempFile::new(
+        "udp-only.toml",
+        "[tcp]\nlisten = []\n[udp]\nlisten = [\"127.0.0.1:0\"]\n",
+    );
+    let daemon = Daemon::start(&["-c", config.path()], 1);
+    assert!(daemon.tcp.is_empty());
+    assert_eq!(
+        udp_exchange(&udp_client(), daemon.udp[0], b"only udp"),
+        b"ONLY UDP"
+    );
+    assert_eq!(daemon.count_log("listening on tcp://"), 0);
+}
+
+#[test]
+fn tells_systemd_when_ready_and_when_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("upcase-test-{}-notify.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let manager = UnixDatagram::bind(&path).unwrap();
+    manager.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut command = std::process::Command::new(daemon_path());
+    command.args(LOOPBACK).env("NOTIFY_SOCKET", &path);
+    let mut daemon = Daemon::start_with(&mut command, 2);
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    daemon.signal(libc::SIGTERM);
+    let n = manager.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn sigterm_answers_input_the_kernel_holds_for_a_client_that_is_behind() {
+    // A client that writes without reading: the server stops reading once
+    // its replies back up, so at the signal the server's kernel holds input
+    // the server has not read yet. "Already received" includes it.
+    let mut daemon = Daemon::start(&LOOPBACK, 2);
+    let text: Arc<str> = String::from_utf8(mixed_text(64 << 20)).unwrap().into();
+    let client = connect(daemon.tcp[0]);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let mut client = client.try_clone().unwrap();
+        let (text, sent) = (text.clone(), sent.clone());
+        thread::spawn(move || {
+            for chunk in text.as_bytes().chunks(4096) {
+                if client.write_all(chunk).is_err() {
+                    break; // the server is gone: expected once it closed
+                }
+                sent.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+        })
+    };
+    // Wait until the writer is stuck: every buffer on the way is full.
+    let mut last = 0;
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // What the server's kernel has acknowledged is received, read or not.
+    let received = last - unsent_bytes(&client);
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for_log("shutting down");
+    // Only now read the replies.
+    let mut reader = client.try_clone().unwrap();
+    let mut reply = Vec::new();
+    reader
+        .read_to_end(&mut reply)
+        .expect("a clean EOF, no reset");
+    client.shutdown(Shutdown::Write).unwrap();
+    writer.join().unwrap();
+    let answered = uppercased_prefix_len(&text, &reply);
+    eprintln!("written {last}, received by the server's kernel {received}, answered {answered}");
+    assert!(
+        answered >= received,
+        "only {answered} of the {received} bytes received before SIGTERM answered"
+    );
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn with_no_file_and_no_flags_it_serves_both_transports_on_port_12000() {
+    // The newcomer's command. Port 12000 must be free on the test machine.
+    if std::net::TcpListener::bind("127.0.0.1:12000").is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "port 12000 is taken on the CI machine"
+        );
+        eprintln!("skipped: 127.0.0.1:12000 is in use here (is an upcased running?)");
+        return;
+    }
+    let mut daemon = Daemon::start(&[], 2);
+    let default: SocketAddr = "127.0.0.1:12000".parse().unwrap();
+    assert_eq!(daemon.tcp, vec![default]);
+    assert_eq!(daemon.udp, vec![default]);
+    assert_eq!(round_trip(default, b"hello\n"), b"HELLO\n");
+    assert_eq!(udp_exchange(&udp_client(), default, b"hello"), b"HELLO");
+    // unicode mode by default
+    assert_eq!(round_trip(default, "straße".as_bytes()), b"STRASSE");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}

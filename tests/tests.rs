@@ -1,0 +1,13 @@
+//! Integration tests: real sockets on loopback, exact bytes.
+//!
+//! In-process servers (the library's `Server`, stopped through its `Handle`)
+//! serve most areas; the real `upcased` binary is used wherever signals,
+//! logs, exit codes or the process's memory are what is checked.
+
+mod util;
+
+mod clients;
+mod config;
+mod lifecycle;
+mod tcp;
+mod udp;

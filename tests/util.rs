@@ -1,0 +1,433 @@
+//! Shared helpers: servers in-process and as a real process, clients, checks.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use upcase::config::Config;
+use upcase::server::{Counters, Handle, Server};
+
+/// How long any single wait in a test may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A config serving TCP and UDP on 127.0.0.1 with kernel-chosen ports.
+pub fn loopback_config() -> Config {
+    let mut config = Config::default();
+    config.tcp.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.udp.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config
+}
+
+/// A server running on a thread of the test process.
+pub struct InProcess {
+    pub tcp: SocketAddr,
+    pub udp: SocketAddr,
+    handle: Handle,
+    thread: Option<JoinHandle<Counters>>,
+}
+
+impl InProcess {
+    pub fn start(config: Config) -> InProcess {
+        let server = Server::bind(config).expect("bind on loopback");
+        let tcp = server
+            .tcp_addrs()
+            .first()
+            .copied()
+            .unwrap_or(([0, 0, 0, 0], 0).into());
+        let udp = server
+            .udp_addrs()
+            .first()
+            .copied()
+            .unwrap_or(([0, 0, 0, 0], 0).into());
+        let handle = server.handle();
+        let thread = thread::spawn(move || server.run().expect("server run"));
+        InProcess {
+            tcp,
+            udp,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Graceful shutdown; returns the final counters.
+    pub fn stop(mut self) -> Counters {
+        self.handle.shutdown();
+        self.thread.take().unwrap().join().expect("server thread")
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.handle.shutdown();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A TCP client with timeouts, so a broken server fails the test instead of hanging it.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    stream.read_exact(&mut buf).expect("read reply");
+    buf
+}
+
+/// Reads until EOF; panics on an error (a reset is an error).
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).expect("read to EOF");
+    buf
+}
+
+/// Sends `request`, half-closes, and returns everything up to the server's EOF.
+pub fn round_trip(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        let request = request.to_vec();
+        thread::spawn(move || {
+            stream.write_all(&request).expect("send request");
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half-close");
+        })
+    };
+    let reply = read_to_eof(&mut stream);
+    writer.join().unwrap();
+    reply
+}
+
+/// A UDP client bound to loopback with a receive timeout.
+pub fn udp_client() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket
+}
+
+/// Sends one datagram and waits for its reply.
+pub fn udp_exchange(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -> Vec<u8> {
+    socket.send_to(request, server).expect("send datagram");
+    let mut buf = vec![0; 70_000];
+    let (n, from) = socket.recv_from(&mut buf).expect("reply datagram");
+    assert_eq!(from, server, "reply from the server's address");
+    buf.truncate(n);
+    buf
+}
+
+/// Text with ASCII, two- and three-byte characters and characters whose upper
+/// case is longer (ß -> SS, ﬁ -> FI, ŉ -> ʼN, ΐ -> three code points).
+pub const MIXED_LINE: &str = "hello wörld, straße ﬁsh ŉ ΐ été — 東京 ok\n";
+
+/// `len` bytes or more of repeated mixed text (whole lines).
+pub fn mixed_text(len: usize) -> Vec<u8> {
+    let mut text = Vec::with_capacity(len + MIXED_LINE.len());
+    let mut i = 0u64;
+    while text.len() < len {
+        text.extend_from_slice(format!("{i:08} ").as_bytes());
+        text.extend_from_slice(MIXED_LINE.as_bytes());
+        i += 1;
+    }
+    text
+}
+
+/// The reference: what the server must answer for a whole stream.
+pub fn expected(input: &[u8]) -> Vec<u8> {
+    upcase::transform::upcase(upcase::transform::Mode::Unicode, input)
+}
+
+/// Checks that `received` is the unicode uppercase of a prefix of the valid
+/// UTF-8 `input` (a character cut at the end passing through raw, as the
+/// server does when a stream stops mid-character), and returns that prefix's
+/// length in bytes.
+pub fn uppercased_prefix_len(input: &str, received: &[u8]) -> usize {
+    let mut out = 0;
+    let mut consumed = 0;
+    for c in input.chars() {
+        // No char upper-cases to more than three chars of four bytes.
+        let mut upper_buf = [0u8; 12];
+        let mut len = 0;
+        for u in c.to_uppercase() {
+            len += u.encode_utf8(&mut upper_buf[len..]).len();
+        }
+        let upper = &upper_buf[..len];
+        if received[out..].starts_with(upper) {
+            out += upper.len();
+            consumed += c.len_utf8();
+            continue;
+        }
+        let rest = &received[out..];
+        assert!(
+            rest.len() < c.len_utf8() && input.as_bytes()[consumed..].starts_with(rest),
+            "reply diverges from the uppercase of the input at reply byte {out} (input byte {consumed}): \
+             got {:?}, expected {:?}",
+            String::from_utf8_lossy(&rest[..rest.len().min(40)]),
+            String::from_utf8_lossy(upper),
+        );
+        return consumed + rest.len();
+    }
+    assert_eq!(
+        out,
+        received.len(),
+        "reply longer than the uppercase of the whole input"
+    );
+    consumed
+}
+
+/// Asserts two byte strings are equal, reporting the first difference
+/// instead of dumping megabytes.
+pub fn assert_bytes_eq(got: &[u8], want: &[u8]) {
+    if got == want {
+        return;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let window = |b: &[u8]| {
+        String::from_utf8_lossy(&b[at.saturating_sub(20)..(at + 20).min(b.len())]).into_owned()
+    };
+    panic!(
+        "bytes differ at {at} (got {} bytes, want {}): got {:?}, want {:?}",
+        got.len(),
+        want.len(),
+        window(got),
+        window(want)
+    );
+}
+
+/// The real `upcased` binary, with its stderr collected line by line.
+pub struct Daemon {
+    pub child: Child,
+    pub tcp: Vec<SocketAddr>,
+    pub udp: Vec<SocketAddr>,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// Path of the built daemon.
+pub fn daemon_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_upcased"))
+}
+
+impl Daemon {
+    /// Starts `upcased ARGS` and waits for `sockets` "listening on" lines.
+    pub fn start(args: &[&str], sockets: usize) -> Daemon {
+        Daemon::start_with(Command::new(daemon_path()).args(args), sockets)
+    }
+
+    pub fn start_with(command: &mut Command, sockets: usize) -> Daemon {
+        let mut child = command
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn upcased");
+        let stderr = child.stderr.take().unwrap();
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
+        let reader = {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let (lines, changed) = &*log;
+                    lines.lock().unwrap().push(line);
+                    changed.notify_all();
+                }
+            })
+        };
+        let mut daemon = Daemon {
+            child,
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            log,
+            reader: Some(reader),
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let lines = daemon.lines();
+            let listening: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains("listening on "))
+                .collect();
+            if listening.len() >= sockets {
+                for line in listening {
+                    let url = line.split("listening on ").nth(1).unwrap().trim();
+                    if let Some(addr) = url.strip_prefix("tcp://") {
+                        daemon.tcp.push(addr.parse().expect("tcp address in log"));
+                    } else if let Some(addr) = url.strip_prefix("udp://") {
+                        daemon.udp.push(addr.parse().expect("udp address in log"));
+                    }
+                }
+                return daemon;
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "upcased exited with {status} before listening:\n{}",
+                    lines.join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upcased did not listen in time:\n{}",
+                lines.join("\n")
+            );
+            daemon.wait_log_change(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Every stderr line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    fn wait_log_change(&self, at_most: Duration) {
+        let (lines, changed) = &*self.log;
+        let guard = lines.lock().unwrap();
+        let _ = changed.wait_timeout(guard, at_most).unwrap();
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}:\n{}",
+                self.lines().join("\n")
+            );
+            self.wait_log_change(Duration::from_millis(50));
+        }
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upcased did not exit:\n{}",
+                self.lines().join("\n")
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Resident memory of the daemon, in KiB, from /proc/PID/status.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `upcased ARGS` to completion (for --check-config, bad configs, ...).
+pub fn run_daemon(args: &[&str]) -> std::process::Output {
+    Command::new(daemon_path())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run upcased")
+}
+
+/// A temporary file that is removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, contents: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("upcase-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (and, the kernel willing, on ::1): bind port
+/// 0, note the port, release it. Another process could take it in between;
+/// on a test machine that is rare enough.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a command-line tool is installed. Under `CI=true` a missing tool
+/// fails the test instead of skipping it.
+pub fn have_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is not installed, and under CI=true no test may skip (.ci/run installs it)"
+        );
+        eprintln!("skipped: {tool} is not installed (apt-get install it to run this test)");
+    }
+    found
+}
