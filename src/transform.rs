@@ -806,23 +806,26 @@ mod tests {
         vec(token, 0..40).prop_map(|tokens| tokens.concat())
     }
 
+    /// Valid text: one-shot and streamed at the cuts both equal std's
+    /// `str::to_uppercase`.
+    fn check_valid_text(text: &str, cuts: &[Index]) -> Result<(), TestCaseError> {
+        let bytes = text.as_bytes();
+        let want = text.to_uppercase().into_bytes();
+        prop_assert_eq!(&uni(bytes), &want);
+        let pieces = split_at_all(bytes, &cuts_from(cuts, bytes.len()));
+        prop_assert_eq!(&stream(Mode::Unicode, &pieces), &want);
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn prop_valid_text(text in any::<String>(), cuts in vec(any::<Index>(), 0..8)) {
-            let bytes = text.as_bytes();
-            let want = text.to_uppercase().into_bytes();
-            prop_assert_eq!(&uni(bytes), &want);
-            let pieces = split_at_all(bytes, &cuts_from(&cuts, bytes.len()));
-            prop_assert_eq!(&stream(Mode::Unicode, &pieces), &want);
+            check_valid_text(&text, &cuts)?;
         }
 
         #[test]
         fn prop_printable_text(text in "\\PC*", cuts in vec(any::<Index>(), 0..8)) {
-            let bytes = text.as_bytes();
-            let want = text.to_uppercase().into_bytes();
-            prop_assert_eq!(&uni(bytes), &want);
-            let pieces = split_at_all(bytes, &cuts_from(&cuts, bytes.len()));
-            prop_assert_eq!(&stream(Mode::Unicode, &pieces), &want);
+            check_valid_text(&text, &cuts)?;
         }
 
         #[test]

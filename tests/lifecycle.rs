@@ -145,18 +145,7 @@ fn unsent_bytes(stream: &TcpStream) -> usize {
 
 #[test]
 fn shutdown_timeout_cuts_clients_that_never_finish_and_says_so() {
-    let config = TempFile::new("cut.toml", "shutdown_timeout = \"300ms\"\n");
-    let mut daemon = Daemon::start(
-        &[
-            "-c",
-            config.path(),
-            "--tcp",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-        ],
-        2,
-    );
+    let (_config, mut daemon) = Daemon::with_config("cut.toml", "shutdown_timeout = \"300ms\"\n");
     let mut stubborn = connect(daemon.tcp[0]);
     stubborn.write_all(b"x").unwrap();
     assert_eq!(read_exact(&mut stubborn, 1), b"X");
@@ -254,18 +243,7 @@ fn sighup_reloads_the_mode_and_keeps_the_old_config_when_the_file_is_bad() {
 
 #[test]
 fn idle_connections_are_closed_and_active_ones_are_not() {
-    let config = TempFile::new("idle.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
-    let daemon = Daemon::start(
-        &[
-            "-c",
-            config.path(),
-            "--tcp",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-        ],
-        2,
-    );
+    let (_config, daemon) = Daemon::with_config("idle.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
     let mut idle = connect(daemon.tcp[0]);
     let mut active = connect(daemon.tcp[0]);
     let started = Instant::now();
@@ -283,18 +261,7 @@ fn idle_connections_are_closed_and_active_ones_are_not() {
 
 #[test]
 fn at_max_connections_new_clients_wait_and_are_served_when_a_slot_frees() {
-    let config = TempFile::new("limit.toml", "[tcp]\nmax_connections = 2\n");
-    let daemon = Daemon::start(
-        &[
-            "-c",
-            config.path(),
-            "--tcp",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-        ],
-        2,
-    );
+    let (_config, daemon) = Daemon::with_config("limit.toml", "[tcp]\nmax_connections = 2\n");
     let addr = daemon.tcp[0];
     let mut first = connect(addr);
     let mut second = connect(addr);
@@ -419,15 +386,7 @@ fn sigterm_answers_input_the_kernel_holds_for_a_client_that_is_behind() {
         })
     };
     // Wait until the writer is stuck: every buffer on the way is full.
-    let mut last = 0;
-    loop {
-        thread::sleep(Duration::from_millis(200));
-        let now = sent.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = wait_until_stalled(&sent);
     // What the server's kernel has acknowledged is received, read or not.
     let received = last - unsent_bytes(&client);
     daemon.signal(libc::SIGTERM);

@@ -165,15 +165,7 @@ fn a_client_that_stops_reading_costs_bounded_memory_and_resumes() {
     };
     // We read nothing: once every buffer between us is full, the writer
     // blocks. Wait until it has stopped making progress.
-    let mut last = 0;
-    loop {
-        thread::sleep(Duration::from_millis(200));
-        let now = sent.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = wait_until_stalled(&sent);
     assert!(
         last < input.len(),
         "the writer should be held back by flow control"

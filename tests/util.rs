@@ -232,6 +232,24 @@ impl Daemon {
         Daemon::start_with(Command::new(daemon_path()).args(args), sockets)
     }
 
+    /// Starts `upcased -c FILE` on loopback port 0 (TCP and UDP), FILE
+    /// holding `config`; the file lives as long as the returned guard.
+    pub fn with_config(name: &str, config: &str) -> (TempFile, Daemon) {
+        let file = TempFile::new(name, config);
+        let daemon = Daemon::start(
+            &[
+                "-c",
+                file.path(),
+                "--tcp",
+                "127.0.0.1:0",
+                "--udp",
+                "127.0.0.1:0",
+            ],
+            2,
+        );
+        (file, daemon)
+    }
+
     pub fn start_with(command: &mut Command, sockets: usize) -> Daemon {
         let mut child = command
             .env_remove("RUST_LOG")
@@ -380,6 +398,40 @@ pub fn run_daemon(args: &[&str]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .expect("run upcased")
+}
+
+/// Runs `upcased ARGS --check-config`, which must succeed, and parses the
+/// effective configuration it prints.
+pub fn effective_config(args: &[&str]) -> Config {
+    let mut args = args.to_vec();
+    args.push("--check-config");
+    let out = run_daemon(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    Config::from_toml(&text, std::path::Path::new("<--check-config>"))
+        .unwrap_or_else(|e| panic!("--check-config output does not parse back: {e}\n{text}"))
+}
+
+/// Waits until a writer that counts its progress in `sent` makes none for
+/// 200 ms (every buffer between it and a server that stopped reading is
+/// full); returns the count then.
+pub fn wait_until_stalled(sent: &std::sync::atomic::AtomicUsize) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = 0;
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let now = sent.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last {
+            return last;
+        }
+        assert!(Instant::now() < deadline, "the writer never stalled");
+        last = now;
+    }
 }
 
 /// A temporary file that is removed when dropped.

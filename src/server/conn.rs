@@ -61,8 +61,9 @@ enum Input {
     Draining(usize),
     /// Shutting down and answered: read and drop further input until the
     /// client's EOF, so that closing never meets unread data (which would
-    /// make the kernel send an RST and destroy replies in flight).
-    Discarding,
+    /// make the kernel send an RST and destroy replies in flight). `true`
+    /// once our FIN is sent (after the last reply).
+    Discarding(bool),
     /// The client sent EOF.
     Eof,
 }
@@ -164,7 +165,7 @@ impl Connection {
             // Everything received before the shutdown is answered (a split
             // character at the very end passes through as it is).
             self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
-            self.input = Input::Discarding;
+            self.input = Input::Discarding(false);
         }
         let cap = shared.max_pending_output;
         let mut reads = 0;
@@ -188,14 +189,14 @@ impl Connection {
             match self.stream.read(&mut shared.read_buf[..len]) {
                 Ok(0) => {
                     self.readable = false;
-                    if self.input != Input::Discarding {
+                    if !matches!(self.input, Input::Discarding(_)) {
                         self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
                     }
                     self.input = Input::Eof;
                 }
                 Ok(n) => {
                     shared.counters.bytes_in += n as u64;
-                    if self.input != Input::Discarding {
+                    if !matches!(self.input, Input::Discarding(_)) {
                         self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out))?;
                     }
                     if let Input::Draining(left) = self.input {
@@ -203,7 +204,7 @@ impl Connection {
                         self.input = Input::Draining(left);
                         if left == 0 {
                             self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
-                            self.input = Input::Discarding;
+                            self.input = Input::Discarding(false);
                         }
                     }
                 }
@@ -213,7 +214,7 @@ impl Connection {
                         // Fewer bytes than counted (cannot happen with TCP,
                         // but a count is no promise): what there was is answered.
                         self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
-                        self.input = Input::Discarding;
+                        self.input = Input::Discarding(false);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -229,12 +230,13 @@ impl Connection {
                     shutdown_write(&self.stream)?;
                     return Ok(Status::Closed(Close::Done));
                 }
-                Input::Discarding => {
+                Input::Discarding(false) => {
                     // Our FIN tells the client we are done; we keep reading
                     // (and dropping) until its EOF or the shutdown deadline.
                     shutdown_write(&self.stream)?;
+                    self.input = Input::Discarding(true);
                 }
-                Input::Open | Input::Draining(_) => {}
+                Input::Open | Input::Draining(_) | Input::Discarding(true) => {}
             }
         }
         Ok(Status::Waiting)

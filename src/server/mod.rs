@@ -123,6 +123,8 @@ pub struct Server {
     listeners: Vec<tcp::Listener>,
     udp: Vec<udp::Endpoint>,
     conns: Slab<Slot>,
+    /// Token of the first UDP socket (listeners come before, from `FIRST_SOCKET`).
+    first_udp: usize,
     /// Token of slab key 0.
     conn_base: usize,
     shared: Shared,
@@ -172,6 +174,7 @@ impl Server {
             udp.push(endpoint);
         }
         let registry = poll.registry();
+        let first_udp = FIRST_SOCKET + listeners.len();
         for (i, l) in listeners.iter_mut().enumerate() {
             registry
                 .register(&mut l.socket, Token(FIRST_SOCKET + i), Interest::READABLE)
@@ -179,14 +182,10 @@ impl Server {
         }
         for (i, u) in udp.iter_mut().enumerate() {
             registry
-                .register(
-                    &mut u.socket,
-                    Token(FIRST_SOCKET + listeners.len() + i),
-                    Interest::READABLE,
-                )
+                .register(&mut u.socket, Token(first_udp + i), Interest::READABLE)
                 .map_err(ServerError::Setup)?;
         }
-        let conn_base = FIRST_SOCKET + listeners.len() + udp.len();
+        let conn_base = first_udp + udp.len();
         let shared = Shared::new(config.tcp.max_pending_output.get());
         Ok(Server {
             poll,
@@ -194,6 +193,7 @@ impl Server {
             listeners,
             udp,
             conns: Slab::new(),
+            first_udp,
             conn_base,
             shared,
             signals: None,
@@ -322,17 +322,20 @@ impl Server {
             Token(t) if t >= self.conn_base => {
                 self.on_connection(t - self.conn_base, readable, now)
             }
-            Token(t) if t - FIRST_SOCKET < self.listeners.len() => {
-                let i = t - FIRST_SOCKET;
-                self.listeners[i].pending = true;
-                self.accept(i, now);
-            }
-            Token(t) => {
-                let i = t - FIRST_SOCKET - self.listeners.len();
-                if let Some(endpoint) = self.udp.get_mut(i) {
+            // Sockets are looked up with `get`: after a shutdown began, the
+            // listener and UDP lists are empty but a queued token may remain.
+            Token(t) if t >= self.first_udp => {
+                if let Some(endpoint) = self.udp.get_mut(t - self.first_udp) {
                     if endpoint.serve(self.config.mode, &mut self.shared, udp::DATAGRAMS_PER_TURN) {
                         self.again.push(token);
                     }
+                }
+            }
+            Token(t) => {
+                let i = t - FIRST_SOCKET;
+                if let Some(listener) = self.listeners.get_mut(i) {
+                    listener.pending = true;
+                    self.accept(i, now);
                 }
             }
         }
