@@ -52,6 +52,10 @@ pub struct Config {
     /// How long a graceful shutdown may take before remaining connections are
     /// dropped (`shutdown_timeout`; default 5 s).
     pub shutdown_timeout: Duration,
+    /// Bind with `SO_REUSEPORT` (`reuse_port`; default false), so that several
+    /// upcased processes can share one port, the kernel spreading clients
+    /// across them: one process per core.
+    pub reuse_port: bool,
     /// The `[tcp]` table.
     pub tcp: TcpConfig,
     /// The `[udp]` table.
@@ -90,6 +94,7 @@ impl Default for Config {
             mode: Mode::Unicode,
             log_level: LevelFilter::Info,
             shutdown_timeout: Duration::from_secs(5),
+            reuse_port: false,
             tcp: TcpConfig::default(),
             udp: UdpConfig::default(),
         }
@@ -213,6 +218,8 @@ impl Config {
             "shutdown_timeout = {}",
             quote(&format_duration(self.shutdown_timeout))
         ));
+        line("# Share the listen ports with other upcased processes (SO_REUSEPORT), one per core.");
+        line(&format!("reuse_port = {}", self.reuse_port));
         line("");
         line("[tcp]");
         line("# TCP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns TCP off.");
@@ -376,7 +383,14 @@ type Checked<T> = Result<T, Fault>;
 type Key<'i> = Spanned<DeString<'i>>;
 type Value<'i> = Spanned<DeValue<'i>>;
 
-const TOP_KEYS: &[&str] = &["mode", "log_level", "shutdown_timeout", "tcp", "udp"];
+const TOP_KEYS: &[&str] = &[
+    "mode",
+    "log_level",
+    "shutdown_timeout",
+    "reuse_port",
+    "tcp",
+    "udp",
+];
 const TCP_KEYS: &[&str] = &[
     "listen",
     "backlog",
@@ -455,6 +469,13 @@ fn duration_value(value: &Value<'_>, key: &str) -> Checked<Duration> {
 }
 
 /// An integer value within `min..=max`; `expected` describes the range.
+fn bool_value(value: &Value<'_>, key: &str) -> Checked<bool> {
+    match value.get_ref() {
+        DeValue::Boolean(b) => Ok(*b),
+        _ => Err(wrong_type(value, key, "true or false")),
+    }
+}
+
 fn integer_value(value: &Value<'_>, key: &str, min: i64, max: i64, expected: &str) -> Checked<i64> {
     let DeValue::Integer(integer) = value.get_ref() else {
         return Err(wrong_type(value, key, "an integer"));
@@ -526,6 +547,7 @@ fn check_document(table: &DeTable<'_>) -> Checked<Config> {
             "shutdown_timeout" => {
                 config.shutdown_timeout = duration_value(value, "shutdown_timeout")?;
             }
+            "reuse_port" => config.reuse_port = bool_value(value, "reuse_port")?,
             "tcp" => check_tcp(table_value(value, "tcp")?, &mut config.tcp)?,
             "udp" => check_udp(table_value(value, "udp")?, &mut config.udp)?,
             other => return Err(unknown_key(key, other, TOP_KEYS)),
@@ -707,6 +729,7 @@ mod tests {
             mode: Mode::Ascii,
             log_level: LevelFilter::Trace,
             shutdown_timeout: Duration::from_millis(1500),
+            reuse_port: true,
             tcp: TcpConfig {
                 listen: vec![
                     "0.0.0.0:7000".parse().unwrap(),
@@ -762,6 +785,7 @@ mod tests {
 mode = "ascii"
 log_level = "trace"
 shutdown_timeout = "1500ms"
+reuse_port = true
 
 [tcp]
 listen = ["0.0.0.0:7000", "[::]:7001"]
@@ -810,7 +834,7 @@ listen = []
     fn unknown_top_level_key() {
         assert_eq!(
             error("mode = \"ascii\"\nbogus = 1\n"),
-            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, tcp, udp"
+            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
         );
     }
 
@@ -834,7 +858,7 @@ listen = []
     fn unknown_table() {
         assert_eq!(
             error("[tcp]\n\n[http]\nlisten = []\n"),
-            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, tcp, udp"
+            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
         );
         assert_eq!(
             error("[tcp.extra]\nx = 1\n"),
@@ -847,7 +871,7 @@ listen = []
         // Keys are checked in source order, not alphabetically.
         assert_eq!(
             error("zzz = 1\naaa = 2\n"),
-            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, tcp, udp"
+            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
         );
     }
 
@@ -1082,6 +1106,15 @@ listen = []
     }
 
     #[test]
+    fn reuse_port_must_be_a_boolean() {
+        assert!(parse("reuse_port = true\n").unwrap().reuse_port);
+        assert_eq!(
+            error("\nreuse_port = \"yes\"\n"),
+            "test.toml:2: reuse_port: expected true or false, found a string"
+        );
+    }
+
+    #[test]
     fn to_toml_has_a_comment_above_every_key() {
         let text = Config::default().to_toml();
         let lines: Vec<&str> = text.lines().collect();
@@ -1092,7 +1125,7 @@ listen = []
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 9);
+        assert_eq!(keys, 10);
     }
 
     #[test]

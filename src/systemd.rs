@@ -1,16 +1,25 @@
-//! The sd_notify protocol, the part upcased needs: tell the service manager
-//! when the daemon is ready and when it is stopping.
+//! What upcased speaks of systemd's protocols, without linking libsystemd:
 //!
-//! Under systemd (`Type=notify`), `NOTIFY_SOCKET` names a unix datagram
-//! socket: a path, or an abstract name written with a leading `@`. Each
-//! notification is one datagram of `KEY=VALUE` lines. Outside systemd the
-//! variable is unset and nothing is sent.
+//! - **sd_notify**: `NOTIFY_SOCKET` names a unix datagram socket (a path, or
+//!   an abstract name written with a leading `@`); each notification is one
+//!   datagram of `KEY=VALUE` lines: `READY=1`, `STATUS=…`, `RELOADING=1` with
+//!   `MONOTONIC_USEC=…`, `STOPPING=1`, `WATCHDOG=1`. Outside systemd the
+//!   variable is unset and nothing is sent.
+//! - **Socket activation** (`sd_listen_fds`): `LISTEN_PID`, `LISTEN_FDS` and
+//!   `LISTEN_FDNAMES` hand over already-bound sockets as descriptors 3, 4, ….
+//! - **Watchdog**: `WATCHDOG_USEC` (and `WATCHDOG_PID`) ask for a
+//!   `WATCHDOG=1` at least that often.
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::time::Duration;
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: i32 = 3;
 
 /// Sends `state` (e.g. `"READY=1"`) to the service manager, if there is one.
 /// Returns whether a notification was sent.
@@ -29,4 +38,86 @@ pub fn notify(state: &str) -> io::Result<bool> {
         socket.send_to(state.as_bytes(), path)?;
     }
     Ok(true)
+}
+
+/// The `RELOADING=1` message: systemd wants the moment the reload began on
+/// `CLOCK_MONOTONIC` with it.
+pub fn reloading_message() -> String {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+}
+
+/// A socket handed over by the service manager.
+#[derive(Debug)]
+pub struct ListenFd {
+    /// The descriptor, now ours.
+    pub fd: OwnedFd,
+    /// Its name from `LISTEN_FDNAMES` (`FileDescriptorName=`, else the unit's name).
+    pub name: Option<String>,
+}
+
+/// Takes the sockets passed by socket activation, if they are meant for this
+/// process (`LISTEN_PID` is our pid), and removes the variables so that no
+/// child would think they are its own. Empty when not socket-activated.
+pub fn take_listen_fds() -> io::Result<Vec<ListenFd>> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    // SAFETY (for remove_var): called before any other thread exists.
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(Vec::new());
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        // Meant for another process (we inherited the environment).
+        return Ok(Vec::new());
+    }
+    let count: i32 = fds.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("LISTEN_FDS={fds:?} is not a number"),
+        )
+    })?;
+    let names: Vec<String> = names
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut taken = Vec::new();
+    for i in 0..count {
+        let raw = LISTEN_FDS_START + i;
+        // systemd's descriptors must not leak into children either.
+        // SAFETY: fcntl on a descriptor number; failure is reported.
+        if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("LISTEN_FDS={count} but descriptor {raw} is not open"),
+            ));
+        }
+        taken.push(ListenFd {
+            // SAFETY: systemd passed this descriptor to us (LISTEN_PID is our
+            // pid); nothing else in the process owns it.
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            name: names.get(i as usize).cloned(),
+        });
+    }
+    Ok(taken)
+}
+
+/// How often systemd wants a `WATCHDOG=1`, if it does (`WATCHDOG_USEC`, for
+/// this process according to `WATCHDOG_PID` when that is set).
+pub fn watchdog_interval() -> Option<Duration> {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec))
 }

@@ -25,7 +25,21 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let logs = upcase::logging::init(config.log_level);
-    let result = Server::bind(config).and_then(|mut server| {
+    // Read (and cleared from the environment) first thing, before any
+    // thread exists; empty unless systemd passed sockets to this process.
+    let passed = match upcase::systemd::take_listen_fds() {
+        Ok(fds) => fds,
+        Err(e) => {
+            error!("socket activation: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = if passed.is_empty() {
+        Server::bind(config)
+    } else {
+        Server::adopt(config, passed)
+    };
+    let result = server.and_then(|mut server| {
         server.handle_signals()?;
         server.set_reloader(Box::new(move || {
             let config = args.resolve().map_err(|e| e.to_string())?;

@@ -36,6 +36,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::signals::{Request, Signals};
+use crate::systemd::ListenFd;
 use buffers::Shared;
 use conn::{Close, Connection, Status};
 use idle::{IdleList, Link, Linked};
@@ -69,6 +70,9 @@ pub enum ServerError {
     /// Both listen lists are empty: there is nothing to serve.
     #[error("nothing to listen on: [tcp] listen and [udp] listen are both empty")]
     NothingToServe,
+    /// A socket passed by the service manager cannot be served.
+    #[error("cannot use the socket {0:?} passed by the service manager: {1}")]
+    Adopt(String, #[source] io::Error),
     /// The poll, waker or signal handlers could not be set up.
     #[error("cannot set up the event loop: {0}")]
     Setup(#[source] io::Error),
@@ -144,6 +148,8 @@ pub struct Server {
     last_fd_warning: Option<Instant>,
     /// Graceful shutdown is under way; connections are cut at this instant.
     deadline: Option<Instant>,
+    /// systemd's watchdog: its interval, and when the next ping is due.
+    watchdog: Option<(Duration, Instant)>,
 }
 
 impl Server {
@@ -152,27 +158,82 @@ impl Server {
         if config.tcp.listen.is_empty() && config.udp.listen.is_empty() {
             return Err(ServerError::NothingToServe);
         }
-        let poll = Poll::new().map_err(ServerError::Setup)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?);
         let mut listeners = Vec::new();
         for &addr in &config.tcp.listen {
             let listener =
-                tcp::bind(addr, config.tcp.backlog).map_err(|source| ServerError::Bind {
-                    proto: "tcp",
-                    addr,
-                    source,
+                tcp::bind(addr, config.tcp.backlog, config.reuse_port).map_err(|source| {
+                    ServerError::Bind {
+                        proto: "tcp",
+                        addr,
+                        source,
+                    }
                 })?;
             listeners.push(listener);
         }
         let mut udp = Vec::new();
         for &addr in &config.udp.listen {
-            let endpoint = udp::bind(addr).map_err(|source| ServerError::Bind {
-                proto: "udp",
-                addr,
-                source,
-            })?;
+            let endpoint =
+                udp::bind(addr, config.reuse_port).map_err(|source| ServerError::Bind {
+                    proto: "udp",
+                    addr,
+                    source,
+                })?;
             udp.push(endpoint);
         }
+        Server::with_sockets(config, listeners, udp)
+    }
+
+    /// Serves the sockets systemd passed (socket activation) instead of the
+    /// configured addresses. Each is told apart by its type: a stream socket
+    /// must be listening, a datagram socket is served as UDP.
+    ///
+    /// Closing our copy of a passed listener at shutdown is fine (systemd
+    /// keeps its own); calling `shutdown()` on it would not be, and is never done.
+    pub fn adopt(config: Config, fds: Vec<ListenFd>) -> Result<Server, ServerError> {
+        let mut listeners = Vec::new();
+        let mut udp = Vec::new();
+        for passed in fds {
+            let name = passed.name.unwrap_or_else(|| "unnamed".into());
+            let socket = socket2::Socket::from(passed.fd);
+            let adopted = |e: io::Error| ServerError::Adopt(name.clone(), e);
+            match socket.r#type().map_err(adopted)? {
+                socket2::Type::STREAM => {
+                    if !socket.is_listener().map_err(adopted)? {
+                        return Err(adopted(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "a stream socket that is not listening (Accept=yes is not supported)",
+                        )));
+                    }
+                    listeners.push(tcp::adopt(socket).map_err(adopted)?);
+                }
+                socket2::Type::DGRAM => udp.push(udp::adopt(socket).map_err(adopted)?),
+                other => {
+                    return Err(adopted(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("unsupported socket type {other:?}"),
+                    )))
+                }
+            }
+        }
+        info!(
+            "socket activation: serving {} TCP and {} UDP sockets passed by the service manager; \
+             the configured listen addresses are ignored",
+            listeners.len(),
+            udp.len()
+        );
+        if listeners.is_empty() && udp.is_empty() {
+            return Err(ServerError::NothingToServe);
+        }
+        Server::with_sockets(config, listeners, udp)
+    }
+
+    fn with_sockets(
+        config: Config,
+        mut listeners: Vec<tcp::Listener>,
+        mut udp: Vec<udp::Endpoint>,
+    ) -> Result<Server, ServerError> {
+        let poll = Poll::new().map_err(ServerError::Setup)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?);
         let registry = poll.registry();
         let first_udp = FIRST_SOCKET + listeners.len();
         for (i, l) in listeners.iter_mut().enumerate() {
@@ -206,6 +267,7 @@ impl Server {
             accept_backoff: None,
             last_fd_warning: None,
             deadline: None,
+            watchdog: crate::systemd::watchdog_interval().map(|i| (i, Instant::now())),
         })
     }
 
@@ -256,9 +318,7 @@ impl Server {
         for u in &self.udp {
             info!("listening on udp://{}", u.addr);
         }
-        if let Err(e) = crate::systemd::notify("READY=1") {
-            warn!("cannot notify the service manager: {e}");
-        }
+        self.notify(&format!("READY=1\nSTATUS={}", self.status()));
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut again = Vec::new();
         loop {
@@ -282,6 +342,14 @@ impl Server {
                 self.dispatch(token, false, now)?;
             }
             self.expire(now);
+            if let Some((interval, next)) = self.watchdog {
+                if now >= next {
+                    self.notify(&format!("WATCHDOG=1\nSTATUS={}", self.status()));
+                    // Twice per interval, as systemd recommends: a late
+                    // wake-up must not cost us the service.
+                    self.watchdog = Some((interval, now + interval / 2));
+                }
+            }
             if let Some(deadline) = self.deadline {
                 if self.conns.is_empty() {
                     info!("shutdown complete; {}", self.shared.counters);
@@ -302,10 +370,16 @@ impl Server {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let nearest = [self.idle_deadline(), self.accept_backoff, self.deadline]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let watchdog = self.watchdog.map(|(_, next)| next);
+        let nearest = [
+            self.idle_deadline(),
+            self.accept_backoff,
+            self.deadline,
+            watchdog,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         // Round up to the next millisecond: epoll's resolution. Rounding
         // down would wake just before the deadline and spin once for nothing.
         Some(nearest.saturating_duration_since(now) + Duration::from_micros(999))
@@ -544,9 +618,10 @@ impl Server {
         }
         let timeout = self.config.shutdown_timeout;
         self.deadline = Some(now + timeout);
-        if let Err(e) = crate::systemd::notify("STOPPING=1") {
-            warn!("cannot notify the service manager: {e}");
-        }
+        self.notify(&format!(
+            "STOPPING=1\nSTATUS=shutting down: {} connections to finish",
+            self.conns.len()
+        ));
         info!(
             "shutting down: {} connections to finish (deadline {timeout:?})",
             self.conns.len()
@@ -597,8 +672,34 @@ impl Server {
         self.idle = IdleList::default();
     }
 
-    /// SIGHUP: apply what can change live; report what cannot.
+    /// Tells systemd (if it is listening) about our state.
+    fn notify(&self, message: &str) {
+        if let Err(e) = crate::systemd::notify(message) {
+            warn!("cannot notify the service manager: {e}");
+        }
+    }
+
+    /// A one-line summary for systemd's `STATUS=`.
+    fn status(&self) -> String {
+        let sockets: Vec<String> = (self.listeners.iter().map(|l| format!("tcp://{}", l.addr)))
+            .chain(self.udp.iter().map(|u| format!("udp://{}", u.addr)))
+            .collect();
+        format!(
+            "serving {} ({} connections open)",
+            sockets.join(" "),
+            self.conns.len()
+        )
+    }
+
+    /// SIGHUP: apply what can change live; report what cannot. systemd
+    /// hears RELOADING=1 before and READY=1 after, whatever the outcome.
     fn reload(&mut self) {
+        self.notify(&crate::systemd::reloading_message());
+        self.apply_reload();
+        self.notify(&format!("READY=1\nSTATUS={}", self.status()));
+    }
+
+    fn apply_reload(&mut self) {
         let Some(reloader) = self.reloader.as_mut() else {
             info!("SIGHUP: no configuration source to reload");
             return;
@@ -615,8 +716,9 @@ impl Server {
         if new.tcp.listen != old.tcp.listen
             || new.udp.listen != old.udp.listen
             || new.tcp.backlog != old.tcp.backlog
+            || new.reuse_port != old.reuse_port
         {
-            warn!("reload: listen addresses and backlog cannot change live; restart to apply them");
+            warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
         }
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
         info!(

@@ -24,7 +24,10 @@ pub struct Listener {
 /// that IPv6 is v6-only (`0.0.0.0:P` and `[::]:P` can coexist), the backlog is
 /// ours (mio's own `bind` uses 128, too small for a load test's burst of
 /// connects), close-on-exec and non-blocking from the start.
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Listener> {
+///
+/// With `reuse_port`, several processes may listen on one port
+/// (`SO_REUSEPORT`): the kernel spreads new connections across them.
+pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<Listener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -32,9 +35,18 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Listener> {
     // Lets a restarted daemon bind while its old connections sit in
     // TIME_WAIT; on Linux it does not let two live listeners share a port.
     socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    adopt(socket)
+}
+
+/// Takes a socket that is already bound and listening (ours, or passed by
+/// systemd, which hands them over blocking) into the loop.
+pub fn adopt(socket: Socket) -> io::Result<Listener> {
+    socket.set_nonblocking(true)?;
     let socket = TcpListener::from_std(socket.into());
     let addr = socket.local_addr()?;
     Ok(Listener {

@@ -30,13 +30,24 @@ pub struct Endpoint {
 /// Binds a UDP socket: v6-only for IPv6, non-blocking, and deliberately
 /// without `SO_REUSEADDR` (on UDP it would let another process bind the same
 /// port and take a share of our datagrams).
-pub fn bind(addr: SocketAddr) -> io::Result<Endpoint> {
+///
+/// `reuse_port` (`SO_REUSEPORT`) is the exception: several upcased processes
+/// sharing a port on purpose, the kernel spreading datagrams by flow.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<Endpoint> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_nonblocking(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
+    adopt(socket)
+}
+
+/// Takes a bound UDP socket (ours, or passed by systemd) into the loop.
+pub fn adopt(socket: Socket) -> io::Result<Endpoint> {
+    socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket.into());
     let addr = socket.local_addr()?;
     Ok(Endpoint { socket, addr })
