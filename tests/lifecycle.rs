@@ -345,26 +345,6 @@ fn an_empty_listen_list_turns_a_transport_off() {
 }
 
 #[test]
-fn tells_systemd_when_ready_and_when_stopping() {
-    use std::os::unix::net::UnixDatagram;
-    let path = std::env::temp_dir().join(format!("upcase-test-{}-notify.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let manager = UnixDatagram::bind(&path).unwrap();
-    manager.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut command = std::process::Command::new(daemon_path());
-    command.args(LOOPBACK).env("NOTIFY_SOCKET", &path);
-    let mut daemon = Daemon::start_with(&mut command, 2);
-    let mut buf = [0u8; 256];
-    let n = manager.recv(&mut buf).expect("READY=1");
-    assert_eq!(&buf[..n], b"READY=1");
-    daemon.signal(libc::SIGTERM);
-    let n = manager.recv(&mut buf).expect("STOPPING=1");
-    assert_eq!(&buf[..n], b"STOPPING=1");
-    assert_eq!(daemon.wait_exit().code(), Some(0));
-    let _ = std::fs::remove_file(&path);
-}
-
-#[test]
 fn sigterm_answers_input_the_kernel_holds_for_a_client_that_is_behind() {
     // A client that writes without reading: the server stops reading once
     // its replies back up, so at the signal the server's kernel holds input

@@ -9,5 +9,6 @@ mod util;
 mod clients;
 mod config;
 mod lifecycle;
+mod systemd;
 mod tcp;
 mod udp;

@@ -250,7 +250,16 @@ impl Daemon {
         (file, daemon)
     }
 
+    /// Spawns `command` (the daemon, or something that execs it) with its
+    /// stderr collected, and waits for `sockets` "listening on" lines.
     pub fn start_with(command: &mut Command, sockets: usize) -> Daemon {
+        let mut daemon = Daemon::spawn(command);
+        daemon.wait_listening(sockets);
+        daemon
+    }
+
+    /// Spawns `command` with its stderr collected, without waiting.
+    pub fn spawn(command: &mut Command) -> Daemon {
         let mut child = command
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -271,13 +280,18 @@ impl Daemon {
                 }
             })
         };
-        let mut daemon = Daemon {
+        Daemon {
             child,
             tcp: Vec::new(),
             udp: Vec::new(),
             log,
             reader: Some(reader),
-        };
+        }
+    }
+
+    /// Waits for `sockets` "listening on" lines and records their addresses.
+    pub fn wait_listening(&mut self, sockets: usize) {
+        let daemon = self;
         let deadline = Instant::now() + PATIENCE;
         loop {
             let lines = daemon.lines();
@@ -294,7 +308,7 @@ impl Daemon {
                         daemon.udp.push(addr.parse().expect("udp address in log"));
                     }
                 }
-                return daemon;
+                return;
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!(
