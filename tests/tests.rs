@@ -6,6 +6,7 @@
 
 mod util;
 
+mod client;
 mod clients;
 mod config;
 mod lifecycle;
