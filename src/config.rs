@@ -74,6 +74,10 @@ pub struct TcpConfig {
     /// Per connection, most bytes of reply waiting to be sent before the
     /// daemon stops reading from that client (default 65536).
     pub max_pending_output: NonZeroUsize,
+    /// Strip telnet commands from the input and refuse every option request,
+    /// for clients that negotiate on any port (PuTTY); applies to
+    /// connections accepted after it is set (default false).
+    pub telnet: bool,
 }
 
 /// The `[udp]` table: the datagram transport.
@@ -104,6 +108,7 @@ impl Default for TcpConfig {
             max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
             idle_timeout: Some(Duration::from_secs(5 * 60)),
             max_pending_output: NonZeroUsize::new(64 * 1024).expect("non-zero"),
+            telnet: false,
         }
     }
 }
@@ -233,6 +238,8 @@ impl Config {
             "max_pending_output = {}",
             self.tcp.max_pending_output
         ));
+        line("# Telnet clients that negotiate (PuTTY): drop IAC commands, refuse every option.");
+        line(&format!("telnet = {}", self.tcp.telnet));
         line("");
         line("[udp]");
         line("# UDP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns UDP off.");
@@ -383,6 +390,7 @@ const TCP_KEYS: &[&str] = &[
     "max_connections",
     "idle_timeout",
     "max_pending_output",
+    "telnet",
 ];
 const UDP_KEYS: &[&str] = &["listen"];
 
@@ -475,6 +483,13 @@ fn integer_value(value: &Value<'_>, key: &str, min: i64, max: i64, expected: &st
     }
 }
 
+fn bool_value(value: &Value<'_>, key: &str) -> Checked<bool> {
+    match value.get_ref() {
+        DeValue::Boolean(b) => Ok(*b),
+        _ => Err(wrong_type(value, key, "true or false")),
+    }
+}
+
 fn table_value<'a, 'i>(value: &'a Value<'i>, key: &str) -> Checked<&'a DeTable<'i>> {
     match value.get_ref() {
         DeValue::Table(table) => Ok(table),
@@ -561,6 +576,7 @@ fn check_tcp(table: &DeTable<'_>, tcp: &mut TcpConfig) -> Checked<()> {
             "max_pending_output" => {
                 tcp.max_pending_output = check_pending_output(value)?;
             }
+            "telnet" => tcp.telnet = bool_value(value, "tcp.telnet")?,
             other => return Err(unknown_key(key, &format!("tcp.{other}"), TCP_KEYS)),
         }
     }
@@ -716,6 +732,7 @@ mod tests {
                 max_connections: NonZeroUsize::new(3).unwrap(),
                 idle_timeout: None,
                 max_pending_output: NonZeroUsize::new(1 << 20).unwrap(),
+                telnet: true,
             },
             udp: UdpConfig { listen: vec![] },
         }
@@ -732,6 +749,7 @@ mod tests {
         assert_eq!(c.tcp.max_connections.get(), 10_000);
         assert_eq!(c.tcp.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.tcp.max_pending_output.get(), 65536);
+        assert!(!c.tcp.telnet);
         assert_eq!(c.udp.listen, vec![DEFAULT_LISTEN]);
     }
 
@@ -769,6 +787,7 @@ backlog = 1
 max_connections = 3
 idle_timeout = "0s"
 max_pending_output = "1MiB"
+telnet = true
 
 [udp]
 listen = []
@@ -818,7 +837,7 @@ listen = []
     fn unknown_tcp_key() {
         assert_eq!(
             error("[tcp]\nbacklog = 5\n\nbogus = true\n"),
-            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output"
+            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet"
         );
     }
 
@@ -838,7 +857,7 @@ listen = []
         );
         assert_eq!(
             error("[tcp.extra]\nx = 1\n"),
-            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output"
+            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet"
         );
     }
 
@@ -941,6 +960,16 @@ listen = []
         assert_eq!(
             error("[tcp]\nmax_pending_output = \"64KB\"\n"),
             "test.toml:2: tcp.max_pending_output: invalid size \"64KB\": expected a whole number of bytes, optionally followed by B, KiB, MiB or GiB (e.g. 65536, \"64KiB\", \"1MiB\")"
+        );
+    }
+
+    #[test]
+    fn telnet_is_a_boolean() {
+        assert!(parse("[tcp]\ntelnet = true\n").unwrap().tcp.telnet);
+        assert!(!parse("[tcp]\ntelnet = false\n").unwrap().tcp.telnet);
+        assert_eq!(
+            error("[tcp]\ntelnet = \"yes\"\n"),
+            "test.toml:2: tcp.telnet: expected true or false, found a string"
         );
     }
 
@@ -1092,7 +1121,7 @@ listen = []
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 9);
+        assert_eq!(keys, 10);
     }
 
     #[test]

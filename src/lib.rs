@@ -11,6 +11,8 @@
 //!   the man pages.
 //! - [`client`]: the textbook client behind `upcase` (its arguments, TCP
 //!   streamed or interactive, UDP with timeout and retries).
+//! - [`telnet`]: telnet commands removed from a TCP stream and every option
+//!   request refused (`[tcp] telnet = true`), pure like the transform.
 //! - [`server`]: the event loop. `server/mod.rs` owns the one `mio::Poll`
 //!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams),
 //!   `conn.rs` (one client: read, transform, write, back-pressure,
@@ -31,4 +33,5 @@ pub mod logging;
 pub mod server;
 pub mod signals;
 pub mod systemd;
+pub mod telnet;
 pub mod transform;

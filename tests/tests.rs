@@ -11,4 +11,5 @@ mod clients;
 mod config;
 mod lifecycle;
 mod tcp;
+mod telnet;
 mod udp;
