@@ -16,7 +16,11 @@
 //! - [`udp_session`] (UDP, either): one datagram per line, a reply awaited
 //!   with a timeout and the line re-sent a few times, since UDP may lose
 //!   either datagram. Lines whose reply never came are reported one by one
-//!   and make the session fail.
+//!   and make the session fail. Datagrams carry no sequence number, so a
+//!   reply still queued for an earlier line (late, or the answer to a retry)
+//!   is dropped before the next line is sent; one that arrives later still
+//!   would be taken for the next line's reply. That is UDP; use TCP when it
+//!   matters.
 //!
 //! A *line* is the bytes up to and including `'\n'` (the last one may lack
 //! it): the newline is sent too, so every reply carries its own line end and
@@ -290,6 +294,14 @@ pub fn connect(target: &Target) -> Result<TcpStream, ClientError> {
     })
 }
 
+/// The server's address, for messages. Only an unconnected socket has
+/// none, and its first read or write then reports the real error.
+fn peer(stream: &TcpStream) -> SocketAddr {
+    stream
+        .peer_addr()
+        .unwrap_or_else(|_| (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+}
+
 /// A closed output pipe (`upcase | head -1`) means the reader has seen
 /// enough: the session ends quietly, as other filters do.
 fn output_result(result: io::Result<()>) -> Result<(), ClientError> {
@@ -321,11 +333,7 @@ where
     R: Read + Send + 'static,
     W: Write,
 {
-    let addr = stream.peer_addr().map_err(|source| ClientError::Connect {
-        target: "server".to_owned(),
-        addrs: Vec::new(),
-        source,
-    })?;
+    let addr = peer(&stream);
     let mut sender = stream
         .try_clone()
         .map_err(|source| ClientError::Connection { addr, source })?;
@@ -424,12 +432,7 @@ pub fn tcp_interactive<W: Write>(
     mut output: W,
     mut prompt: Prompt<'_>,
 ) -> Result<(), ClientError> {
-    let addr = stream
-        .peer_addr()
-        .map_err(|source| ClientError::Connection {
-            addr: ([0, 0, 0, 0], 0).into(),
-            source,
-        })?;
+    let addr = peer(&stream);
     let broken = |source| ClientError::Connection { addr, source };
     let mut sender = stream.try_clone().map_err(broken)?;
     let mut replies = BufReader::new(stream);
