@@ -249,3 +249,24 @@ fn client_interactive_in_a_terminal() {
         "{screen}"
     );
 }
+
+#[test]
+fn client_reports_a_server_that_hangs_up_before_the_input_ends() {
+    // A server that says goodbye at once and never reads: the client's
+    // input (far more than the socket buffers hold) cannot all be sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        stream
+    });
+    let input = vec![b'x'; 64 << 20];
+    let out = run_client(&[&addr.to_string()], &input);
+    let _stream = server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("upcase: {addr} closed the connection before the end of the input\n")
+    );
+}
