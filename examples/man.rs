@@ -18,7 +18,10 @@ fn main() -> std::io::Result<()> {
             .unwrap_or_else(|| "target/man".into()),
     );
     std::fs::create_dir_all(&dir)?;
-    let pages = [(upcase::cli::DaemonArgs::command(), "8")];
+    let pages = [
+        (upcase::cli::DaemonArgs::command(), "8"),
+        (upcase::client::ClientArgs::command(), "1"),
+    ];
     for (command, section) in pages {
         let command = command.version(env!("CARGO_PKG_VERSION"));
         let name = command.get_name().to_owned();

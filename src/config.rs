@@ -78,6 +78,10 @@ pub struct TcpConfig {
     /// Per connection, most bytes of reply waiting to be sent before the
     /// daemon stops reading from that client (default 65536).
     pub max_pending_output: NonZeroUsize,
+    /// Strip telnet commands from the input and refuse every option request,
+    /// for clients that negotiate on any port (PuTTY); applies to
+    /// connections accepted after it is set (default false).
+    pub telnet: bool,
 }
 
 /// The `[udp]` table: the datagram transport.
@@ -109,6 +113,7 @@ impl Default for TcpConfig {
             max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
             idle_timeout: Some(Duration::from_secs(5 * 60)),
             max_pending_output: NonZeroUsize::new(64 * 1024).expect("non-zero"),
+            telnet: false,
         }
     }
 }
@@ -240,6 +245,8 @@ impl Config {
             "max_pending_output = {}",
             self.tcp.max_pending_output
         ));
+        line("# Telnet clients that negotiate (PuTTY): drop IAC commands, refuse every option.");
+        line(&format!("telnet = {}", self.tcp.telnet));
         line("");
         line("[udp]");
         line("# UDP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns UDP off.");
@@ -397,6 +404,7 @@ const TCP_KEYS: &[&str] = &[
     "max_connections",
     "idle_timeout",
     "max_pending_output",
+    "telnet",
 ];
 const UDP_KEYS: &[&str] = &["listen"];
 
@@ -469,13 +477,6 @@ fn duration_value(value: &Value<'_>, key: &str) -> Checked<Duration> {
 }
 
 /// An integer value within `min..=max`; `expected` describes the range.
-fn bool_value(value: &Value<'_>, key: &str) -> Checked<bool> {
-    match value.get_ref() {
-        DeValue::Boolean(b) => Ok(*b),
-        _ => Err(wrong_type(value, key, "true or false")),
-    }
-}
-
 fn integer_value(value: &Value<'_>, key: &str, min: i64, max: i64, expected: &str) -> Checked<i64> {
     let DeValue::Integer(integer) = value.get_ref() else {
         return Err(wrong_type(value, key, "an integer"));
@@ -493,6 +494,13 @@ fn integer_value(value: &Value<'_>, key: &str, min: i64, max: i64, expected: &st
             key,
             format!("{text} is out of range: expected {expected}"),
         )),
+    }
+}
+
+fn bool_value(value: &Value<'_>, key: &str) -> Checked<bool> {
+    match value.get_ref() {
+        DeValue::Boolean(b) => Ok(*b),
+        _ => Err(wrong_type(value, key, "true or false")),
     }
 }
 
@@ -583,6 +591,7 @@ fn check_tcp(table: &DeTable<'_>, tcp: &mut TcpConfig) -> Checked<()> {
             "max_pending_output" => {
                 tcp.max_pending_output = check_pending_output(value)?;
             }
+            "telnet" => tcp.telnet = bool_value(value, "tcp.telnet")?,
             other => return Err(unknown_key(key, &format!("tcp.{other}"), TCP_KEYS)),
         }
     }
@@ -739,6 +748,7 @@ mod tests {
                 max_connections: NonZeroUsize::new(3).unwrap(),
                 idle_timeout: None,
                 max_pending_output: NonZeroUsize::new(1 << 20).unwrap(),
+                telnet: true,
             },
             udp: UdpConfig { listen: vec![] },
         }
@@ -755,6 +765,7 @@ mod tests {
         assert_eq!(c.tcp.max_connections.get(), 10_000);
         assert_eq!(c.tcp.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.tcp.max_pending_output.get(), 65536);
+        assert!(!c.tcp.telnet);
         assert_eq!(c.udp.listen, vec![DEFAULT_LISTEN]);
     }
 
@@ -793,6 +804,7 @@ backlog = 1
 max_connections = 3
 idle_timeout = "0s"
 max_pending_output = "1MiB"
+telnet = true
 
 [udp]
 listen = []
@@ -842,7 +854,7 @@ listen = []
     fn unknown_tcp_key() {
         assert_eq!(
             error("[tcp]\nbacklog = 5\n\nbogus = true\n"),
-            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output"
+            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet"
         );
     }
 
@@ -862,7 +874,7 @@ listen = []
         );
         assert_eq!(
             error("[tcp.extra]\nx = 1\n"),
-            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output"
+            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet"
         );
     }
 
@@ -965,6 +977,16 @@ listen = []
         assert_eq!(
             error("[tcp]\nmax_pending_output = \"64KB\"\n"),
             "test.toml:2: tcp.max_pending_output: invalid size \"64KB\": expected a whole number of bytes, optionally followed by B, KiB, MiB or GiB (e.g. 65536, \"64KiB\", \"1MiB\")"
+        );
+    }
+
+    #[test]
+    fn telnet_is_a_boolean() {
+        assert!(parse("[tcp]\ntelnet = true\n").unwrap().tcp.telnet);
+        assert!(!parse("[tcp]\ntelnet = false\n").unwrap().tcp.telnet);
+        assert_eq!(
+            error("[tcp]\ntelnet = \"yes\"\n"),
+            "test.toml:2: tcp.telnet: expected true or false, found a string"
         );
     }
 
@@ -1125,7 +1147,7 @@ listen = []
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 10);
+        assert_eq!(keys, 11);
     }
 
     #[test]

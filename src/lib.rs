@@ -9,6 +9,10 @@
 //!   [`config::Config`], whose fields are already-checked types.
 //! - [`cli`]: the command-line definitions (clap), shared by the binary and
 //!   the man pages.
+//! - [`client`]: the textbook client behind `upcase` (its arguments, TCP
+//!   streamed or interactive, UDP with timeout and retries).
+//! - [`telnet`]: telnet commands removed from a TCP stream and every option
+//!   request refused (`[tcp] telnet = true`), pure like the transform.
 //! - [`server`]: the event loop. `server/mod.rs` owns the one `mio::Poll`
 //!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams),
 //!   `conn.rs` (one client: read, transform, write, back-pressure,
@@ -23,9 +27,11 @@
 //! map errors to exit codes.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod logging;
 pub mod server;
 pub mod signals;
 pub mod systemd;
+pub mod telnet;
 pub mod transform;

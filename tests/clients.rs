@@ -1,7 +1,9 @@
 //! Real clients against the real binary: what a user types must work.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::thread::{self, JoinHandle};
 
 use crate::util::*;
 
@@ -73,5 +75,96 @@ fn socat_over_tcp_and_udp() {
     assert_eq!(
         pipe_through("socat", &["-", &udp], b"over udp\n"),
         b"OVER UDP\n"
+    );
+}
+
+/// A one-connection TCP relay in front of `server` that records the bytes
+/// going each way, so a test can check what a real client put on the wire.
+struct Recorder {
+    addr: SocketAddr,
+    /// Joined when the client has gone: (client -> server, server -> client).
+    done: JoinHandle<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Recorder {
+    fn start(server: SocketAddr) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let done = thread::spawn(move || {
+            let (client, _) = listener.accept().expect("accept the client");
+            let upstream = connect(server);
+            let up = pump(client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let down = pump(upstream, client);
+            (up.join().unwrap(), down.join().unwrap())
+        });
+        Recorder { addr, done }
+    }
+}
+
+/// Copies `from` to `to` until EOF (or an error: a client that quits may
+/// reset), then half-closes `to`; returns what went through.
+fn pump(mut from: TcpStream, mut to: TcpStream) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0; 4096];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            seen.extend_from_slice(&buf[..n]);
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+        seen
+    })
+}
+
+#[test]
+fn telnet_session_in_a_terminal() {
+    if !have_tool("telnet") || !have_tool("tmux") {
+        return;
+    }
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    // telnet talks to the daemon through a recorder, so the exact bytes of
+    // the session (the CRLF that Enter sends in line mode) are checked, not
+    // only what the screen shows.
+    let recorder = Recorder::start(daemon.tcp[0]);
+    let command = format!(
+        "telnet 127.0.0.1 {}; echo exit=$?; sleep 600",
+        recorder.addr.port()
+    );
+    let tmux = Tmux::start("telnet", &command);
+    tmux.wait_for("Escape character is '^]'.");
+    tmux.send_keys(&["hello there, straße", "Enter"]);
+    tmux.wait_for("HELLO THERE, STRASSE");
+    tmux.send_keys(&["C-]"]);
+    tmux.wait_for("telnet>");
+    tmux.send_keys(&["quit", "Enter"]);
+    let screen = tmux.wait_for("exit=");
+    let lines: Vec<&str> = screen.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines,
+        [
+            "Trying 127.0.0.1...",
+            "Connected to 127.0.0.1.",
+            "Escape character is '^]'.",
+            "hello there, straße",
+            "HELLO THERE, STRASSE",
+            "^]",
+            "telnet> quit",
+            "Connection closed.",
+            "exit=0",
+        ],
+        "{screen}"
+    );
+    let (sent, received) = recorder.done.join().unwrap();
+    assert_eq!(sent, "hello there, straße\r\n".as_bytes(), "telnet's bytes");
+    assert_eq!(
+        received,
+        "HELLO THERE, STRASSE\r\n".as_bytes(),
+        "CRLF comes back as CRLF"
     );
 }

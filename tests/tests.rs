@@ -6,9 +6,11 @@
 
 mod util;
 
+mod client;
 mod clients;
 mod config;
 mod lifecycle;
 mod systemd;
 mod tcp;
+mod telnet;
 mod udp;

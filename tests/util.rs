@@ -497,3 +497,114 @@ pub fn have_tool(tool: &str) -> bool {
     }
     found
 }
+
+/// Path of the built `upcase` client.
+pub fn client_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_upcase"))
+}
+
+/// Runs `upcase ARGS` with `input` piped to it (fed from a thread, so a
+/// client that sends and receives at once is never held up by the test).
+pub fn run_client(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(client_path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upcase");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // The client may exit without reading everything (an error): a failed
+    // write is then expected, not a test failure.
+    let feeder = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for upcase");
+    feeder.join().unwrap();
+    out
+}
+
+/// A terminal for programs that need one (telnet, the interactive client):
+/// a detached tmux session on a tmux server of its own (its own socket name),
+/// which is killed on drop.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `command` (run by the shell) in an 80x20 window.
+    pub fn start(name: &str, command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("upcase-test-{}-{name}", std::process::id()),
+        };
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-x",
+            "80",
+            "-y",
+            "20",
+            "-s",
+            "t",
+            command,
+        ]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TMUX")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tmux");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `keys` (tmux key names: "hello", "Enter", "C-d", "C-]").
+    pub fn send_keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// What the window shows now.
+    pub fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    /// Waits until the window shows `needle`; returns the screen.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared on the screen:\n{screen}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -11,6 +11,11 @@
 //! what the kernel refuses is copied into the connection's own output buffer,
 //! which comes from a pool and goes back to it as soon as it drains, so an
 //! idle connection holds no buffer at all.
+//!
+//! With `[tcp] telnet = true` the bytes go through the connection's
+//! [`telnet::Filter`] before the transform: commands are dropped and each
+//! option request's refusal is put in the reply stream at its place. Without
+//! it, the path is the plain one (one check per read, none per byte).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -18,6 +23,7 @@ use std::net::{Shutdown, SocketAddr};
 use mio::net::TcpStream;
 
 use crate::server::buffers::Shared;
+use crate::telnet;
 use crate::transform::{Mode, Upcaser};
 
 /// Reads one connection may do per turn before the others get theirs. With
@@ -77,6 +83,8 @@ pub struct Connection {
     peer: SocketAddr,
     /// The streaming transform; carries at most 3 bytes of a split UTF-8 character.
     upcaser: Upcaser,
+    /// Telnet command filter, when `[tcp] telnet` was on at accept time.
+    telnet: Option<telnet::Filter>,
     /// Replies the kernel has not accepted yet: `out[sent..]`. Empty with no
     /// capacity while nothing is pending (the buffer is back in the pool).
     out: Vec<u8>,
@@ -92,12 +100,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps a freshly accepted socket.
-    pub fn new(stream: TcpStream, peer: SocketAddr, mode: Mode) -> Connection {
+    /// Wraps a freshly accepted socket; `telnet` turns on the telnet
+    /// command filter for this connection's whole life.
+    pub fn new(stream: TcpStream, peer: SocketAddr, mode: Mode, telnet: bool) -> Connection {
         Connection {
             stream,
             peer,
             upcaser: Upcaser::new(mode),
+            telnet: telnet.then(telnet::Filter::new),
             out: Vec::new(),
             sent: 0,
             // A client may have sent data before we accepted it: try at once.
@@ -197,7 +207,7 @@ impl Connection {
                 Ok(n) => {
                     shared.counters.bytes_in += n as u64;
                     if !matches!(self.input, Input::Discarding(_)) {
-                        self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out))?;
+                        self.answer(shared, n)?;
                     }
                     if let Input::Draining(left) = self.input {
                         let left = left.saturating_sub(n);
@@ -240,6 +250,25 @@ impl Connection {
             }
         }
         Ok(Status::Waiting)
+    }
+
+    /// Answers the `n` bytes just read into the shared read buffer.
+    fn answer(&mut self, shared: &mut Shared, n: usize) -> io::Result<()> {
+        let Some(mut filter) = self.telnet.take() else {
+            return self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out));
+        };
+        // The filter is taken out for the call because `reply` borrows the
+        // whole connection; it is one byte of state.
+        let result = self.reply(shared, |upcaser, input, out| {
+            filter.feed(&input[..n], |piece| match piece {
+                telnet::Piece::Data(data) => upcaser.feed(data, out),
+                // Raw: a refusal must not go through the transform (in
+                // ascii mode an option byte in a-z would be changed).
+                telnet::Piece::Reply(reply) => out.extend_from_slice(&reply),
+            });
+        });
+        self.telnet = Some(filter);
+        result
     }
 
     /// Produces replies with `produce` and sends them: written at once from

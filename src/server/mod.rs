@@ -502,7 +502,7 @@ impl Server {
         let key = entry.key();
         let token = Token(self.conn_base + key);
         let mut slot = Slot {
-            conn: Connection::new(stream, peer, self.config.mode),
+            conn: Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet),
             last_active: now,
             link: Link::default(),
         };
@@ -722,8 +722,8 @@ impl Server {
         }
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
         info!(
-            "configuration reloaded: mode {}, max_connections {}, idle_timeout {:?}, max_pending_output {}, shutdown_timeout {:?}",
-            new.mode, new.tcp.max_connections, new.tcp.idle_timeout, new.tcp.max_pending_output, new.shutdown_timeout
+            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {:?}, max_pending_output {}, shutdown_timeout {:?}",
+            new.mode, new.tcp.telnet, new.tcp.max_connections, new.tcp.idle_timeout, new.tcp.max_pending_output, new.shutdown_timeout
         );
         if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
             self.at_limit = false;
