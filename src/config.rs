@@ -21,7 +21,7 @@
 //! syntax errors fall back to reading the key from the offending line).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -82,6 +82,10 @@ pub struct TcpConfig {
     /// for clients that negotiate on any port (PuTTY); applies to
     /// connections accepted after it is set (default false).
     pub telnet: bool,
+    /// Most connections open at once from one client address; `None`
+    /// (written `0`) means no such limit (default). IPv4-mapped IPv6
+    /// addresses count as the IPv4 address.
+    pub max_connections_per_ip: Option<NonZeroUsize>,
 }
 
 /// The `[udp]` table: the datagram transport.
@@ -90,7 +94,21 @@ pub struct UdpConfig {
     /// Addresses to listen on; empty turns UDP off
     /// (default `[127.0.0.1:12000]`).
     pub listen: Vec<SocketAddr>,
+    /// Datagrams from these source ports are dropped unanswered: the
+    /// classic services that answer anything (echo 7, daytime 13, chargen
+    /// 19, time 37), so a spoofed datagram cannot make two services bounce
+    /// replies between them forever (default `[7, 13, 19, 37]`).
+    pub blocked_source_ports: Vec<u16>,
+    /// Datagrams answered per second per source address, with a burst of one
+    /// second's worth (a token bucket); excess is dropped and counted. `None`
+    /// (written `0`) turns it off. Default 100000: no test or benchmark on
+    /// one machine notices it, yet it caps what a spoofed source can make
+    /// this server send to its victim.
+    pub rate_limit: Option<NonZeroU32>,
 }
+
+/// The default `[udp] blocked_source_ports`.
+pub const DEFAULT_BLOCKED_SOURCE_PORTS: [u16; 4] = [7, 13, 19, 37];
 
 impl Default for Config {
     fn default() -> Config {
@@ -114,6 +132,7 @@ impl Default for TcpConfig {
             idle_timeout: Some(Duration::from_secs(5 * 60)),
             max_pending_output: NonZeroUsize::new(64 * 1024).expect("non-zero"),
             telnet: false,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -122,6 +141,8 @@ impl Default for UdpConfig {
     fn default() -> UdpConfig {
         UdpConfig {
             listen: vec![DEFAULT_LISTEN],
+            blocked_source_ports: DEFAULT_BLOCKED_SOURCE_PORTS.to_vec(),
+            rate_limit: NonZeroU32::new(100_000),
         }
     }
 }
@@ -247,10 +268,28 @@ impl Config {
         ));
         line("# Telnet clients that negotiate (PuTTY): drop IAC commands, refuse every option.");
         line(&format!("telnet = {}", self.tcp.telnet));
+        line("# Most connections open at once from one client address; 0 = no limit.");
+        line(&format!(
+            "max_connections_per_ip = {}",
+            self.tcp.max_connections_per_ip.map_or(0, NonZeroUsize::get)
+        ));
         line("");
         line("[udp]");
         line("# UDP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns UDP off.");
         line(&format!("listen = {}", address_list(&self.udp.listen)));
+        line("# Datagrams from these source ports are dropped (echo, daytime, chargen, time).");
+        let ports: Vec<String> = self
+            .udp
+            .blocked_source_ports
+            .iter()
+            .map(u16::to_string)
+            .collect();
+        line(&format!("blocked_source_ports = [{}]", ports.join(", ")));
+        line("# Datagrams answered per second per source address (burst: one second's worth); 0 = off.");
+        line(&format!(
+            "rate_limit = {}",
+            self.udp.rate_limit.map_or(0, NonZeroU32::get)
+        ));
         out
     }
 }
@@ -405,8 +444,9 @@ const TCP_KEYS: &[&str] = &[
     "idle_timeout",
     "max_pending_output",
     "telnet",
+    "max_connections_per_ip",
 ];
-const UDP_KEYS: &[&str] = &["listen"];
+const UDP_KEYS: &[&str] = &["listen", "blocked_source_ports", "rate_limit"];
 
 fn fault(span: Range<usize>, key: &str, message: String) -> Fault {
     Fault {
@@ -592,6 +632,11 @@ fn check_tcp(table: &DeTable<'_>, tcp: &mut TcpConfig) -> Checked<()> {
                 tcp.max_pending_output = check_pending_output(value)?;
             }
             "telnet" => tcp.telnet = bool_value(value, "tcp.telnet")?,
+            "max_connections_per_ip" => {
+                let key = "tcp.max_connections_per_ip";
+                let n = integer_value(value, key, 0, i64::from(u32::MAX), "0 (off) or more")?;
+                tcp.max_connections_per_ip = usize::try_from(n).ok().and_then(NonZeroUsize::new);
+            }
             other => return Err(unknown_key(key, &format!("tcp.{other}"), TCP_KEYS)),
         }
     }
@@ -632,6 +677,28 @@ fn check_udp(table: &DeTable<'_>, udp: &mut UdpConfig) -> Checked<()> {
     for (key, value) in entries(table) {
         match key.get_ref().as_ref() {
             "listen" => udp.listen = listen_value(value, "udp.listen")?,
+            "blocked_source_ports" => {
+                let key = "udp.blocked_source_ports";
+                let DeValue::Array(items) = value.get_ref() else {
+                    return Err(wrong_type(
+                        value,
+                        key,
+                        "an array of port numbers such as [7, 19]",
+                    ));
+                };
+                udp.blocked_source_ports = items
+                    .iter()
+                    .map(|item| {
+                        integer_value(item, key, 0, 65535, "a port from 0 to 65535")
+                            .map(|n| u16::try_from(n).expect("checked range"))
+                    })
+                    .collect::<Checked<Vec<u16>>>()?;
+            }
+            "rate_limit" => {
+                let key = "udp.rate_limit";
+                let n = integer_value(value, key, 0, i64::from(u32::MAX), "0 (off) or more")?;
+                udp.rate_limit = u32::try_from(n).ok().and_then(NonZeroU32::new);
+            }
             other => return Err(unknown_key(key, &format!("udp.{other}"), UDP_KEYS)),
         }
     }
@@ -749,8 +816,13 @@ mod tests {
                 idle_timeout: None,
                 max_pending_output: NonZeroUsize::new(1 << 20).unwrap(),
                 telnet: true,
+                max_connections_per_ip: NonZeroUsize::new(4),
             },
-            udp: UdpConfig { listen: vec![] },
+            udp: UdpConfig {
+                listen: vec![],
+                blocked_source_ports: vec![],
+                rate_limit: None,
+            },
         }
     }
 
@@ -805,9 +877,12 @@ max_connections = 3
 idle_timeout = "0s"
 max_pending_output = "1MiB"
 telnet = true
+max_connections_per_ip = 4
 
 [udp]
 listen = []
+blocked_source_ports = []
+rate_limit = 0
 "#;
         assert_eq!(parse(text).unwrap(), non_default());
     }
@@ -854,7 +929,7 @@ listen = []
     fn unknown_tcp_key() {
         assert_eq!(
             error("[tcp]\nbacklog = 5\n\nbogus = true\n"),
-            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet"
+            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet, max_connections_per_ip"
         );
     }
 
@@ -862,7 +937,7 @@ listen = []
     fn unknown_udp_key_in_inline_table() {
         assert_eq!(
             error("udp = { listen = [], port = 1 }\n"),
-            "test.toml:1: udp.port: unknown key; expected one of: listen"
+            "test.toml:1: udp.port: unknown key; expected one of: listen, blocked_source_ports, rate_limit"
         );
     }
 
@@ -874,7 +949,7 @@ listen = []
         );
         assert_eq!(
             error("[tcp.extra]\nx = 1\n"),
-            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet"
+            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet, max_connections_per_ip"
         );
     }
 
@@ -977,6 +1052,27 @@ listen = []
         assert_eq!(
             error("[tcp]\nmax_pending_output = \"64KB\"\n"),
             "test.toml:2: tcp.max_pending_output: invalid size \"64KB\": expected a whole number of bytes, optionally followed by B, KiB, MiB or GiB (e.g. 65536, \"64KiB\", \"1MiB\")"
+        );
+    }
+
+    #[test]
+    fn guards_against_hostile_clients() {
+        let c = parse("[tcp]\nmax_connections_per_ip = 0\n[udp]\nrate_limit = 50\nblocked_source_ports = [7, 1900]\n")
+            .unwrap();
+        assert_eq!(c.tcp.max_connections_per_ip, None);
+        assert_eq!(c.udp.rate_limit, NonZeroU32::new(50));
+        assert_eq!(c.udp.blocked_source_ports, [7, 1900]);
+        assert_eq!(
+            error("[udp]\nblocked_source_ports = [7, 70000]\n"),
+            "test.toml:2: udp.blocked_source_ports: 70000 is out of range: expected a port from 0 to 65535"
+        );
+        assert_eq!(
+            error("[udp]\nrate_limit = -1\n"),
+            "test.toml:2: udp.rate_limit: -1 is out of range: expected 0 (off) or more"
+        );
+        assert_eq!(
+            error("[tcp]\nmax_connections_per_ip = \"10\"\n"),
+            "test.toml:2: tcp.max_connections_per_ip: expected an integer, found a string"
         );
     }
 
@@ -1124,7 +1220,8 @@ listen = []
         assert!(text.contains("idle_timeout = \"0s\"\n"), "{text}");
         assert!(text.contains("shutdown_timeout = \"1500ms\"\n"), "{text}");
         assert!(text.contains("[udp]\n# "), "{text}");
-        assert!(text.ends_with("listen = []\n"), "{text}");
+        assert!(text.contains("listen = []\n"), "{text}");
+        assert!(text.ends_with("rate_limit = 0\n"), "{text}");
     }
 
     #[test]
@@ -1147,7 +1244,7 @@ listen = []
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 11);
+        assert_eq!(keys, 14);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
 //! - [`systemd`]: the sd_notify messages (ready, stopping).
+//! - [`rlimit`]: the file-descriptor limit, raised at start-up.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
 //!
 //! Binaries in `src/bin/` stay thin: parse arguments, set up logging, run,
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod logging;
+pub mod rlimit;
 pub mod server;
 pub mod signals;
 pub mod systemd;

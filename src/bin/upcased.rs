@@ -25,6 +25,25 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let logs = upcase::logging::init(config.log_level);
+    // Every connection is a descriptor: take all the kernel allows us, and
+    // say so if max_connections still cannot fit (accepting would then
+    // pause at EMFILE, which works, but the operator should know).
+    match upcase::rlimit::raise_nofile_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                log::info!("file descriptor limit raised from {before} to {after}");
+            }
+            let wanted = config.tcp.max_connections.get() as u64 + upcase::rlimit::RESERVED_FDS;
+            if wanted > after {
+                log::warn!(
+                    "max_connections is {} but the file descriptor limit is {after}: \
+                     accepting will pause before the limit (raise LimitNOFILE or ulimit -n)",
+                    config.tcp.max_connections
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot read or raise the file descriptor limit: {e}"),
+    }
     // Read (and cleared from the environment) first thing, before any
     // thread exists; empty unless systemd passed sockets to this process.
     let passed = match upcase::systemd::take_listen_fds() {

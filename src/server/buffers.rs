@@ -47,13 +47,14 @@ pub struct BufPool {
     free: Vec<Vec<u8>>,
 }
 
-/// How many free buffers the pool keeps; more are freed. Enough for the
-/// connections that are slow readers at one moment, not for all of them.
-const POOL_KEEP: usize = 256;
+/// How many free buffers the pool keeps; more are freed. Enough to spare
+/// the allocator on the hot path, small enough that memory returns to
+/// baseline after a burst of slow readers (at most 32 × 128 KiB kept).
+const POOL_KEEP: usize = 32;
 
 /// A buffer that grew past this (a client that stalled with a large backlog)
 /// is freed rather than kept, so the pool does not pin the peak forever.
-const POOL_MAX_CAPACITY: usize = 256 * 1024;
+const POOL_MAX_CAPACITY: usize = 128 * 1024;
 
 impl BufPool {
     /// An empty buffer, reused when one is free.

@@ -19,13 +19,15 @@
 
 mod buffers;
 mod conn;
+mod guard;
 mod idle;
 mod stats;
 mod tcp;
 mod udp;
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +41,7 @@ use crate::signals::{Request, Signals};
 use crate::systemd::ListenFd;
 use buffers::Shared;
 use conn::{Close, Connection, Status};
+use guard::UdpGuard;
 use idle::{IdleList, Link, Linked};
 pub use stats::Counters;
 
@@ -112,6 +115,8 @@ struct Slot {
     last_active: Instant,
     /// Its place in the list of connections by last activity.
     link: Link,
+    /// Counted in `per_ip` (the per-address limit was on when it came).
+    ip_counted: bool,
 }
 
 impl Linked for Slot {
@@ -140,6 +145,13 @@ pub struct Server {
     again: Vec<Token>,
     /// Every connection, the one idle the longest first.
     idle: IdleList,
+    /// Open connections per client address, while `max_connections_per_ip` is set.
+    per_ip: HashMap<IpAddr, usize>,
+    /// Refusals for `max_connections_per_ip` since the last warning, and when
+    /// that was: one line per episode, not one per client.
+    per_ip_refusals: (u64, Option<Instant>),
+    /// Blocked source ports and per-source rate for UDP.
+    guard: UdpGuard,
     /// The connection limit is reached: accepting waits for a slot.
     at_limit: bool,
     /// Out of file descriptors: accepting waits until then.
@@ -248,6 +260,7 @@ impl Server {
         }
         let conn_base = first_udp + udp.len();
         let shared = Shared::new(config.tcp.max_pending_output.get());
+        let guard = UdpGuard::new(&config.udp);
         Ok(Server {
             poll,
             config,
@@ -263,6 +276,9 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             again: Vec::new(),
             idle: IdleList::default(),
+            per_ip: HashMap::new(),
+            per_ip_refusals: (0, None),
+            guard,
             at_limit: false,
             accept_backoff: None,
             last_fd_warning: None,
@@ -400,7 +416,9 @@ impl Server {
             // listener and UDP lists are empty but a queued token may remain.
             Token(t) if t >= self.first_udp => {
                 if let Some(endpoint) = self.udp.get_mut(t - self.first_udp) {
-                    if endpoint.serve(self.config.mode, &mut self.shared, udp::DATAGRAMS_PER_TURN) {
+                    let mode = self.config.mode;
+                    let budget = udp::DATAGRAMS_PER_TURN;
+                    if endpoint.serve(mode, &mut self.guard, &mut self.shared, budget, now) {
                         self.again.push(token);
                     }
                 }
@@ -493,6 +511,21 @@ impl Server {
     }
 
     fn add_connection(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+        let ip_counted = match self.config.tcp.max_connections_per_ip {
+            None => false,
+            Some(limit) => {
+                let open = self.per_ip.entry(udp::canonical_ip(peer.ip())).or_insert(0);
+                if *open >= limit.get() {
+                    // Its address is at the limit. The client is already
+                    // accepted (the address is known only then): closing it
+                    // now is the refusal, counted and reported.
+                    self.refuse_per_ip(peer, limit.get(), now);
+                    return;
+                }
+                *open += 1;
+                true
+            }
+        };
         // Replies are written whole as soon as they are made; Nagle's
         // algorithm would only hold small ones back waiting for an ACK.
         if let Err(e) = stream.set_nodelay(true) {
@@ -505,6 +538,7 @@ impl Server {
             conn: Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet),
             last_active: now,
             link: Link::default(),
+            ip_counted,
         };
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
@@ -516,6 +550,9 @@ impl Server {
         ) {
             self.shared.counters.errors += 1;
             warn!("{peer}: cannot register connection: {e}");
+            if ip_counted {
+                self.uncount_ip(peer.ip());
+            }
             return;
         }
         entry.insert(slot);
@@ -563,11 +600,40 @@ impl Server {
         self.idle.unlink(&mut self.conns, key);
         let slot = self.conns.remove(key);
         debug!("{}: closed", slot.conn.peer());
+        if slot.ip_counted {
+            self.uncount_ip(slot.conn.peer().ip());
+        }
         self.shared.counters.conns_open -= 1;
         if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
             self.at_limit = false;
             info!("below the connection limit again: accepting resumed");
             self.resume_accepting();
+        }
+    }
+
+    fn uncount_ip(&mut self, ip: IpAddr) {
+        let ip = udp::canonical_ip(ip);
+        if let Some(open) = self.per_ip.get_mut(&ip) {
+            *open -= 1;
+            if *open == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Closes a client whose address is at `max_connections_per_ip`; warns
+    /// at most every ten seconds, with the count since the last warning.
+    fn refuse_per_ip(&mut self, peer: SocketAddr, limit: usize, now: Instant) {
+        self.shared.counters.closed_limit += 1;
+        let (count, last) = &mut self.per_ip_refusals;
+        *count += 1;
+        if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+            warn!(
+                "max_connections_per_ip ({limit}) reached: refused {count} connection(s), latest from {}",
+                peer.ip()
+            );
+            *count = 0;
+            *last = Some(now);
         }
     }
 
@@ -644,7 +710,9 @@ impl Server {
         self.at_limit = false;
         // Datagrams already queued get their answers; then the sockets close.
         for mut endpoint in self.udp.drain(..) {
-            endpoint.serve(self.config.mode, &mut self.shared, udp::SHUTDOWN_BUDGET);
+            let mode = self.config.mode;
+            let budget = udp::SHUTDOWN_BUDGET;
+            endpoint.serve(mode, &mut self.guard, &mut self.shared, budget, now);
             let _ = self.poll.registry().deregister(&mut endpoint.socket);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
@@ -721,6 +789,12 @@ impl Server {
             warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
         }
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
+        self.guard.reconfigure(&new.udp);
+        if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
+            // Counting starts (or stops) with connections accepted from now
+            // on; those already open are not counted against the new limit.
+            warn!("reload: max_connections_per_ip applies to connections accepted from now on");
+        }
         info!(
             "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {:?}, max_pending_output {}, shutdown_timeout {:?}",
             new.mode, new.tcp.telnet, new.tcp.max_connections, new.tcp.idle_timeout, new.tcp.max_pending_output, new.shutdown_timeout

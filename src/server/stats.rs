@@ -19,6 +19,8 @@ pub struct Counters {
     pub closed_error: u64,
     /// Cut by the shutdown deadline.
     pub closed_cut: u64,
+    /// Accepted, then closed at once: its address had `max_connections_per_ip` open.
+    pub closed_limit: u64,
     /// Bytes read from TCP clients and UDP datagrams.
     pub bytes_in: u64,
     /// Bytes of replies handed to the kernel.
@@ -29,6 +31,10 @@ pub struct Counters {
     pub dgrams_out: u64,
     /// UDP datagrams not answered (reply too large, send buffer full, ...).
     pub dgrams_dropped: u64,
+    /// UDP datagrams dropped for their source port (`blocked_source_ports`).
+    pub dgrams_blocked: u64,
+    /// UDP datagrams dropped over their source's `rate_limit`.
+    pub dgrams_limited: u64,
     /// Errors that ended no connection: failed accepts, UDP receive errors.
     pub errors: u64,
     /// Times accepting paused (connection limit or out of file descriptors).
@@ -39,8 +45,9 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={}; \
-             bytes in={} out={}; datagrams in={} out={} dropped={}; errors={} accept_pauses={}",
+            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={} limit={}; \
+             bytes in={} out={}; datagrams in={} out={} dropped={} blocked={} limited={}; \
+             errors={} accept_pauses={}",
             self.conns_open,
             self.conns_accepted,
             self.closed_done,
@@ -48,11 +55,14 @@ impl fmt::Display for Counters {
             self.closed_idle,
             self.closed_error,
             self.closed_cut,
+            self.closed_limit,
             self.bytes_in,
             self.bytes_out,
             self.dgrams_in,
             self.dgrams_out,
             self.dgrams_dropped,
+            self.dgrams_blocked,
+            self.dgrams_limited,
             self.errors,
             self.accept_pauses,
         )

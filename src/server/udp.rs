@@ -2,13 +2,15 @@
 //! sender. Nothing is kept between datagrams.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use log::debug;
 use mio::net::UdpSocket;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::server::buffers::Shared;
+use crate::server::guard::{UdpGuard, Verdict};
 use crate::transform::{upcase_into, Mode};
 
 /// Datagrams one socket may answer per turn before the others get theirs.
@@ -58,7 +60,14 @@ impl Endpoint {
     /// Returns true if the budget ran out with datagrams possibly still queued.
     ///
     /// No error here stops the loop: each one costs at most one datagram.
-    pub fn serve(&mut self, mode: Mode, shared: &mut Shared, budget: usize) -> bool {
+    pub fn serve(
+        &mut self,
+        mode: Mode,
+        guard: &mut UdpGuard,
+        shared: &mut Shared,
+        budget: usize,
+        now: Instant,
+    ) -> bool {
         let mut answered = 0;
         loop {
             if answered == budget {
@@ -80,6 +89,25 @@ impl Endpoint {
             answered += 1;
             shared.counters.dgrams_in += 1;
             shared.counters.bytes_in += n as u64;
+            match guard.check(canonical_ip(from.ip()), from.port(), now) {
+                Verdict::Answer => {}
+                Verdict::Blocked => {
+                    shared.counters.dgrams_blocked += 1;
+                    debug!(
+                        "udp://{}: datagram from {from} dropped: blocked source port",
+                        self.addr
+                    );
+                    continue;
+                }
+                Verdict::Limited => {
+                    shared.counters.dgrams_limited += 1;
+                    debug!(
+                        "udp://{}: datagram from {from} dropped: over rate_limit",
+                        self.addr
+                    );
+                    continue;
+                }
+            }
             shared.scratch.clear();
             upcase_into(mode, &shared.read_buf[..n], &mut shared.scratch);
             match self.socket.send_to(&shared.scratch, from) {
@@ -102,5 +130,14 @@ impl Endpoint {
                 }
             }
         }
+    }
+}
+
+/// The address a client is counted under: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, from a dual-stack socket) is the IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
