@@ -9,6 +9,7 @@ mod util;
 mod client;
 mod clients;
 mod config;
+mod hostile;
 mod lifecycle;
 mod systemd;
 mod tcp;

@@ -158,6 +158,14 @@ impl Connection {
         self.run(shared)
     }
 
+    /// The idle timeout struck: send what is still owed (a character the
+    /// client left half-sent comes back raw, as at its EOF), then our FIN.
+    /// The loop drops the connection next; errors no longer matter.
+    pub fn close_idle(&mut self, shared: &mut Shared) {
+        let _ = self.reply(shared, |upcaser, _, out| upcaser.finish(out));
+        let _ = shutdown_write(&self.stream);
+    }
+
     /// One turn of work: flush, read and reply within the budget, then see
     /// whether the connection is finished.
     pub fn run(&mut self, shared: &mut Shared) -> Status {

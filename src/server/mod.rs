@@ -664,6 +664,7 @@ impl Server {
             // No bytes either way for the whole timeout, so none are
             // waiting to be read: closing sends a plain FIN.
             debug!("{}: idle for {timeout:?}, closing", slot.conn.peer());
+            self.conns[key].conn.close_idle(&mut self.shared);
             self.shared.counters.closed_idle += 1;
             self.remove(key);
         }

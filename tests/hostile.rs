@@ -1,0 +1,329 @@
+//! Clients that misbehave, and a machine out of descriptors: upcased keeps
+//! serving everyone else and loses nothing it owes.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use upcase::config::Config;
+
+use crate::util::*;
+
+/// A TCP client whose source address is `source` (any of 127.0.0.0/8).
+fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect(&server.into()).unwrap();
+    let stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// Whether the server closed `stream` without a reply (EOF or reset).
+fn refused(stream: &mut TcpStream) -> bool {
+    let _ = stream.write_all(b"hello?");
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf), Ok(0) | Err(_))
+}
+
+#[test]
+fn max_connections_per_ip_refuses_the_excess_of_one_address_only() {
+    let (_config, daemon) =
+        Daemon::with_config("per-ip.toml", "[tcp]\nmax_connections_per_ip = 2\n");
+    let addr = daemon.tcp[0];
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect_from([127, 0, 0, 1], addr)).collect();
+    for c in &mut held {
+        c.write_all(b"in").unwrap();
+        assert_eq!(read_exact(c, 2), b"IN");
+    }
+    // Five more from the same address: each accepted and closed at once.
+    for _ in 0..5 {
+        assert!(refused(&mut connect_from([127, 0, 0, 1], addr)));
+    }
+    // Another address is not affected.
+    let mut other = connect_from([127, 0, 0, 2], addr);
+    other.write_all(b"other").unwrap();
+    assert_eq!(read_exact(&mut other, 5), b"OTHER");
+    // Once per episode, not per client.
+    daemon.wait_for_log("max_connections_per_ip (2) reached");
+    assert_eq!(daemon.count_log("max_connections_per_ip (2) reached"), 1);
+    // A slot frees: the address is served again.
+    drop(held.pop());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut again = connect_from([127, 0, 0, 1], addr);
+        if !refused(&mut again) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was never given back"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    daemon.signal(libc::SIGUSR1);
+    let line = daemon.wait_for_log("counters:");
+    assert!(
+        line.contains(" limit=5;") || line.contains(" limit=6;"),
+        "{line}"
+    );
+}
+
+fn udp_config(blocked: &[u16], rate_limit: u32) -> Config {
+    let mut config = loopback_config();
+    config.udp.blocked_source_ports = blocked.to_vec();
+    config.udp.rate_limit = std::num::NonZeroU32::new(rate_limit);
+    config
+}
+
+#[test]
+fn datagrams_from_blocked_source_ports_are_dropped() {
+    // A source port of our own stands in for echo/chargen (binding 7 or 19
+    // would need privileges); the default list is checked in config's tests.
+    let blocked = udp_client();
+    let port = blocked.local_addr().unwrap().port();
+    let server = InProcess::start(udp_config(&[port], 0));
+    blocked.send_to(b"bounce me", server.udp).unwrap();
+    // Another sender is answered; the blocked one never is.
+    let other = udp_client();
+    assert_eq!(udp_exchange(&other, server.udp, b"fine"), b"FINE");
+    blocked
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        blocked.recv_from(&mut buf).is_err(),
+        "a blocked port got a reply"
+    );
+    let counters = server.stop();
+    assert_eq!(counters.dgrams_blocked, 1);
+    assert_eq!(counters.dgrams_out, 1);
+}
+
+#[test]
+fn a_source_over_its_rate_is_cut_to_its_burst() {
+    let server = InProcess::start(udp_config(&[], 5));
+    let client = udp_client();
+    for i in 0..40 {
+        client
+            .send_to(format!("d{i}").as_bytes(), server.udp)
+            .unwrap();
+    }
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut replies = 0;
+    let mut buf = [0u8; 64];
+    while client.recv_from(&mut buf).is_ok() {
+        replies += 1;
+    }
+    let counters = server.stop();
+    // The burst is 5; a token or two may have refilled while sending.
+    assert!(
+        (5..=7).contains(&replies),
+        "{replies} replies at rate_limit 5"
+    );
+    assert_eq!(counters.dgrams_limited, 40 - replies);
+}
+
+#[test]
+fn half_a_character_and_silence_is_closed_at_the_idle_timeout() {
+    let (_config, daemon) =
+        Daemon::with_config("slowloris.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
+    // Half of "é": nothing can be answered yet.
+    let mut half = connect(daemon.tcp[0]);
+    half.write_all(&[0xC3]).unwrap();
+    // One byte, then silence.
+    let mut one = connect(daemon.tcp[0]);
+    one.write_all(b"a").unwrap();
+    assert_eq!(read_exact(&mut one, 1), b"A");
+    // At the timeout both are closed cleanly; the half character is owed
+    // and comes back raw, as it would at the client's own EOF.
+    assert_eq!(read_to_eof(&mut half), [0xC3]);
+    assert_eq!(read_to_eof(&mut one), b"");
+    daemon.signal(libc::SIGUSR1);
+    let line = daemon.wait_for_log("counters:");
+    assert!(line.contains(" idle=2 "), "{line}");
+}
+
+#[test]
+fn thousands_of_connect_and_close_leave_nothing_behind() {
+    let server = InProcess::start(loopback_config());
+    for i in 0..3000 {
+        let c = connect(server.tcp);
+        if i % 2 == 0 {
+            // Half of them reset instead of closing.
+            socket2::SockRef::from(&c)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    }
+    assert_eq!(round_trip(server.tcp, b"still fine"), b"STILL FINE");
+    let counters = server.stop();
+    assert_eq!(counters.conns_open, 0);
+    assert_eq!(
+        counters.conns_accepted,
+        counters.closed_done + counters.closed_reset + counters.closed_error
+    );
+}
+
+#[test]
+fn random_bytes_come_back_exactly_as_the_transform_says() {
+    let server = InProcess::start(loopback_config());
+    // A simple LCG: repeatable, and heavy in bytes >= 0x80, so every invalid
+    // UTF-8 form (lone continuations, overlongs, surrogates, truncations)
+    // occurs, mixed with valid multi-byte characters.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut input = Vec::with_capacity(1 << 20);
+    while input.len() < 1 << 20 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = (state >> 33) as u32;
+        match r % 4 {
+            0 => input.push((r >> 8) as u8),
+            1 => input.extend_from_slice("ßé😀ΐ".as_bytes()),
+            2 => input.push(0x80 | (r >> 8) as u8 & 0x3F),
+            _ => input.extend_from_slice(b"text "),
+        }
+    }
+    assert_bytes_eq(&round_trip(server.tcp, &input), &expected(&input));
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // After the name: state is field 3, utime 14 and stime 15.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
+    let mut command = Command::new(daemon_path());
+    command.args(["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    // SAFETY: setrlimit in the child before exec touches nothing shared.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let daemon = Daemon::start_with(&mut command, 2);
+    daemon.wait_for_log("file descriptor limit is 64");
+    let addr = daemon.tcp[0];
+    // More clients than descriptors: the kernel queues the rest.
+    let mut clients: Vec<TcpStream> = (0..120).map(|_| connect(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("c{i:03}").as_bytes()).unwrap();
+    }
+    daemon.wait_for_log("pausing accepts");
+    // Overloaded for a second: the daemon must not spin on the queue.
+    let before = cpu_ticks(daemon.pid());
+    thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(daemon.pid()) - before;
+    eprintln!("CPU during one second out of descriptors: {spent} ticks");
+    assert!(
+        spent <= 10,
+        "{spent} ticks of CPU in one second while out of descriptors"
+    );
+    assert!(
+        daemon.count_log("pausing accepts") <= 2,
+        "the warning is rate-limited"
+    );
+    // The served ones leave; every queued client is then served, in full.
+    let served: Vec<usize> = (0..clients.len())
+        .filter(|&i| {
+            clients[i]
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut buf = [0u8; 4];
+            clients[i].read_exact(&mut buf).is_ok()
+        })
+        .collect();
+    assert!(
+        !served.is_empty() && served.len() < clients.len(),
+        "{} served",
+        served.len()
+    );
+    for &i in served.iter().rev() {
+        clients.remove(i);
+    }
+    for c in &mut clients {
+        c.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf)
+            .expect("a queued client is served once descriptors free up");
+        assert_eq!(buf[0], b'C');
+        c.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+#[test]
+fn ten_thousand_connections_churn_while_others_stream_and_memory_returns() {
+    let mut daemon = Daemon::start(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"], 2);
+    let addr = daemon.tcp[0];
+    let churn = |rounds: usize| {
+        for _ in 0..rounds {
+            let mut batch: Vec<TcpStream> = (0..1000).map(|_| connect(addr)).collect();
+            for c in &mut batch {
+                c.write_all(b"x").unwrap();
+            }
+            for c in &mut batch {
+                assert_eq!(read_exact(c, 1), b"X");
+            }
+        }
+    };
+    // Warm up once: the slab and the allocator reach their working size.
+    churn(1);
+    let baseline = daemon.rss_kib();
+    let streamers: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let input = Arc::new(mixed_text(4 << 20));
+                assert_bytes_eq(&round_trip(addr, &input), &expected(&input));
+            })
+        })
+        .collect();
+    churn(10);
+    for s in streamers {
+        s.join().unwrap();
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        daemon.signal(libc::SIGUSR1);
+        thread::sleep(Duration::from_millis(50));
+        let lines = daemon.lines();
+        let last = lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("counters:"))
+            .cloned()
+            .unwrap_or_default();
+        if last.contains("open=0 accepted=11004 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections did not all close: {last}"
+        );
+    }
+    let after = daemon.rss_kib();
+    eprintln!("RSS {baseline} KiB after warm-up, {after} KiB after 10,000 more connections and 16 MB streamed");
+    assert!(
+        after <= baseline + 4096,
+        "RSS grew from {baseline} KiB to {after} KiB"
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
