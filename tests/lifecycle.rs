@@ -410,3 +410,18 @@ fn with_no_file_and_no_flags_it_serves_both_transports_on_port_12000() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn sighup_changes_the_log_level_live() {
+    let sockets = "[tcp]\nlisten = [\"127.0.0.1:0\"]\n[udp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let config = TempFile::new("loglevel.toml", &format!("log_level = \"info\"\n{sockets}"));
+    let daemon = Daemon::start(&["-c", config.path()], 2);
+    assert_eq!(round_trip(daemon.tcp[0], b"quiet"), b"QUIET");
+    std::fs::write(&config.0, format!("log_level = \"debug\"\n{sockets}")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded");
+    assert_eq!(daemon.count_log(": connected"), 0, "no debug lines at info");
+    assert_eq!(round_trip(daemon.tcp[0], b"loud"), b"LOUD");
+    let line = daemon.wait_for_log(": connected");
+    assert!(line.contains("DEBUG"), "{line}");
+}
