@@ -40,11 +40,31 @@ impl Shared {
     }
 }
 
+/// Replies the kernel refused, waiting for it to take them: `data[sent..]`.
+/// A connection holds one (boxed: 8 bytes in the connection) only while it
+/// has such replies, which keeps idle connections small.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    /// The queued bytes.
+    pub data: Vec<u8>,
+    /// How many of them the kernel has taken.
+    pub sent: usize,
+}
+
+impl OutBuf {
+    /// Bytes still to send.
+    pub fn pending(&self) -> usize {
+        self.data.len() - self.sent
+    }
+}
+
 /// A free list of output buffers, so the hot path does not allocate.
 #[derive(Debug, Default)]
 pub struct BufPool {
-    /// Empty buffers with their capacity kept.
-    free: Vec<Vec<u8>>,
+    /// Empty buffers with their capacity kept. The boxes themselves are
+    /// what is reused: taking one must not allocate.
+    #[allow(clippy::vec_box)]
+    free: Vec<Box<OutBuf>>,
 }
 
 /// How many free buffers the pool keeps; more are freed. Enough to spare
@@ -58,17 +78,17 @@ const POOL_MAX_CAPACITY: usize = 128 * 1024;
 
 impl BufPool {
     /// An empty buffer, reused when one is free.
-    pub fn take(&mut self) -> Vec<u8> {
+    pub fn take(&mut self) -> Box<OutBuf> {
         self.free.pop().unwrap_or_default()
     }
 
     /// Returns a buffer; its contents are dropped.
-    pub fn give(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > POOL_MAX_CAPACITY || self.free.len() >= POOL_KEEP
-        {
+    pub fn give(&mut self, mut buf: Box<OutBuf>) {
+        if buf.data.capacity() > POOL_MAX_CAPACITY || self.free.len() >= POOL_KEEP {
             return;
         }
-        buf.clear();
+        buf.data.clear();
+        buf.sent = 0;
         self.free.push(buf);
     }
 }

@@ -22,7 +22,7 @@ use std::net::{Shutdown, SocketAddr};
 
 use mio::net::TcpStream;
 
-use crate::server::buffers::Shared;
+use crate::server::buffers::{OutBuf, Shared};
 use crate::telnet;
 use crate::transform::{Mode, Upcaser};
 
@@ -85,11 +85,10 @@ pub struct Connection {
     upcaser: Upcaser,
     /// Telnet command filter, when `[tcp] telnet` was on at accept time.
     telnet: Option<telnet::Filter>,
-    /// Replies the kernel has not accepted yet: `out[sent..]`. Empty with no
-    /// capacity while nothing is pending (the buffer is back in the pool).
-    out: Vec<u8>,
-    /// How much of `out` has been written.
-    sent: usize,
+    /// Replies the kernel has not accepted yet. `None` while nothing is
+    /// pending (the buffer is back in the pool), so an idle connection pays
+    /// 8 bytes for it.
+    out: Option<Box<OutBuf>>,
     /// The kernel may hold input we have not read yet: the last read did not
     /// end in `WouldBlock` (reading was paused or the budget ran out). With
     /// edge-triggered readiness no new event comes for that data, so this
@@ -108,8 +107,7 @@ impl Connection {
             peer,
             upcaser: Upcaser::new(mode),
             telnet: telnet.then(telnet::Filter::new),
-            out: Vec::new(),
-            sent: 0,
+            out: None,
             // A client may have sent data before we accepted it: try at once.
             readable: true,
             input: Input::Open,
@@ -128,7 +126,7 @@ impl Connection {
 
     /// Bytes of replies waiting for the kernel to take them.
     pub fn pending_output(&self) -> usize {
-        self.out.len() - self.sent
+        self.out.as_ref().map_or(0, |out| out.pending())
     }
 
     /// A readiness event arrived. Whatever it says, the connection tries what
@@ -286,8 +284,8 @@ impl Connection {
     where
         F: FnOnce(&mut Upcaser, &[u8], &mut Vec<u8>),
     {
-        if self.pending_output() > 0 {
-            produce(&mut self.upcaser, &shared.read_buf, &mut self.out);
+        if let Some(out) = &mut self.out {
+            produce(&mut self.upcaser, &shared.read_buf, &mut out.data);
             return self.flush(shared);
         }
         let scratch = &mut shared.scratch;
@@ -296,21 +294,25 @@ impl Connection {
         let written = write_all_nonblocking(&mut self.stream, scratch)?;
         shared.counters.bytes_out += written as u64;
         if written < scratch.len() {
-            self.out = shared.pool.take();
-            self.out.extend_from_slice(&scratch[written..]);
-            self.sent = 0;
+            let mut out = shared.pool.take();
+            out.data.extend_from_slice(&scratch[written..]);
+            self.out = Some(out);
         }
         Ok(())
     }
 
     /// Writes pending output until it is gone or the kernel refuses more.
     fn flush(&mut self, shared: &mut Shared) -> io::Result<()> {
-        let written = write_all_nonblocking(&mut self.stream, &self.out[self.sent..])?;
+        let Some(out) = &mut self.out else {
+            return Ok(());
+        };
+        let written = write_all_nonblocking(&mut self.stream, &out.data[out.sent..])?;
         shared.counters.bytes_out += written as u64;
-        self.sent += written;
-        if self.sent == self.out.len() {
-            shared.pool.give(std::mem::take(&mut self.out));
-            self.sent = 0;
+        out.sent += written;
+        if out.pending() == 0 {
+            if let Some(out) = self.out.take() {
+                shared.pool.give(out);
+            }
         }
         Ok(())
     }
