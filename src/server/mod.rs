@@ -350,12 +350,12 @@ impl Server {
             for event in events.iter() {
                 // An error or hang-up is worth a read: it reports the cause
                 // (or the EOF) in order, after the data before it.
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                self.dispatch(event.token(), readable, now)?;
+                let hup = event.is_read_closed() || event.is_error();
+                self.dispatch(event.token(), event.is_readable() || hup, hup, now)?;
             }
             std::mem::swap(&mut again, &mut self.again);
             for token in again.drain(..) {
-                self.dispatch(token, false, now)?;
+                self.dispatch(token, false, false, now)?;
             }
             self.expire(now);
             if let Some((interval, next)) = self.watchdog {
@@ -401,7 +401,13 @@ impl Server {
         Some(nearest.saturating_duration_since(now) + Duration::from_micros(999))
     }
 
-    fn dispatch(&mut self, token: Token, readable: bool, now: Instant) -> Result<(), ServerError> {
+    fn dispatch(
+        &mut self,
+        token: Token,
+        readable: bool,
+        hup: bool,
+        now: Instant,
+    ) -> Result<(), ServerError> {
         match token {
             SIGNALS => self.on_signals(now)?,
             WAKER => {
@@ -410,7 +416,7 @@ impl Server {
                 }
             }
             Token(t) if t >= self.conn_base => {
-                self.on_connection(t - self.conn_base, readable, now)
+                self.on_connection(t - self.conn_base, readable, hup, now)
             }
             // Sockets are looked up with `get`: after a shutdown began, the
             // listener and UDP lists are empty but a queued token may remain.
@@ -562,14 +568,14 @@ impl Server {
         debug!("{peer}: connected");
     }
 
-    fn on_connection(&mut self, key: usize, readable: bool, now: Instant) {
+    fn on_connection(&mut self, key: usize, readable: bool, hup: bool, now: Instant) {
         let Some(slot) = self.conns.get_mut(key) else {
             // Sporadic events happen (an event for a connection closed
             // earlier in this same batch); there is nothing to do.
             return;
         };
         let moved = self.shared.counters.bytes_in + self.shared.counters.bytes_out;
-        let status = slot.conn.ready(readable, &mut self.shared);
+        let status = slot.conn.ready(readable, hup, &mut self.shared);
         if self.shared.counters.bytes_in + self.shared.counters.bytes_out != moved {
             slot.last_active = now;
             self.idle.touch(&mut self.conns, key);
