@@ -125,3 +125,68 @@ fn sighup_turns_telnet_on_for_new_connections() {
     old.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_eof(&mut old), [IAC, DO, 1, b'O', b'K']);
 }
+
+/// The filter alone, no sockets: random bytes rich in telnet commands and
+/// UTF-8, cut into reads at random points, give what the same bytes give fed
+/// whole (the property `fuzz/fuzz_targets/telnet.rs` fuzzes).
+mod split_anywhere {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+    use upcase::telnet::{Filter, Piece, DO, DONT, IAC, SB, SE, WILL, WONT};
+    use upcase::transform::{upcase, Mode, Upcaser};
+
+    /// The server's pipeline (filter, data through the transform, refusals
+    /// raw) over `pieces`: everything sent back, and the data part alone.
+    fn pipeline(mode: Mode, pieces: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
+        let (mut filter, mut upcaser) = (Filter::new(), Upcaser::new(mode));
+        let (mut out, mut data, mut filtered) = (Vec::new(), Vec::new(), Vec::new());
+        for piece in pieces {
+            filter.feed(piece, |p| match p {
+                Piece::Data(d) => {
+                    filtered.extend_from_slice(d);
+                    let start = out.len();
+                    upcaser.feed(d, &mut out);
+                    data.extend_from_slice(&out[start..]);
+                }
+                Piece::Reply(r) => out.extend_from_slice(&r),
+            });
+        }
+        let start = out.len();
+        upcaser.finish(&mut out);
+        data.extend_from_slice(&out[start..]);
+        assert_eq!(data, upcase(mode, &filtered));
+        (out, filtered)
+    }
+
+    fn telnet_soup() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            3 => select(vec![IAC, DO, DONT, WILL, WONT, SB, SE, 1, 241]).prop_map(|b| vec![b]),
+            2 => any::<char>().prop_map(|c| c.to_string().into_bytes()),
+            2 => vec(any::<u8>(), 1..4),
+            1 => "[a-z ]{1,10}".prop_map(String::into_bytes),
+        ];
+        vec(token, 0..60).prop_map(|tokens| tokens.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn same_as_fed_whole(bytes in telnet_soup(), cuts in vec(any::<Index>(), 0..10)) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for c in cuts {
+                pieces.push(&bytes[start..c]);
+                start = c;
+            }
+            pieces.push(&bytes[start..]);
+            let one_by_one: Vec<&[u8]> = bytes.chunks(1).collect();
+            for mode in [Mode::Unicode, Mode::Ascii] {
+                let whole = pipeline(mode, &[&bytes]);
+                prop_assert_eq!(&pipeline(mode, &pieces), &whole);
+                prop_assert_eq!(&pipeline(mode, &one_by_one), &whole);
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The streaming transform: any bytes, cut into reads anywhere, never panic
+//! and give exactly the one-shot result, which is itself checked against the
+//! definition (`utf8_chunks`: valid chunks `to_uppercase`, invalid unchanged)
+//! so the target tests correctness, not only self-consistency.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use upcase::transform::{max_growth, upcase, upcase_into, Mode, Upcaser};
+use upcase_fuzz::{cuts_and_data, pieces};
+
+/// The definition of unicode mode, written plainly with std.
+fn reference(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in input.utf8_chunks() {
+        out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
+        out.extend_from_slice(chunk.invalid());
+    }
+    out
+}
+
+/// Feeds `pieces` to `upcaser`, then finishes, checking the documented
+/// per-call invariants on the way: the carry is at most 3 bytes (none in
+/// ascii mode) and one call's output is within
+/// `max_growth * (input + carried before)`.
+fn stream(upcaser: &mut Upcaser, pieces: &[&[u8]]) -> Vec<u8> {
+    let mode = upcaser.mode();
+    let mut out = Vec::new();
+    for piece in pieces {
+        let (before, carried) = (out.len(), upcaser.carried());
+        upcaser.feed(piece, &mut out);
+        assert!(
+            out.len() - before <= max_growth(mode) * (piece.len() + carried),
+            "growth bound broken by {piece:02X?} with {carried} carried"
+        );
+        assert!(upcaser.carried() <= 3);
+        if mode == Mode::Ascii {
+            assert_eq!(upcaser.carried(), 0);
+        }
+    }
+    upcaser.finish(&mut out);
+    assert_eq!(upcaser.carried(), 0);
+    out
+}
+
+fuzz_target!(|input: &[u8]| {
+    let (cuts, data) = cuts_and_data(input);
+    let cut = pieces(data, &cuts);
+    let bytes: Vec<&[u8]> = data.chunks(1).collect();
+
+    // Unicode: one-shot equals the definition and respects the bound.
+    let want = upcase(Mode::Unicode, data);
+    assert_eq!(want, reference(data), "one-shot vs utf8_chunks reference");
+    assert!(want.len() <= max_growth(Mode::Unicode) * data.len());
+    // Streamed at the fuzzed cuts, and one byte per read, equals one-shot.
+    let mut u = Upcaser::new(Mode::Unicode);
+    assert_eq!(stream(&mut u, &cut), want, "cut at {cuts:?}");
+    // `finish` leaves a fresh stream: the same Upcaser gives the same again.
+    assert_eq!(stream(&mut u, &bytes), want, "byte by byte, reused");
+    // `upcase_into` appends, leaving what was there.
+    let mut out = b"> ".to_vec();
+    upcase_into(Mode::Unicode, data, &mut out);
+    assert_eq!((&out[..2], &out[2..]), (&b"> "[..], &want[..]));
+
+    // Ascii: byte for byte, a-z only, in any pieces.
+    let want = data.to_ascii_uppercase();
+    assert_eq!(upcase(Mode::Ascii, data), want);
+    let mut a = Upcaser::new(Mode::Ascii);
+    assert_eq!(stream(&mut a, &cut), want, "ascii cut at {cuts:?}");
+    assert_eq!(stream(&mut a, &bytes), want, "ascii byte by byte");
+});
