@@ -6,6 +6,7 @@
 
 mod util;
 
+mod bench;
 mod clients;
 mod config;
 mod lifecycle;
