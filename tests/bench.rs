@@ -356,3 +356,44 @@ fn the_binary_reports_json_and_server_figures() {
     let out = bench_binary(daemon.tcp[0], &["udp", "--size", "8"]);
     assert_eq!(out.status.code(), Some(2), "too small for the UDP header");
 }
+
+/// The suite itself (`bench/run`), in its seconds-long smoke mode: upcased
+/// only (the reference servers need a C compiler and a tokio build), tiny
+/// cells, one round, the binaries this test run built. It checks that the
+/// script, the bench's JSON and the report generator still fit together.
+#[test]
+fn the_benchmark_suite_runs_in_smoke_mode() {
+    if !have_tool("python3") {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("upcase-bench-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let result = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run"))
+        .arg("--smoke")
+        .arg("--out")
+        .arg(&out)
+        .env("UPCASED", daemon_path())
+        .env("UPCASE_BENCH", env!("CARGO_BIN_EXE_upcase-bench"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run bench/run");
+    let md = std::fs::read_to_string(out.join("latest.md")).unwrap_or_default();
+    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(
+        result.status.success(),
+        "bench/run --smoke failed:\n{}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for row in [
+        "| tcp 10 x 64 B | upcased |",
+        "| tcp 10 x 64 B, pipeline 16 | upcased |",
+        "| udp 2 flows x 64 B, window 4 | upcased |",
+        "| idle 50 | upcased | 50 of 50 |",
+    ] {
+        assert!(md.contains(row), "no {row:?} in latest.md:\n{md}");
+    }
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}
