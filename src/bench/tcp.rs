@@ -268,7 +268,8 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
             };
             let readable = event.is_readable() || event.is_read_closed() || event.is_error();
             let writable = event.is_writable() || event.is_error();
-            if let Outcome::Remove = service(conn, key, readable, writable, &mut sh) {
+            let eof_seen = event.is_read_closed() || event.is_error();
+            if let Outcome::Remove = service(conn, key, readable, writable, eof_seen, &mut sh) {
                 remove(&poll, &mut conns, &mut sh, key);
             }
         }
@@ -366,12 +367,14 @@ fn remove(poll: &Poll, conns: &mut Slab<Conn>, sh: &mut Shared, key: usize) {
     }
 }
 
-/// Handles readiness of one connection.
+/// Handles readiness of one connection; `eof_seen`: the event says the
+/// peer closed or failed, so reading must go on until the end is read.
 fn service(
     conn: &mut Conn,
     key: usize,
     readable: bool,
     writable: bool,
+    eof_seen: bool,
     sh: &mut Shared,
 ) -> Outcome {
     if conn.state == State::Connecting {
@@ -403,7 +406,7 @@ fn service(
         return fill_and_flush(conn, key, sh);
     }
     if readable {
-        if let Outcome::Remove = receive(conn, key, sh) {
+        if let Outcome::Remove = receive(conn, key, eof_seen, sh) {
             return Outcome::Remove;
         }
     }
@@ -413,8 +416,8 @@ fn service(
     Outcome::Keep
 }
 
-/// Reads until `WouldBlock`, checking every byte.
-fn receive(conn: &mut Conn, key: usize, sh: &mut Shared) -> Outcome {
+/// Reads until `WouldBlock` (or a short read), checking every byte.
+fn receive(conn: &mut Conn, key: usize, eof_seen: bool, sh: &mut Shared) -> Outcome {
     loop {
         match conn.stream.read(&mut sh.buf) {
             Ok(0) => {
@@ -455,6 +458,16 @@ fn receive(conn: &mut Conn, key: usize, sh: &mut Shared) -> Outcome {
                 if done > 0 && !conn.up {
                     conn.up = true;
                     sh.up += 1;
+                }
+                // A short read took everything the socket had: bytes that
+                // arrive later raise a new edge, so the read that would
+                // only say WouldBlock can be saved (a third of the client's
+                // syscalls per reply, and the client is the bottleneck).
+                // Not when the event reported the peer's close: that FIN
+                // raises no new edge, so read on to the EOF. Nor while
+                // awaiting the server's EOF at the end.
+                if n < sh.buf.len() && !eof_seen && conn.state == State::Open {
+                    return Outcome::Keep;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Keep,
