@@ -88,6 +88,7 @@ def summarize(runs):
                 "msgs": median([x["msgs_per_s"] for x in reps]),
                 "mbs": median([x["mb_per_s"] for x in reps]),
                 "ratio": median(ratios) if server != REFERENCE else 1.0 if ratios else None,
+                "ratio_range": (min(ratios), max(ratios)) if len(ratios) > 1 and server != REFERENCE else None,
                 "p99": median([x["latency_us"]["p99"] for x in reps]),
                 "p50": median([x["latency_us"]["p50"] for x in reps]),
                 "cpu": median([s["cpu_us_per_msg"] for s in server_figs]),
@@ -115,7 +116,7 @@ def markdown(table, args):
         "user+system time per reply; peak RSS is the server's VmHWM. "
         "`errors` counts every failed check (wrong byte, reset, close, missing reply).",
         "",
-        "| cell | server | msgs/s | vs C | MB/s | server CPU µs/msg | p50 µs | p99 µs | peak RSS KiB | errors |",
+        "| cell | server | msgs/s | vs C (range over rounds) | MB/s | server CPU µs/msg | p50 µs | p99 µs | peak RSS KiB | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     idle_rows = []
@@ -128,11 +129,15 @@ def markdown(table, args):
                     f"{fmt(f['idle_b'])} | {fmt(f['peak_rss'])} | {err} |"
                 )
                 continue
+            spread = ""
+            if f["ratio_range"]:
+                lo, hi = f["ratio_range"]
+                spread = f" ({lo:.2f}–{hi:.2f})"
             extra = ""
             if f["kind"] == "udp" and f["lost"]:
                 extra = f", {f['lost']} lost"
             lines.append(
-                f"| {cell} | {server} | {fmt(f['msgs'])} | {fmt(f['ratio'], 2)} | "
+                f"| {cell} | {server} | {fmt(f['msgs'])} | {fmt(f['ratio'], 2)}{spread} | "
                 f"{fmt(f['mbs'], 1)} | {fmt(f['cpu'], 2)} | {fmt(f['p50'], 1)} | "
                 f"{fmt(f['p99'], 1)} | {fmt(f['peak_rss'])} | {err}{extra} |"
             )

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`bench`]: `upcase-bench`, the load generator that checks every reply
+//! - [`mod@bench`]: `upcase-bench`, the load generator that checks every reply
 //!   byte for byte (its own layout is in its module docs).
 //! - [`transform`]: the uppercase transform, pure (bytes in, bytes out); the
 //!   streaming form carries a UTF-8 character split across reads.
