@@ -102,7 +102,7 @@ def summarize(runs):
     return table
 
 
-def markdown(table, args):
+def markdown(table, args, with_chart):
     lines = [
         "# Benchmark results",
         "",
@@ -163,7 +163,9 @@ def markdown(table, args):
         ) + "."
     else:
         lines[-1] += "every connection got replies in every measured window."
-    lines += ["", "![throughput and p99 against connections](chart.svg)", ""]
+    if with_chart:
+        lines += ["", "![throughput and p99 against connections](chart.svg)"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -177,6 +179,8 @@ def chart(table):
         for server, f in by_server.items():
             if f["connections"] and f["msgs"] is not None:
                 series[size][server][f["connections"]] = f
+    if not series:
+        return None  # no TCP cells by connection count (e.g. --ceiling-only)
     W, H, M = 420, 260, 60
     panels = []
     sizes = [s for s in ("64 B", "4 KiB") if s in series]
@@ -249,12 +253,14 @@ def main():
     ap.add_argument("--duration", default="3")
     args = ap.parse_args()
     table = summarize(load(args.raw))
+    svg = chart(table)
     with open(os.path.join(args.out, "latest.md"), "w") as f:
-        f.write(markdown(table, args))
-    with open(os.path.join(args.out, "chart.svg"), "w") as f:
-        f.write(chart(table))
+        f.write(markdown(table, args, svg is not None))
+    if svg is not None:
+        with open(os.path.join(args.out, "chart.svg"), "w") as f:
+            f.write(svg)
     failed = sum(f["failed"] for by in table.values() for f in by.values())
-    print(f"wrote {args.out}/latest.md and chart.svg; {failed} runs failed")
+    print(f"wrote {args.out}/latest.md" + (" and chart.svg" if svg else "") + f"; {failed} runs failed")
     return 1 if failed else 0
 
 

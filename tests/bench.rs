@@ -346,6 +346,12 @@ fn the_binary_reports_json_and_server_figures() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The progress line is for terminals: piped, stderr stays clean.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes on a pipe: {stderr:?}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(json["ok"], true);
     assert_eq!(json["connections_up"], 8);
