@@ -187,7 +187,7 @@ def chart(table):
     import math
 
     for row, size in enumerate(sizes):
-        for col, (key, label) in enumerate([("msgs", "msgs/s"), ("p99", "p99 latency µs")]):
+        for col, (key, label) in enumerate([("msgs", "msgs/s"), ("p99", "p99 latency µs (log)")]):
             x0, y0 = col * (W + M) + M, row * (H + M) + 40
             pts_all = [
                 (c, f[key]) for s in series[size].values() for c, f in s.items() if f[key]
@@ -196,17 +196,29 @@ def chart(table):
                 continue
             xs = sorted({c for c, _ in pts_all})
             ymax = max(v for _, v in pts_all) * 1.1
+            # p99 spans milliseconds to a second: a log axis keeps the few
+            # connections' values readable next to the 10,000's.
+            logy = key == "p99"
+            if logy:
+                lo = 10 ** math.floor(math.log10(min(v for _, v in pts_all)))
+                hi = 10 ** math.ceil(math.log10(ymax))
             lx = lambda c: x0 + (
                 (math.log10(c) - math.log10(xs[0])) / max(1e-9, math.log10(xs[-1]) - math.log10(xs[0]))
             ) * W
-            ly = lambda v: y0 + H - v / ymax * H
+            if logy:
+                ly = lambda v: y0 + H - (math.log10(v) - math.log10(lo)) / (
+                    math.log10(hi) - math.log10(lo)
+                ) * H
+                ticks = [lo * 10**i for i in range(round(math.log10(hi / lo)) + 1)]
+            else:
+                ly = lambda v: y0 + H - v / ymax * H
+                ticks = [ymax * i / 4 for i in range(5)]
             p = [
                 f'<rect x="{x0}" y="{y0}" width="{W}" height="{H}" fill="none" stroke="#999"/>',
                 f'<text x="{x0 + W / 2}" y="{y0 - 8}" text-anchor="middle" font-weight="bold">'
                 f"TCP {size}: {label}</text>",
             ]
-            for i in range(5):
-                v = ymax * i / 4
+            for v in ticks:
                 p.append(
                     f'<text x="{x0 - 4}" y="{ly(v) + 4:.1f}" text-anchor="end" font-size="10">{v:,.0f}</text>'
                 )
