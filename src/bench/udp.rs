@@ -60,13 +60,13 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     let mut events = Events::with_capacity(1024);
     let mut rec = Recorder::new(options);
     let mut figures = UdpFigures::default();
+    // The unspecified address of the server's family: the kernel picks the
+    // source address that routes to the server (loopback for loopback).
     let local: std::net::SocketAddr = if options.addr.is_ipv6() {
-        "[::1]:0"
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
-        "127.0.0.1:0"
-    }
-    .parse()
-    .map_err(|_| BenchError::Usage("bad local address".into()))?;
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
     let mut flows = Vec::with_capacity(options.connections);
     for i in 0..options.connections {
         let mut socket = UdpSocket::bind(local).map_err(BenchError::io("bind UDP socket"))?;
