@@ -21,6 +21,7 @@ fn main() -> std::io::Result<()> {
     let pages = [
         (upcase::cli::DaemonArgs::command(), "8"),
         (upcase::client::ClientArgs::command(), "1"),
+        (upcase::bench::Options::command(), "1"),
     ];
     for (command, section) in pages {
         let command = command.version(env!("CARGO_PKG_VERSION"));

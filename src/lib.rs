@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`mod@bench`]: `upcase-bench`, the load generator that checks every reply
+//!   byte for byte (its own layout is in its module docs).
 //! - [`transform`]: the uppercase transform, pure (bytes in, bytes out); the
 //!   streaming form carries a UTF-8 character split across reads.
 //! - [`config`]: the TOML file parsed into a file type, then validated into
@@ -27,6 +29,7 @@
 //! Binaries in `src/bin/` stay thin: parse arguments, set up logging, run,
 //! map errors to exit codes.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

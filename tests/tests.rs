@@ -6,6 +6,7 @@
 
 mod util;
 
+mod bench;
 mod client;
 mod clients;
 mod config;

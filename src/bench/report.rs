@@ -1,0 +1,332 @@
+//! What a run measured, and how it is shown: a summary for people, JSON
+//! (`--json`) for scripts. Also the only module that reads `/proc`.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Errors counted by kind. Any of them makes the run fail; UDP loss is not
+/// among them (datagrams may be dropped) and is reported in [`UdpFigures`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Errors {
+    /// Connects refused or failed (the server is down, or its backlog and
+    /// the SYN retries gave up).
+    pub connect_failed: u64,
+    /// Connections (or UDP flows) with no verified exchange before
+    /// `--connect-timeout`.
+    pub connect_timeout: u64,
+    /// Connections reset by the server (ECONNRESET, EPIPE).
+    pub reset: u64,
+    /// Connections the server closed while replies were awaited or before
+    /// the client was done.
+    pub unexpected_close: u64,
+    /// Replies with a wrong byte, bytes nobody asked for, or UDP replies
+    /// that match no request.
+    pub mismatch: u64,
+    /// Replies still missing at the end (after `--drain-timeout`).
+    pub missing: u64,
+    /// Connections that did not close (EOF) within the drain timeout after
+    /// the client shut down its side.
+    pub no_eof: u64,
+    /// Any other socket error.
+    pub other: u64,
+}
+
+impl Errors {
+    /// All errors together.
+    pub fn total(&self) -> u64 {
+        self.connect_failed
+            + self.connect_timeout
+            + self.reset
+            + self.unexpected_close
+            + self.mismatch
+            + self.missing
+            + self.no_eof
+            + self.other
+    }
+}
+
+/// Latency percentiles in microseconds, from send to the reply's last byte.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Slowest reply.
+    pub max: f64,
+}
+
+impl Latency {
+    /// Reads the percentiles out of a histogram of nanoseconds.
+    pub fn from_histogram(h: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
+/// How evenly the server served the connections during the measured window.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Fairness {
+    /// Fewest replies one connection got.
+    pub min: u64,
+    /// Replies per connection on average.
+    pub mean: f64,
+    /// Most replies one connection got.
+    pub max: u64,
+    /// Connections that got no reply at all in the window.
+    pub stalled: u64,
+}
+
+impl Fairness {
+    /// From the per-connection reply counts.
+    pub fn from_counts(counts: impl Iterator<Item = u64>) -> Fairness {
+        let mut f = Fairness {
+            min: u64::MAX,
+            ..Fairness::default()
+        };
+        let mut n = 0u64;
+        let mut sum = 0u64;
+        for c in counts {
+            n += 1;
+            sum += c;
+            f.min = f.min.min(c);
+            f.max = f.max.max(c);
+            f.stalled += u64::from(c == 0);
+        }
+        if n == 0 {
+            f.min = 0;
+        } else {
+            f.mean = sum as f64 / n as f64;
+        }
+        f
+    }
+}
+
+/// UDP datagram counts.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UdpFigures {
+    /// Requests sent.
+    pub sent: u64,
+    /// Verified replies.
+    pub received: u64,
+    /// Requests with no reply within `--udp-timeout` (or by the end).
+    pub lost: u64,
+    /// Replies that came after their request was given up as lost.
+    pub late: u64,
+}
+
+/// What the server process used, from `/proc/PID/stat` and `/proc/PID/status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServerUsage {
+    /// Server CPU time (user + system) during the measured window, seconds.
+    pub cpu_s: f64,
+    /// That CPU time divided by the replies in the window, microseconds.
+    pub cpu_us_per_msg: f64,
+    /// Resident memory at the end of the window, KiB.
+    pub rss_kib: u64,
+    /// Peak resident memory of the process so far (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+    /// `idle` mode: resident memory added per held connection, bytes
+    /// (kernel socket memory is not in a process's RSS, so this is the
+    /// server's user-space memory per connection).
+    pub idle_bytes_per_conn: Option<f64>,
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// `tcp`, `udp` or `idle`.
+    pub kind: String,
+    /// The server address.
+    pub addr: String,
+    /// Connections (TCP, idle) or flows (UDP) asked for.
+    pub connections: usize,
+    /// Connections or flows that completed a verified exchange.
+    pub connections_up: usize,
+    /// Request size in bytes.
+    pub size: usize,
+    /// Requests in flight per connection or flow.
+    pub pipeline: usize,
+    /// The payload kind.
+    pub payload: String,
+    /// Length of the measured window, seconds.
+    pub window_s: f64,
+    /// Verified replies in the window.
+    pub messages: u64,
+    /// `messages / window_s`.
+    pub msgs_per_s: f64,
+    /// Reply bytes per second in the window, in MB (10^6 bytes).
+    pub mb_per_s: f64,
+    /// Latency of the replies in the window.
+    pub latency_us: Latency,
+    /// Replies per connection in the window.
+    pub fairness: Fairness,
+    /// Errors by kind.
+    pub errors: Errors,
+    /// The first few errors, in words (a wrong byte with its position and
+    /// both texts).
+    pub error_samples: Vec<String>,
+    /// UDP only.
+    pub udp: Option<UdpFigures>,
+    /// With `--server-pid`.
+    pub server: Option<ServerUsage>,
+    /// No errors of any kind.
+    pub ok: bool,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} {}: {} of {} {} up, {} B {} payload, pipeline {}",
+            self.kind,
+            self.addr,
+            self.connections_up,
+            self.connections,
+            if self.kind == "udp" {
+                "flows"
+            } else {
+                "connections"
+            },
+            self.size,
+            self.payload,
+            self.pipeline
+        )?;
+        if self.kind != "idle" {
+            writeln!(
+                f,
+                "  {} replies in {:.2} s: {:.0} msgs/s, {:.2} MB/s",
+                self.messages, self.window_s, self.msgs_per_s, self.mb_per_s
+            )?;
+            let l = &self.latency_us;
+            writeln!(
+                f,
+                "  latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            )?;
+            let fa = &self.fairness;
+            writeln!(
+                f,
+                "  replies per connection: min {}  mean {:.1}  max {}  stalled {}",
+                fa.min, fa.mean, fa.max, fa.stalled
+            )?;
+        }
+        if let Some(u) = &self.udp {
+            writeln!(
+                f,
+                "  datagrams: sent {}  received {}  lost {}  late {}",
+                u.sent, u.received, u.lost, u.late
+            )?;
+        }
+        if let Some(s) = &self.server {
+            write!(
+                f,
+                "  server: cpu {:.3} s ({:.2} µs/msg), rss {} KiB, peak {} KiB",
+                s.cpu_s, s.cpu_us_per_msg, s.rss_kib, s.peak_rss_kib
+            )?;
+            if let Some(b) = s.idle_bytes_per_conn {
+                write!(f, ", {b:.0} B per idle connection")?;
+            }
+            writeln!(f)?;
+        }
+        let e = &self.errors;
+        writeln!(
+            f,
+            "  errors: {} (connect_failed {}, connect_timeout {}, reset {}, unexpected_close {}, \
+             mismatch {}, missing {}, no_eof {}, other {})",
+            e.total(),
+            e.connect_failed,
+            e.connect_timeout,
+            e.reset,
+            e.unexpected_close,
+            e.mismatch,
+            e.missing,
+            e.no_eof,
+            e.other
+        )?;
+        for s in &self.error_samples {
+            writeln!(f, "  error: {s}")?;
+        }
+        write!(f, "{}", if self.ok { "OK" } else { "FAILED" })
+    }
+}
+
+/// A process's CPU time and memory at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    /// User + system CPU time of all its threads.
+    pub cpu: Duration,
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// VmHWM (peak RSS), KiB.
+    pub peak_rss_kib: u64,
+}
+
+impl ProcSample {
+    /// Reads `/proc/PID/stat` and `/proc/PID/status`; `None` if the process
+    /// is gone or the files look unexpected.
+    pub fn read(pid: i32) -> Option<ProcSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces
+        // and ')', so count fields from the last ')'. After it come field 3
+        // (state) onwards; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ticks = if ticks > 0 { ticks as u64 } else { 100 };
+        let cpu = Duration::from_nanos((utime + stime) * 1_000_000_000 / ticks);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(ProcSample {
+            cpu,
+            rss_kib: kib("VmRSS:")?,
+            peak_rss_kib: kib("VmHWM:")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let s = ProcSample::read(std::process::id() as i32).unwrap();
+        assert!(s.rss_kib > 0 && s.peak_rss_kib >= s.rss_kib);
+    }
+
+    #[test]
+    fn fairness_counts_stalled_connections() {
+        let f = Fairness::from_counts([3, 0, 5].into_iter());
+        assert_eq!((f.min, f.max, f.stalled), (0, 5, 1));
+        assert!((f.mean - 8.0 / 3.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,542 @@
+//! The `tcp` and `idle` modes: every client connection in one slab, driven
+//! by one `mio::Poll` (edge-triggered, so every socket is read and written
+//! until `WouldBlock`).
+//!
+//! A connection writes its requests (up to `--pipeline` in flight), reads
+//! the reply stream into one buffer shared by all connections and hands it
+//! to its [`StreamCheck`]; each completed reply frees a slot for the next
+//! request. In `idle` mode a connection sends one request, checks the reply,
+//! and then only listens: the server must neither close nor reset it.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::payload::Payloads;
+use super::report::{Fairness, ProcSample, Report};
+use super::verify::StreamCheck;
+use super::{BenchError, ErrorKind, Kind, Options, Recorder};
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Non-blocking connect in progress.
+    Connecting,
+    /// Connected: sending and receiving.
+    Open,
+    /// The client has shut down its write side and awaits the server's EOF.
+    ShutDown,
+}
+
+/// One client connection.
+struct Conn {
+    /// The socket.
+    stream: TcpStream,
+    /// Where it is in its life.
+    state: State,
+    /// The requests in flight and the check of their replies; the tag is
+    /// the send time.
+    check: StreamCheck<Instant>,
+    /// Requests queued but not completely written, oldest first.
+    unsent: VecDeque<usize>,
+    /// Bytes of the oldest unsent request already written.
+    unsent_offset: usize,
+    /// Requests sent (queued) so far; also picks the next variant.
+    sent: u64,
+    /// Whether its first exchange was verified (it counts as up).
+    up: bool,
+    /// Replies completed in the measured window.
+    in_window: u64,
+}
+
+/// Where the whole run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Connections are being opened.
+    Connect,
+    /// Every connection is up; load runs, not measured yet.
+    Warmup { until: Instant },
+    /// The measured window (idle: the hold).
+    Measure,
+    /// No new requests; the replies in flight are awaited.
+    Drain { until: Instant },
+    /// Every connection is half-closed; their EOFs are awaited.
+    Close { until: Instant },
+}
+
+/// What every connection's handler needs besides the connection itself.
+struct Shared<'a> {
+    /// The requests and their replies.
+    payloads: &'a Payloads,
+    /// Counts, latency, errors.
+    rec: Recorder,
+    /// Read buffer shared by all connections.
+    buf: Vec<u8>,
+    /// Where several pipelined requests are put together for one write.
+    scratch: Vec<u8>,
+    /// Whether new requests may be sent.
+    may_send: bool,
+    /// Requests in flight per connection.
+    depth: usize,
+    /// `idle` mode: one request per connection.
+    idle: bool,
+    /// Connections up.
+    up: usize,
+    /// Connects in progress.
+    connecting: usize,
+}
+
+/// What a handler tells the loop.
+enum Outcome {
+    /// Keep the connection.
+    Keep,
+    /// Remove it (an error was counted, or it closed cleanly).
+    Remove,
+}
+
+pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
+    let idle = options.kind == Kind::Idle;
+    let payloads = Payloads::new(options.payload, options.size);
+    let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Slab<Conn> = Slab::with_capacity(options.connections);
+    let mut sh = Shared {
+        payloads: &payloads,
+        rec: Recorder::new(options),
+        buf: vec![0; 64 * 1024],
+        scratch: Vec::new(),
+        may_send: true,
+        depth: if idle { 1 } else { options.pipeline },
+        idle,
+        up: 0,
+        connecting: 0,
+    };
+    // The server's memory before any of our connections, for the memory
+    // per idle connection.
+    let baseline = options.server_pid.and_then(ProcSample::read);
+    let start = Instant::now();
+    let connect_deadline = start + options.connect_timeout;
+    let mut started = 0usize;
+    let mut phase = Phase::Connect;
+    let mut fairness = Fairness::default();
+    let mut idle_end: Option<ProcSample> = None;
+
+    loop {
+        let now = Instant::now();
+        // Phase changes.
+        match phase {
+            Phase::Connect => {
+                start_connects(
+                    options,
+                    &poll,
+                    &mut conns,
+                    &mut sh,
+                    &mut started,
+                    start,
+                    now,
+                );
+                let settled = started == options.connections
+                    && sh.connecting == 0
+                    && conns.iter().all(|(_, c)| c.up);
+                if settled || now >= connect_deadline {
+                    if !settled {
+                        // Whatever is not up by now never completed an
+                        // exchange in time: give up on it.
+                        let late: Vec<usize> = conns
+                            .iter()
+                            .filter(|(_, c)| !c.up)
+                            .map(|(k, _)| k)
+                            .collect();
+                        for key in late {
+                            sh.rec.error(ErrorKind::ConnectTimeout, || {
+                                format!(
+                                    "connection {key}: no verified exchange within {:?}",
+                                    options.connect_timeout
+                                )
+                            });
+                            remove(&poll, &mut conns, &mut sh, key);
+                        }
+                        let never = options.connections - started;
+                        for _ in 0..never {
+                            sh.rec.error(ErrorKind::ConnectTimeout, || {
+                                "connect not even started before --connect-timeout".into()
+                            });
+                        }
+                        started = options.connections;
+                    }
+                    phase = Phase::Warmup {
+                        until: now + options.warmup,
+                    };
+                }
+            }
+            Phase::Warmup { until } if now >= until => {
+                sh.rec
+                    .start_window(now, options.duration, options.server_pid);
+                phase = Phase::Measure;
+            }
+            Phase::Measure if sh.rec.window_over(now) || (idle && now >= window_end(&sh)) => {
+                sh.rec.close_window(now, options.server_pid);
+                fairness = Fairness::from_counts(conns.iter().map(|(_, c)| c.in_window));
+                if idle {
+                    idle_end = options.server_pid.and_then(ProcSample::read);
+                }
+                sh.may_send = false;
+                phase = Phase::Drain {
+                    until: now + options.drain_timeout,
+                };
+            }
+            Phase::Drain { until } => {
+                let drained = conns.iter().all(|(_, c)| c.check.pending() == 0);
+                if drained || now >= until {
+                    let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();
+                    for key in keys {
+                        let missing = conns[key].check.pending();
+                        if missing > 0 {
+                            for _ in 0..missing {
+                                sh.rec.error(ErrorKind::Missing, || {
+                                    format!(
+                                        "connection {key}: {missing} replies still missing {:?} after the end",
+                                        options.drain_timeout
+                                    )
+                                });
+                            }
+                            remove(&poll, &mut conns, &mut sh, key);
+                            continue;
+                        }
+                        // Half-close: the server must answer with its own
+                        // EOF, after nothing but what was asked for.
+                        if let Err(e) = conns[key].stream.shutdown(Shutdown::Write) {
+                            sh.rec.error(ErrorKind::Other, || {
+                                format!("connection {key}: shutdown: {e}")
+                            });
+                            remove(&poll, &mut conns, &mut sh, key);
+                            continue;
+                        }
+                        conns[key].state = State::ShutDown;
+                    }
+                    phase = Phase::Close {
+                        until: now + options.drain_timeout,
+                    };
+                }
+            }
+            Phase::Close { until } => {
+                if conns.is_empty() {
+                    break;
+                }
+                if now >= until {
+                    let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();
+                    for key in keys {
+                        sh.rec.error(ErrorKind::NoEof, || {
+                            format!(
+                                "connection {key}: no EOF from the server within {:?} of the client's half-close",
+                                options.drain_timeout
+                            )
+                        });
+                        remove(&poll, &mut conns, &mut sh, key);
+                    }
+                    break;
+                }
+            }
+            _ => {}
+        }
+        let label = match phase {
+            Phase::Connect => "connecting",
+            Phase::Warmup { .. } => "warm-up",
+            Phase::Measure if idle => "holding",
+            Phase::Measure => "measuring",
+            Phase::Drain { .. } => "draining",
+            Phase::Close { .. } => "closing",
+        };
+        sh.rec.tick(now, label, sh.up);
+
+        match poll.poll(&mut events, Some(Duration::from_millis(20))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BenchError::io("poll")(e)),
+        }
+        for event in events.iter() {
+            let key = event.token().0;
+            // A connection removed earlier in this batch: sporadic events
+            // for it can be ignored.
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            let writable = event.is_writable() || event.is_error();
+            let eof_seen = event.is_read_closed() || event.is_error();
+            if let Outcome::Remove = service(conn, key, readable, writable, eof_seen, &mut sh) {
+                remove(&poll, &mut conns, &mut sh, key);
+            }
+        }
+    }
+
+    let mut report = Report {
+        kind: if idle { "idle" } else { "tcp" }.into(),
+        connections_up: sh.up,
+        fairness,
+        ..Report::default()
+    };
+    sh.rec.finish(&mut report, options);
+    if idle {
+        if let (Some(server), Some(before), Some(after)) = (&mut report.server, baseline, idle_end)
+        {
+            let added = after.rss_kib.saturating_sub(before.rss_kib) * 1024;
+            server.idle_bytes_per_conn = Some(added as f64 / sh.up.max(1) as f64);
+            server.rss_kib = after.rss_kib;
+        }
+        // Idle connections send no load: these figures would be noise.
+        report.fairness = Fairness::default();
+    }
+    Ok(report)
+}
+
+/// End of the measured window, for `idle` (which counts no messages).
+fn window_end(sh: &Shared) -> Instant {
+    match sh.rec.window {
+        Some((_, end)) => end,
+        None => Instant::now(),
+    }
+}
+
+/// Starts as many connects as the limits allow now.
+fn start_connects(
+    options: &Options,
+    poll: &Poll,
+    conns: &mut Slab<Conn>,
+    sh: &mut Shared,
+    started: &mut usize,
+    start: Instant,
+    now: Instant,
+) {
+    let mut allowed = options.connections - *started;
+    allowed = allowed.min(options.max_connecting.saturating_sub(sh.connecting));
+    if options.connect_rate > 0 {
+        let due =
+            (now.duration_since(start).as_secs_f64() * options.connect_rate as f64) as usize + 1;
+        allowed = allowed.min(due.saturating_sub(*started));
+    }
+    for _ in 0..allowed {
+        *started += 1;
+        let mut stream = match TcpStream::connect(options.addr) {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE, EADDRNOTAVAIL (out of source ports), ...
+                sh.rec.error(ErrorKind::ConnectFailed, || {
+                    format!("connect to {}: {e}", options.addr)
+                });
+                continue;
+            }
+        };
+        let entry = conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            sh.rec
+                .error(ErrorKind::Other, || format!("register connection: {e}"));
+            continue;
+        }
+        sh.connecting += 1;
+        entry.insert(Conn {
+            stream,
+            state: State::Connecting,
+            check: StreamCheck::default(),
+            unsent: VecDeque::new(),
+            unsent_offset: 0,
+            sent: 0,
+            up: false,
+            in_window: 0,
+        });
+    }
+}
+
+/// Drops a connection (closing its socket).
+fn remove(poll: &Poll, conns: &mut Slab<Conn>, sh: &mut Shared, key: usize) {
+    if let Some(mut conn) = conns.try_remove(key) {
+        if conn.state == State::Connecting {
+            sh.connecting -= 1;
+        }
+        let _ = poll.registry().deregister(&mut conn.stream);
+    }
+}
+
+/// Handles readiness of one connection; `eof_seen`: the event says the
+/// peer closed or failed, so reading must go on until the end is read.
+fn service(
+    conn: &mut Conn,
+    key: usize,
+    readable: bool,
+    writable: bool,
+    eof_seen: bool,
+    sh: &mut Shared,
+) -> Outcome {
+    if conn.state == State::Connecting {
+        // A connect finished (or failed) once the socket is writable or
+        // has an error; other wake-ups are spurious.
+        match conn.stream.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                sh.rec.error(ErrorKind::ConnectFailed, || {
+                    format!("connection {key}: connect: {e}")
+                });
+                return Outcome::Remove;
+            }
+            Ok(None) => {}
+        }
+        match conn.stream.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Keep,
+            Err(e) => {
+                sh.rec.error(ErrorKind::ConnectFailed, || {
+                    format!("connection {key}: connect: {e}")
+                });
+                return Outcome::Remove;
+            }
+        }
+        sh.connecting -= 1;
+        conn.state = State::Open;
+        // Small requests must leave at once, not wait for Nagle.
+        let _ = conn.stream.set_nodelay(true);
+        return fill_and_flush(conn, key, sh);
+    }
+    if readable {
+        if let Outcome::Remove = receive(conn, key, eof_seen, sh) {
+            return Outcome::Remove;
+        }
+    }
+    if writable || !conn.unsent.is_empty() || sh.may_send {
+        return fill_and_flush(conn, key, sh);
+    }
+    Outcome::Keep
+}
+
+/// Reads until `WouldBlock` (or a short read), checking every byte.
+fn receive(conn: &mut Conn, key: usize, eof_seen: bool, sh: &mut Shared) -> Outcome {
+    loop {
+        match conn.stream.read(&mut sh.buf) {
+            Ok(0) => {
+                if conn.state == State::ShutDown && conn.check.pending() == 0 {
+                    // The server's EOF after ours: a clean end.
+                    return Outcome::Remove;
+                }
+                let pending = conn.check.pending();
+                sh.rec.error(ErrorKind::UnexpectedClose, || {
+                    format!(
+                        "connection {key}: closed by the server with {pending} replies awaited, \
+                         after {} verified",
+                        conn.check.completed()
+                    )
+                });
+                return Outcome::Remove;
+            }
+            Ok(n) => {
+                let now = Instant::now();
+                let rec = &mut sh.rec;
+                let in_window = &mut conn.in_window;
+                let reply_len = |v: u64| sh.payloads.reply(v as usize).len();
+                let base = conn.check.completed();
+                let mut done = 0u64;
+                let result = conn.check.check(sh.payloads, &sh.buf[..n], |sent| {
+                    // Replies complete in order, so reply number base+done
+                    // is request number base+done.
+                    if rec.reply(sent, now, reply_len(base + done)) {
+                        *in_window += 1;
+                    }
+                    done += 1;
+                });
+                if let Err(m) = result {
+                    sh.rec
+                        .error(ErrorKind::Mismatch, || format!("connection {key}: {m}"));
+                    return Outcome::Remove;
+                }
+                if done > 0 && !conn.up {
+                    conn.up = true;
+                    sh.up += 1;
+                }
+                // A short read took everything the socket had: bytes that
+                // arrive later raise a new edge, so the read that would
+                // only say WouldBlock can be saved (a third of the client's
+                // syscalls per reply, and the client is the bottleneck).
+                // Not when the event reported the peer's close: that FIN
+                // raises no new edge, so read on to the EOF. Nor while
+                // awaiting the server's EOF at the end.
+                if n < sh.buf.len() && !eof_seen && conn.state == State::Open {
+                    return Outcome::Keep;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Keep,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return io_error(key, e, sh),
+        }
+    }
+}
+
+/// Counts a socket error by kind.
+fn io_error(key: usize, e: io::Error, sh: &mut Shared) -> Outcome {
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => ErrorKind::Reset,
+        _ => ErrorKind::Other,
+    };
+    sh.rec.error(kind, || format!("connection {key}: {e}"));
+    Outcome::Remove
+}
+
+/// Queues requests up to the pipeline depth and writes until `WouldBlock`.
+fn fill_and_flush(conn: &mut Conn, key: usize, sh: &mut Shared) -> Outcome {
+    if conn.state != State::Open {
+        return Outcome::Keep;
+    }
+    if sh.may_send && !(sh.idle && conn.sent > 0) && conn.check.pending() < sh.depth {
+        let now = Instant::now();
+        while conn.check.pending() < sh.depth && !(sh.idle && conn.sent > 0) {
+            // The variant is the request number: replies to neighbouring
+            // requests differ, so a reordered or repeated reply is a wrong
+            // byte. Connections start at different variants.
+            let variant = (key as u64 + conn.sent) as usize;
+            conn.check.expect(variant, now);
+            conn.unsent.push_back(variant);
+            conn.sent += 1;
+        }
+    }
+    while !conn.unsent.is_empty() {
+        // One write for everything queued: a pipelined burst leaves in as
+        // few segments as the kernel likes.
+        sh.scratch.clear();
+        for (i, &v) in conn.unsent.iter().enumerate() {
+            let req = sh.payloads.request(v);
+            sh.scratch.extend_from_slice(if i == 0 {
+                &req[conn.unsent_offset..]
+            } else {
+                req
+            });
+        }
+        match conn.stream.write(&sh.scratch) {
+            Ok(mut n) => {
+                while n > 0 {
+                    let Some(&front) = conn.unsent.front() else {
+                        break;
+                    };
+                    let left = sh.payloads.request(front).len() - conn.unsent_offset;
+                    if n >= left {
+                        n -= left;
+                        conn.unsent.pop_front();
+                        conn.unsent_offset = 0;
+                    } else {
+                        conn.unsent_offset += n;
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return io_error(key, e, sh),
+        }
+    }
+    Outcome::Keep
+}
