@@ -544,6 +544,12 @@ fn bool_value(value: &Value<'_>, key: &str) -> Checked<bool> {
     }
 }
 
+/// A limit where `0` means off.
+fn count_or_off(value: &Value<'_>, key: &str) -> Checked<u32> {
+    let n = integer_value(value, key, 0, i64::from(u32::MAX), "0 (off) or more")?;
+    Ok(u32::try_from(n).expect("checked range"))
+}
+
 fn table_value<'a, 'i>(value: &'a Value<'i>, key: &str) -> Checked<&'a DeTable<'i>> {
     match value.get_ref() {
         DeValue::Table(table) => Ok(table),
@@ -633,9 +639,8 @@ fn check_tcp(table: &DeTable<'_>, tcp: &mut TcpConfig) -> Checked<()> {
             }
             "telnet" => tcp.telnet = bool_value(value, "tcp.telnet")?,
             "max_connections_per_ip" => {
-                let key = "tcp.max_connections_per_ip";
-                let n = integer_value(value, key, 0, i64::from(u32::MAX), "0 (off) or more")?;
-                tcp.max_connections_per_ip = usize::try_from(n).ok().and_then(NonZeroUsize::new);
+                let n = count_or_off(value, "tcp.max_connections_per_ip")?;
+                tcp.max_connections_per_ip = NonZeroUsize::new(n as usize);
             }
             other => return Err(unknown_key(key, &format!("tcp.{other}"), TCP_KEYS)),
         }
@@ -695,9 +700,7 @@ fn check_udp(table: &DeTable<'_>, udp: &mut UdpConfig) -> Checked<()> {
                     .collect::<Checked<Vec<u16>>>()?;
             }
             "rate_limit" => {
-                let key = "udp.rate_limit";
-                let n = integer_value(value, key, 0, i64::from(u32::MAX), "0 (off) or more")?;
-                udp.rate_limit = u32::try_from(n).ok().and_then(NonZeroU32::new);
+                udp.rate_limit = NonZeroU32::new(count_or_off(value, "udp.rate_limit")?)
             }
             other => return Err(unknown_key(key, &format!("udp.{other}"), UDP_KEYS)),
         }
