@@ -84,3 +84,69 @@ fn many_senders_each_get_their_own_replies() {
         s.join().unwrap();
     }
 }
+
+#[test]
+fn a_burst_is_answered_datagram_for_datagram() {
+    // Sent back to back, these reach the server in batches (recvmmsg /
+    // sendmmsg): every one must come back, on its own, exact.
+    let server = InProcess::start(loopback_config());
+    let client = udp_client();
+    let sent: Vec<String> = (0..100)
+        .map(|i| format!("burst {i:03} é{}", "x".repeat(i)))
+        .collect();
+    for msg in &sent {
+        client.send_to(msg.as_bytes(), server.udp).unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = vec![0; 70_000];
+    while got.len() < sent.len() {
+        let (n, from) = client
+            .recv_from(&mut buf)
+            .expect("every reply of the burst");
+        assert_eq!(from, server.udp);
+        got.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+    }
+    got.sort();
+    let mut want: Vec<String> = sent.iter().map(|m| m.to_uppercase()).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_reply_too_large_in_the_middle_of_a_burst_costs_only_itself() {
+    let server = InProcess::start(loopback_config());
+    let client = udp_client();
+    let big = "ΐ".repeat(30_000); // 60,000 bytes in, 180,000 out
+    for i in 0..10 {
+        client
+            .send_to(format!("before {i}").as_bytes(), server.udp)
+            .unwrap();
+    }
+    client.send_to(big.as_bytes(), server.udp).unwrap();
+    for i in 0..10 {
+        client
+            .send_to(format!("after {i}").as_bytes(), server.udp)
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = vec![0; 70_000];
+    while got.len() < 20 {
+        let (n, _) = client.recv_from(&mut buf).expect("the other replies");
+        got.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..10)
+        .flat_map(|i| [format!("BEFORE {i}"), format!("AFTER {i}")])
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    let counters = server.stop();
+    assert_eq!(
+        (
+            counters.dgrams_in,
+            counters.dgrams_out,
+            counters.dgrams_dropped
+        ),
+        (21, 20, 1)
+    );
+}

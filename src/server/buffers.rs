@@ -25,6 +25,11 @@ pub struct Shared {
     pub max_pending_output: usize,
     /// What the daemon counts (logged on SIGUSR1 and at shutdown).
     pub counters: Counters,
+    /// Receive buffers for a batch of datagrams (`udp::BATCH` slots of
+    /// `udp::SLOT` bytes), allocated at the first datagram: a TCP-only
+    /// daemon never pays for them, and the kernel backs with memory only
+    /// the pages datagrams actually touch.
+    pub udp_slots: Vec<u8>,
 }
 
 impl Shared {
@@ -36,7 +41,17 @@ impl Shared {
             pool: BufPool::default(),
             max_pending_output,
             counters: Counters::default(),
+            udp_slots: Vec::new(),
         }
+    }
+
+    /// Takes the batch receive buffers (see `udp_slots`; allocated on
+    /// first use); the caller puts them back.
+    pub fn take_udp_slots(&mut self) -> Vec<u8> {
+        if self.udp_slots.is_empty() {
+            return vec![0; crate::server::udp::BATCH * crate::server::udp::SLOT];
+        }
+        std::mem::take(&mut self.udp_slots)
     }
 }
 
