@@ -101,10 +101,14 @@ pub struct UdpConfig {
     pub blocked_source_ports: Vec<u16>,
     /// Datagrams answered per second per source address, with a burst of one
     /// second's worth (a token bucket); excess is dropped and counted. `None`
-    /// (written `0`) turns it off. Default 100000: no test or benchmark on
-    /// one machine notices it, yet it caps what a spoofed source can make
-    /// this server send to its victim.
+    /// (written `0`) turns it off (default 1000: plenty for one honest
+    /// client, and a cap on what a spoofed source can aim at its victim).
     pub rate_limit: Option<NonZeroU32>,
+    /// Whether `rate_limit` applies to loopback sources too (default false).
+    /// A loopback source cannot be spoofed from the network (Linux drops
+    /// such packets arriving on any other interface), and local clients,
+    /// load generators among them, are trusted anyway.
+    pub rate_limit_loopback: bool,
 }
 
 /// The default `[udp] blocked_source_ports`.
@@ -142,7 +146,8 @@ impl Default for UdpConfig {
         UdpConfig {
             listen: vec![DEFAULT_LISTEN],
             blocked_source_ports: DEFAULT_BLOCKED_SOURCE_PORTS.to_vec(),
-            rate_limit: NonZeroU32::new(100_000),
+            rate_limit: NonZeroU32::new(1000),
+            rate_limit_loopback: false,
         }
     }
 }
@@ -289,6 +294,11 @@ impl Config {
         line(&format!(
             "rate_limit = {}",
             self.udp.rate_limit.map_or(0, NonZeroU32::get)
+        ));
+        line("# Apply rate_limit to loopback sources too (they cannot be spoofed from outside).");
+        line(&format!(
+            "rate_limit_loopback = {}",
+            self.udp.rate_limit_loopback
         ));
         out
     }
@@ -446,7 +456,12 @@ const TCP_KEYS: &[&str] = &[
     "telnet",
     "max_connections_per_ip",
 ];
-const UDP_KEYS: &[&str] = &["listen", "blocked_source_ports", "rate_limit"];
+const UDP_KEYS: &[&str] = &[
+    "listen",
+    "blocked_source_ports",
+    "rate_limit",
+    "rate_limit_loopback",
+];
 
 fn fault(span: Range<usize>, key: &str, message: String) -> Fault {
     Fault {
@@ -702,6 +717,9 @@ fn check_udp(table: &DeTable<'_>, udp: &mut UdpConfig) -> Checked<()> {
             "rate_limit" => {
                 udp.rate_limit = NonZeroU32::new(count_or_off(value, "udp.rate_limit")?)
             }
+            "rate_limit_loopback" => {
+                udp.rate_limit_loopback = bool_value(value, "udp.rate_limit_loopback")?;
+            }
             other => return Err(unknown_key(key, &format!("udp.{other}"), UDP_KEYS)),
         }
     }
@@ -825,6 +843,7 @@ mod tests {
                 listen: vec![],
                 blocked_source_ports: vec![],
                 rate_limit: None,
+                rate_limit_loopback: true,
             },
         }
     }
@@ -886,6 +905,7 @@ max_connections_per_ip = 4
 listen = []
 blocked_source_ports = []
 rate_limit = 0
+rate_limit_loopback = true
 "#;
         assert_eq!(parse(text).unwrap(), non_default());
     }
@@ -940,7 +960,7 @@ rate_limit = 0
     fn unknown_udp_key_in_inline_table() {
         assert_eq!(
             error("udp = { listen = [], port = 1 }\n"),
-            "test.toml:1: udp.port: unknown key; expected one of: listen, blocked_source_ports, rate_limit"
+            "test.toml:1: udp.port: unknown key; expected one of: listen, blocked_source_ports, rate_limit, rate_limit_loopback"
         );
     }
 
@@ -1224,7 +1244,7 @@ rate_limit = 0
         assert!(text.contains("shutdown_timeout = \"1500ms\"\n"), "{text}");
         assert!(text.contains("[udp]\n# "), "{text}");
         assert!(text.contains("listen = []\n"), "{text}");
-        assert!(text.ends_with("rate_limit = 0\n"), "{text}");
+        assert!(text.ends_with("rate_limit_loopback = true\n"), "{text}");
     }
 
     #[test]
@@ -1247,7 +1267,7 @@ rate_limit = 0
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 14);
+        assert_eq!(keys, 15);
     }
 
     #[test]

@@ -77,6 +77,8 @@ fn udp_config(blocked: &[u16], rate_limit: u32) -> Config {
     let mut config = loopback_config();
     config.udp.blocked_source_ports = blocked.to_vec();
     config.udp.rate_limit = std::num::NonZeroU32::new(rate_limit);
+    // The tests' clients are on loopback, which is exempt by default.
+    config.udp.rate_limit_loopback = true;
     config
 }
 
@@ -128,6 +130,22 @@ fn a_source_over_its_rate_is_cut_to_its_burst() {
         "{replies} replies at rate_limit 5"
     );
     assert_eq!(counters.dgrams_limited, 40 - replies);
+}
+
+#[test]
+fn loopback_sources_are_not_rate_limited_by_default() {
+    let mut config = loopback_config();
+    config.udp.rate_limit = std::num::NonZeroU32::new(5);
+    let server = InProcess::start(config);
+    let client = udp_client();
+    for i in 0..40 {
+        let msg = format!("local {i}");
+        assert_eq!(
+            udp_exchange(&client, server.udp, msg.as_bytes()),
+            msg.to_uppercase().as_bytes()
+        );
+    }
+    assert_eq!(server.stop().dgrams_limited, 0);
 }
 
 #[test]

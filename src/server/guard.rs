@@ -40,6 +40,8 @@ pub enum Verdict {
 pub struct UdpGuard {
     blocked_ports: Vec<u16>,
     limiter: Option<RateLimiter>,
+    /// Whether loopback sources are rate-limited too.
+    limit_loopback: bool,
 }
 
 impl UdpGuard {
@@ -48,6 +50,7 @@ impl UdpGuard {
         UdpGuard {
             blocked_ports: config.blocked_source_ports.clone(),
             limiter: config.rate_limit.map(RateLimiter::new),
+            limit_loopback: config.rate_limit_loopback,
         }
     }
 
@@ -55,6 +58,7 @@ impl UdpGuard {
     /// change are kept.
     pub fn reconfigure(&mut self, config: &UdpConfig) {
         self.blocked_ports = config.blocked_source_ports.clone();
+        self.limit_loopback = config.rate_limit_loopback;
         match (&mut self.limiter, config.rate_limit) {
             (Some(limiter), Some(rate)) if limiter.rate == rate => {}
             (_, rate) => self.limiter = rate.map(RateLimiter::new),
@@ -65,6 +69,10 @@ impl UdpGuard {
     pub fn check(&mut self, ip: IpAddr, port: u16, now: Instant) -> Verdict {
         if self.blocked_ports.contains(&port) {
             return Verdict::Blocked;
+        }
+        if ip.is_loopback() && !self.limit_loopback {
+            // Cannot be spoofed from outside this host: no reflection risk.
+            return Verdict::Answer;
         }
         match self.limiter.as_mut().map(|limiter| limiter.allow(ip, now)) {
             Some(false) => Verdict::Limited,
@@ -174,12 +182,18 @@ mod tests {
             listen: vec![],
             blocked_source_ports: vec![7, 19],
             rate_limit: NonZeroU32::new(1),
+            rate_limit_loopback: false,
         };
         let mut guard = UdpGuard::new(&config);
         let now = Instant::now();
         assert_eq!(guard.check(ip(1), 19, now), Verdict::Blocked);
         assert_eq!(guard.check(ip(1), 40000, now), Verdict::Answer);
         assert_eq!(guard.check(ip(1), 40000, now), Verdict::Limited);
+        // Loopback sources are exempt from the rate, not from the ports.
+        let local = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(guard.check(local, 40000, now), Verdict::Answer);
+        assert_eq!(guard.check(local, 40000, now), Verdict::Answer);
+        assert_eq!(guard.check(local, 19, now), Verdict::Blocked);
         guard.reconfigure(&UdpConfig {
             rate_limit: None,
             ..config
