@@ -18,11 +18,14 @@
 //! - [`server`]: the event loop. `server/mod.rs` owns the one `mio::Poll`
 //!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams),
 //!   `conn.rs` (one client: read, transform, write, back-pressure,
-//!   half-close), `buffers.rs` (the buffers all clients share), `stats.rs`
-//!   (counters).
+//!   half-close), `buffers.rs` (the buffers all clients share), `idle.rs`
+//!   (connections in order of last activity, for idle timeouts), `guard.rs`
+//!   (UDP reflection guard: blocked source ports, per-source rate),
+//!   `stats.rs` (counters).
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
-//! - [`systemd`]: the sd_notify messages (ready, stopping).
+//! - [`systemd`]: sd_notify (ready, status, reloading, stopping, watchdog)
+//!   and socket activation (`LISTEN_FDS`), without libsystemd.
 //! - [`rlimit`]: the file-descriptor limit, raised at start-up.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
 //!
