@@ -24,7 +24,8 @@
 //!   `stats.rs` (counters).
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
-//! - [`systemd`]: sd_notify (ready, status, reloading, stopping, watchdog)
+//! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
+//!   watchdog: the sd_notify protocol)
 //!   and socket activation (`LISTEN_FDS`), without libsystemd.
 //! - [`rlimit`]: the file-descriptor limit, raised at start-up.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
