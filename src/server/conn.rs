@@ -111,8 +111,11 @@ impl Connection {
             upcaser: Upcaser::new(mode),
             telnet: telnet.then(telnet::Filter::new),
             out: None,
-            // A client may have sent data before we accepted it: try at once.
-            readable: true,
+            // Nothing read yet, and nothing to try: registering with epoll
+            // reports READABLE at once if the client sent data before we
+            // accepted it, so a read here would only say WouldBlock for the
+            // clients that have not.
+            readable: false,
             input: Input::Open,
             hup: false,
         }
@@ -182,10 +185,7 @@ impl Connection {
             self.flush(shared)?;
         }
         if self.input == Input::Draining(0) {
-            // Everything received before the shutdown is answered (a split
-            // character at the very end passes through as it is).
-            self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
-            self.input = Input::Discarding(false);
+            self.stop_answering(shared)?;
         }
         let cap = shared.max_pending_output;
         let mut reads = 0;
@@ -232,8 +232,7 @@ impl Connection {
                         let left = left.saturating_sub(n);
                         self.input = Input::Draining(left);
                         if left == 0 {
-                            self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
-                            self.input = Input::Discarding(false);
+                            self.stop_answering(shared)?;
                         }
                     }
                 }
@@ -242,8 +241,7 @@ impl Connection {
                     if let Input::Draining(_) = self.input {
                         // Fewer bytes than counted (cannot happen with TCP,
                         // but a count is no promise): what there was is answered.
-                        self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
-                        self.input = Input::Discarding(false);
+                        self.stop_answering(shared)?;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -269,6 +267,15 @@ impl Connection {
             }
         }
         Ok(Status::Waiting)
+    }
+
+    /// Shutdown: everything received before it is answered (a character
+    /// split at the very end passes through as it is); from now on input is
+    /// read and dropped.
+    fn stop_answering(&mut self, shared: &mut Shared) -> io::Result<()> {
+        self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
+        self.input = Input::Discarding(false);
+        Ok(())
     }
 
     /// Answers the `n` bytes just read into the shared read buffer.

@@ -338,7 +338,7 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut again = Vec::new();
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     // A signal arrived during the wait; its own event follows.
@@ -367,12 +367,10 @@ impl Server {
                 }
             }
             if let Some(deadline) = self.deadline {
-                if self.conns.is_empty() {
-                    info!("shutdown complete; {}", self.shared.counters);
-                    return Ok(self.shared.counters.clone());
-                }
-                if now >= deadline {
+                if !self.conns.is_empty() && now >= deadline {
                     self.cut_all();
+                }
+                if self.conns.is_empty() {
                     info!("shutdown complete; {}", self.shared.counters);
                     return Ok(self.shared.counters.clone());
                 }
@@ -382,7 +380,7 @@ impl Server {
 
     /// How long `poll` may sleep: not at all when work is queued, else until
     /// the nearest deadline (idle timeout, accept back-off, shutdown).
-    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+    fn poll_timeout(&self) -> Option<Duration> {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -398,7 +396,8 @@ impl Server {
         .min()?;
         // Round up to the next millisecond: epoll's resolution. Rounding
         // down would wake just before the deadline and spin once for nothing.
-        Some(nearest.saturating_duration_since(now) + Duration::from_micros(999))
+        // (The clock is read only when there is a deadline to wait for.)
+        Some(nearest.saturating_duration_since(Instant::now()) + Duration::from_micros(999))
     }
 
     fn dispatch(
