@@ -39,6 +39,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::signals::{Request, Signals};
 use crate::systemd::ListenFd;
+use crate::transform;
 use buffers::Shared;
 use conn::{Close, Connection, Status};
 use guard::UdpGuard;
@@ -328,6 +329,7 @@ impl Server {
     /// handlers are in place, so whoever reacts to those lines (a test, a
     /// script, systemd) can already signal the daemon safely.
     pub fn run(mut self) -> Result<Counters, ServerError> {
+        transform::warm_up(self.config.mode);
         for l in &self.listeners {
             info!("listening on tcp://{}", l.addr);
         }
@@ -794,6 +796,7 @@ impl Server {
         {
             warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
         }
+        transform::warm_up(new.mode);
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
         self.guard.reconfigure(&new.udp);
         if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
