@@ -1,22 +1,54 @@
 #!/usr/bin/env python3
 """Turns bench/run's raw results (one JSON line per run) into
-results/latest.md (the table) and results/chart.svg (throughput and p99
-against connection count, one line per server). Standard library only.
+results/latest.md (the tables and the check of issue 7's targets) and
+results/chart.svg (throughput and p99 against connection count, one line per
+server). Standard library only.
 
-Ratios are paired: in each round a server's figure is divided by the C
+Ratios are paired: in each round a server's figure is divided by its
 reference's figure of the same cell and round (they ran back to back), and
-the table shows the median of those ratios, which cancels most of the drift
-of a shared machine."""
+the tables show the median of those ratios, which cancels most of the drift
+of a shared machine. The reference is the C server (`ref-epoll-c`) in the
+matrix, and upcased in ascii mode (`upcased-ascii`) in the "mode:" cells,
+which measure what upcased's default unicode mode costs."""
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 from collections import OrderedDict, defaultdict
 
+SUBJECT = "upcased"
 REFERENCE = "ref-epoll-c"
-COLORS = {"upcased": "#d62728", "ref-epoll-c": "#1f77b4", "ref-tokio": "#2ca02c"}
+TOKIO_MT = "ref-tokio-mt"
+MODE_REFERENCE = "upcased-ascii"
+COLORS = {
+    "upcased": "#d62728",
+    "upcased-ascii": "#ff7f0e",
+    "ref-epoll-c": "#1f77b4",
+    "ref-tokio": "#2ca02c",
+    "ref-tokio-mt": "#9467bd",
+}
+SERVERS = {
+    "upcased": "upcased in its default `unicode` mode",
+    "upcased-ascii": "upcased `--mode ascii` (mode cells only)",
+    "ref-epoll-c": "the one-thread C epoll server",
+    "ref-tokio": "tokio, current-thread runtime",
+    "ref-tokio-mt": "tokio, `--multi-thread` (work-stealing) runtime",
+}
+
+
+def is_mode(cell):
+    return cell.startswith("mode:")
+
+
+def is_ceiling(cell):
+    return cell.startswith("ceiling:")
+
+
+def reference(cell):
+    return MODE_REFERENCE if is_mode(cell) else REFERENCE
 
 
 def median(xs):
@@ -55,6 +87,59 @@ def fmt(x, digits=0):
     return f"{x:,.{digits}f}"
 
 
+# Figures of one run (None where the run has no report or no such figure).
+def msgs_of(run):
+    return run["report"]["msgs_per_s"] if run and run["report"] else None
+
+
+def cpu_of(run):
+    s = run and run["report"] and run["report"].get("server")
+    return s["cpu_us_per_msg"] if s else None
+
+
+def p99_of(run):
+    return run["report"]["latency_us"]["p99"] if run and run["report"] else None
+
+
+def run_errors(run):
+    """Failed checks of a run; a run without a report counts as one."""
+    rep = run["report"]
+    if not rep:
+        return 1
+    return sum(rep["errors"].values()) if rep["errors"] else 0
+
+
+class Ratio:
+    """The median of paired per-round ratios, with their range."""
+
+    def __init__(self, ratios):
+        self.ratios = ratios
+        self.median = median(ratios)
+        self.lo = min(ratios) if ratios else None
+        self.hi = max(ratios) if ratios else None
+
+    def __bool__(self):
+        return self.median is not None
+
+    def show(self, spread=True, digits=2):
+        if not self:
+            return "–"
+        s = f"{self.median:.{digits}f}"
+        if spread and len(self.ratios) > 1:
+            s += f" ({self.lo:.{digits}f}–{self.hi:.{digits}f})"
+        return s
+
+
+def paired(a, b, key):
+    """Ratio of key over the rounds two by-round run maps have in common."""
+    ratios = []
+    for rnd, ra in (a or {}).items():
+        va, vb = key(ra), key((b or {}).get(rnd))
+        if va is not None and vb:
+            ratios.append(va / vb)
+    return Ratio(ratios)
+
+
 def summarize(runs):
     """cell -> server -> figures, keeping the order cells and servers ran in."""
     cells = OrderedDict()
@@ -62,84 +147,149 @@ def summarize(runs):
         cells.setdefault(r["cell"], OrderedDict()).setdefault(r["server"], []).append(r)
     table = OrderedDict()
     for cell, by_server in cells.items():
-        ref = {r["round"]: r for r in by_server.get(REFERENCE, [])}
         table[cell] = OrderedDict()
         for server, rs in by_server.items():
             reps = [r["report"] for r in rs if r["report"]]
-            errors = sum(
-                (r["report"]["errors"] and sum(r["report"]["errors"].values()) or 0)
-                if r["report"]
-                else 1
-                for r in rs
-            )
-            failed = sum(1 for r in rs if r["exit"] != 0)
-            ratios = []
-            for r in rs:
-                base = ref.get(r["round"])
-                if r["report"] and base and base["report"] and base["report"]["msgs_per_s"]:
-                    ratios.append(r["report"]["msgs_per_s"] / base["report"]["msgs_per_s"])
             server_figs = [x["server"] for x in reps if x.get("server")]
+            first = reps[0] if reps else {}
             table[cell][server] = {
+                "by_round": {r["round"]: r for r in rs},
                 "rounds": len(rs),
-                "failed": failed,
-                "errors": errors,
-                "connections": reps[0]["connections"] if reps else None,
+                "failed": sum(1 for r in rs if r["exit"] != 0),
+                "errors": sum(run_errors(r) for r in rs),
+                "connections": first.get("connections"),
+                "size": first.get("size"),
+                "pipeline": first.get("pipeline"),
+                "payload": first.get("payload"),
+                "kind": first.get("kind", "?"),
                 "up": min((x["connections_up"] for x in reps), default=None),
                 "msgs": median([x["msgs_per_s"] for x in reps]),
                 "mbs": median([x["mb_per_s"] for x in reps]),
-                "ratio": median(ratios) if server != REFERENCE else 1.0 if ratios else None,
-                "ratio_range": (min(ratios), max(ratios)) if len(ratios) > 1 and server != REFERENCE else None,
                 "p99": median([x["latency_us"]["p99"] for x in reps]),
                 "p50": median([x["latency_us"]["p50"] for x in reps]),
                 "cpu": median([s["cpu_us_per_msg"] for s in server_figs]),
                 "peak_rss": max((s["peak_rss_kib"] for s in server_figs), default=None),
                 "idle_b": median([s.get("idle_bytes_per_conn") for s in server_figs]),
                 "stalled": max((x["fairness"]["stalled"] for x in reps), default=None),
-                "fair_min": min((x["fairness"]["min"] for x in reps), default=None),
                 "lost": sum((x["udp"] or {}).get("lost", 0) for x in reps if x.get("udp")),
-                "kind": reps[0]["kind"] if reps else "?",
+                "threads": [r.get("threads") for r in rs if r.get("threads")],
             }
+        ref = table[cell].get(reference(cell))
+        tokio_mt = table[cell].get(TOKIO_MT)
+        for server, f in table[cell].items():
+            runs_of = f["by_round"]
+            f["vs_ref"] = paired(runs_of, ref and ref["by_round"], msgs_of)
+            f["cpu_vs_ref"] = paired(runs_of, ref and ref["by_round"], cpu_of)
+            f["p99_vs_ref"] = paired(runs_of, ref and ref["by_round"], p99_of)
+            f["vs_tokio_mt"] = paired(runs_of, tokio_mt and tokio_mt["by_round"], msgs_of)
     return table
 
 
-def markdown(table, args, with_chart):
+def threads_line(table):
+    """What threads each server ran with, as /proc showed them at the end
+    of each run (the thread names and how many of each)."""
+    seen = OrderedDict()
+    for by_server in table.values():
+        for server, f in by_server.items():
+            for t in f["threads"]:
+                key = tuple(sorted(t.items()))
+                seen.setdefault(server, OrderedDict())
+                seen[server][key] = seen[server].get(key, 0) + 1
+    parts = []
+    for server, shapes in seen.items():
+        shown = []
+        for shape, n in shapes.items():
+            total = sum(c for _, c in shape)
+            names = ", ".join(f"{name} ×{c}" for name, c in shape)
+            shown.append(f"{total} ({names})" + (f" in {n} runs" if len(shapes) > 1 else ""))
+        parts.append(f"{server}: " + "; ".join(shown))
+    return "; ".join(parts)
+
+
+def tokio_mt_workers(table):
+    """The tokio runtime threads ref-tokio-mt had, per run (its workers:
+    ref-tokio spawns no blocking tasks, so the runtime's threads are all
+    workers; the main thread runs the accept loop in block_on)."""
+    counts = set()
+    for by_server in table.values():
+        f = by_server.get(TOKIO_MT)
+        for t in f["threads"] if f else []:
+            counts.add(sum(c for name, c in t.items() if name.startswith("tokio-")))
+    return sorted(counts)
+
+
+def header(table, args):
+    servers = list(OrderedDict.fromkeys(s for by in table.values() for s in by))
     lines = [
         "# Benchmark results",
         "",
         f"Machine: {machine()}.  ",
-        f"Command: `{args.command}` ({args.rounds} interleaved rounds, "
-        f"{args.duration} s measured per run after a warm-up; server pinned to CPU 0, "
-        "load generator to CPU 1; every reply verified byte for byte).",
+        f"Command: `{args.command}` ({args.rounds} interleaved "
+        f"round{'' if str(args.rounds) == '1' else 's'}, "
+        f"{args.duration} s measured per run after a warm-up; every server pinned to CPU 0, "
+        "the load generator to CPU 1; every reply verified byte for byte).",
+        "",
+        "Servers: " + "; ".join(f"`{s}`, {SERVERS.get(s, s)}" for s in servers) + ".",
+    ]
+    if TOKIO_MT in servers:
+        workers = tokio_mt_workers(table)
+        lines[-1] += (
+            f" `{TOKIO_MT}` has the same one-core budget as the others: pinned to CPU 0, "
+            "it lets tokio choose its worker count from the CPU affinity mask, which gave it "
+            + ("/".join(map(str, workers)) if workers else "an unknown number of")
+            + " worker thread" + ("" if workers == [1] else "s")
+            + " next to the main thread that runs the accept loop."
+        )
+    threads = threads_line(table)
+    if threads:
+        lines += ["", f"Threads per server (from /proc at the end of each run): {threads}."]
+    return lines
+
+
+def markdown(table, args, with_chart):
+    lines = header(table, args) + [
         "",
         "Figures are medians over the rounds; *vs C* is the median of the per-round "
-        f"ratios of msgs/s against `{REFERENCE}` in the same round. CPU is the server's "
-        "user+system time per reply; peak RSS is the server's VmHWM. "
-        "`errors` counts every failed check (wrong byte, reset, close, missing reply).",
+        f"ratios of msgs/s against `{REFERENCE}` in the same round (range over the rounds "
+        f"in brackets), *vs tokio-mt* the same against `{TOKIO_MT}`, *CPU vs C* the same for "
+        "server CPU per message. CPU is the server's user+system time per reply; peak RSS "
+        "is the server's VmHWM. `errors` counts every failed check (wrong byte, reset, "
+        "close, missing reply).",
         "",
-        "| cell | server | msgs/s | vs C (range over rounds) | MB/s | server CPU µs/msg | p50 µs | p99 µs | peak RSS KiB | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cell | server | msgs/s | vs C (range over rounds) | vs tokio-mt | MB/s | "
+        "server CPU µs/msg | CPU vs C | p50 µs | p99 µs | peak RSS KiB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    idle_rows = []
+    idle_rows, mode_rows = [], []
     for cell, by_server in table.items():
         for server, f in by_server.items():
             err = f"{f['errors']}" + (f" ({f['failed']} runs failed)" if f["failed"] else "")
+            if f["kind"] == "udp" and f["lost"]:
+                err += f", {f['lost']} lost"
             if f["kind"] == "idle":
                 idle_rows.append(
                     f"| {cell} | {server} | {fmt(f['up'])} of {fmt(f['connections'])} | "
                     f"{fmt(f['idle_b'])} | {fmt(f['peak_rss'])} | {err} |"
                 )
                 continue
-            spread = ""
-            if f["ratio_range"]:
-                lo, hi = f["ratio_range"]
-                spread = f" ({lo:.2f}–{hi:.2f})"
-            extra = ""
-            if f["kind"] == "udp" and f["lost"]:
-                extra = f", {f['lost']} lost"
+            is_ref = server == reference(cell)
+            if is_mode(cell):
+                per_byte = f["cpu"] * 1000 / f["size"] if f["cpu"] is not None and f["size"] else None
+                mode_rows.append(
+                    f"| {cell} | {server} | {f['payload'] or '?'} | {fmt(f['msgs'])} | "
+                    f"{'1.00' if is_ref and f['vs_ref'] else f['vs_ref'].show()} | "
+                    f"{fmt(f['mbs'], 1)} | {fmt(f['cpu'], 2)} | "
+                    f"{'1.00' if is_ref and f['cpu_vs_ref'] else f['cpu_vs_ref'].show()} | "
+                    f"{fmt(per_byte, 2)} | {fmt(f['p99'], 1)} | {fmt(f['peak_rss'])} | {err} |"
+                )
+                continue
             lines.append(
-                f"| {cell} | {server} | {fmt(f['msgs'])} | {fmt(f['ratio'], 2)}{spread} | "
-                f"{fmt(f['mbs'], 1)} | {fmt(f['cpu'], 2)} | {fmt(f['p50'], 1)} | "
-                f"{fmt(f['p99'], 1)} | {fmt(f['peak_rss'])} | {err}{extra} |"
+                f"| {cell} | {server} | {fmt(f['msgs'])} | "
+                f"{'1.00' if is_ref and f['vs_ref'] else f['vs_ref'].show()} | "
+                f"{'1.00' if server == TOKIO_MT and f['vs_tokio_mt'] else f['vs_tokio_mt'].show(False)} | "
+                f"{fmt(f['mbs'], 1)} | {fmt(f['cpu'], 2)} | "
+                f"{'1.00' if is_ref and f['cpu_vs_ref'] else f['cpu_vs_ref'].show(False)} | "
+                f"{fmt(f['p50'], 1)} | {fmt(f['p99'], 1)} | {fmt(f['peak_rss'])} | {err} |"
             )
     if idle_rows:
         lines += [
@@ -150,6 +300,20 @@ def markdown(table, args, with_chart):
             "| cell | server | connections held | user bytes per connection | peak RSS KiB | errors |",
             "|---|---|---:|---:|---:|---:|",
         ] + idle_rows
+    if mode_rows:
+        lines += [
+            "",
+            "## Unicode mode against ascii mode",
+            "",
+            f"`{SUBJECT}` (default `unicode` mode) against `{MODE_REFERENCE}` (`--mode ascii`), "
+            f"back to back in each round; *vs ascii* is the median of the per-round ratios against "
+            f"`{MODE_REFERENCE}` (range in brackets). CPU per byte is per request byte.",
+            "",
+            "| cell | server | payload | msgs/s | vs ascii | MB/s | server CPU µs/msg | "
+            "CPU vs ascii | CPU ns/byte | p99 µs | peak RSS KiB | errors |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ] + mode_rows
+        lines += non_ascii_cost(table)
     stalled = [
         (cell, s, f["stalled"])
         for cell, by in table.items()
@@ -165,8 +329,205 @@ def markdown(table, args, with_chart):
         lines[-1] += "every connection got replies in every measured window."
     if with_chart:
         lines += ["", "![throughput and p99 against connections](chart.svg)"]
+    lines += targets(table)
     lines.append("")
     return "\n".join(lines)
+
+
+def shape(f):
+    return (f["kind"], f["connections"], f["size"], f["pipeline"])
+
+
+def utf8_pairs(table):
+    """(utf8 cell, its ascii-text twin or None) for the mode cells: the
+    twin is the mode cell of the same kind, connections, size and pipeline
+    with the ascii payload."""
+    pairs = []
+    for cell, by in table.items():
+        f = by.get(SUBJECT)
+        if not is_mode(cell) or not f or f["payload"] != "utf8":
+            continue
+        twin = next(
+            (
+                c
+                for c, b in table.items()
+                if is_mode(c)
+                and b.get(SUBJECT)
+                and b[SUBJECT]["payload"] == "ascii"
+                and shape(b[SUBJECT]) == shape(f)
+            ),
+            None,
+        )
+        pairs.append((cell, twin))
+    return pairs
+
+
+def non_ascii_cost(table):
+    """The utf8 cell's CPU per message and per byte next to its ascii-text
+    twin's, with the ratios paired by round (the two cells ran in the same
+    rounds, minutes rather than seconds apart)."""
+    lines = []
+    for cell, twin in utf8_pairs(table):
+        u = table[cell][SUBJECT]
+        rows = [(cell, SUBJECT, u)]
+        if twin:
+            rows = [(twin, s, table[twin][s]) for s in (MODE_REFERENCE, SUBJECT) if s in table[twin]] + rows
+        lines += [
+            "",
+            f"Mostly non-ASCII text ({cell}) next to ASCII text of the same shape: "
+            "CPU per message and per request byte, and the utf8 run's CPU over each "
+            "ascii-text row's (median of per-round ratios).",
+            "",
+            "| cell | server | server CPU µs/msg | CPU ns/byte | utf8 on unicode over this |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for c, s, f in rows:
+            per_byte = f["cpu"] * 1000 / f["size"] if f["cpu"] is not None and f["size"] else None
+            over = "" if c == cell else paired(u["by_round"], f["by_round"], cpu_of).show()
+            lines.append(f"| {c} | {s} | {fmt(f['cpu'], 2)} | {fmt(per_byte, 2)} | {over} |")
+    return lines
+
+
+# --- issue 7's targets, checked from the figures above ----------------------
+
+
+def verdict(results):
+    """results: [(label, ok or None for no figure)]. Met only if there is at
+    least one figure and every figure passes; a missing figure fails."""
+    if not results:
+        return "not checked"
+    return "**met**" if all(ok for _, ok in results) else "**not met**"
+
+
+def figures(results):
+    return "; ".join(label + ("" if ok else " ✗") for label, ok in results) or "–"
+
+
+def digits_for(x, limit):
+    """Three digits, or more where a figure that is not the limit would
+    print as the limit itself (1.1004 against 1.1)."""
+    digits = 3
+    while x is not None and x != limit and digits < 6 and f"{x:.{digits}f}" == f"{limit:.{digits}f}":
+        digits += 1
+    return digits
+
+
+def ratio_checks(table, cells, server, base, key, limit, above=False):
+    """[(label, ok)] of the paired median ratio server/base of key in cells,
+    against limit (≤ limit, or ≥ limit if above)."""
+    out = []
+    for cell in cells:
+        by = table[cell]
+        if server not in by or base not in by:
+            continue
+        r = paired(by[server]["by_round"], by[base]["by_round"], key)
+        ok = None if not r else (r.median >= limit if above else r.median <= limit)
+        out.append((f"{cell}: {r.show(False, digits_for(r.median, limit))}", ok))
+    return out
+
+
+def targets(table):
+    rows = []
+    rounds = max((len(f["by_round"]) for by in table.values() for f in by.values()), default=0)
+    rows.append(("0", "≥ 5 rounds in the run", f"{rounds}", "**met**" if rounds >= 5 else "**not met**"))
+
+    def matrix(pred):
+        return [
+            c
+            for c, by in table.items()
+            if not is_mode(c) and SUBJECT in by and pred(by[SUBJECT])
+        ]
+
+    busy = lambda f: f["kind"] in ("tcp", "udp")
+    wide = matrix(
+        lambda f: (f["kind"] == "tcp" and f["connections"] in (100, 1000, 10000))
+        or (f["kind"] == "udp" and (f["connections"] or 0) >= 100)
+    )
+    single = matrix(lambda f: busy(f) and f["connections"] == 1)
+    r = ratio_checks(table, wide, SUBJECT, REFERENCE, cpu_of, 0.9)
+    rows.append(("1a", "server CPU/msg ≤ 0.9× C (TCP 100/1000/10000 conns incl. pipelined, UDP ≥ 100 flows)",
+                 figures(r), verdict(r)))
+    r = ratio_checks(table, single, SUBJECT, REFERENCE, cpu_of, 1.0)
+    rows.append(("1b", "server CPU/msg ≤ 1.0× C (1 connection or flow)", figures(r), verdict(r)))
+
+    many = matrix(lambda f: busy(f) and (f["connections"] or 0) >= 100)
+    r = ratio_checks(table, many, SUBJECT, REFERENCE, msgs_of, 0.97, above=True)
+    rows.append(("2a", "msgs/s ≥ 0.97× C (every cell with ≥ 100 connections or flows, ceiling cells too if run)", figures(r), verdict(r)))
+    r = ratio_checks(table, many, SUBJECT, TOKIO_MT, msgs_of, 1.1, above=True)
+    rows.append(("2b", f"msgs/s ≥ 1.1× {TOKIO_MT} (same cells)", figures(r), verdict(r)))
+
+    ascii_mode = [c for c, by in table.items() if is_mode(c) and by.get(SUBJECT, {}).get("payload") == "ascii"]
+    r = ratio_checks(table, ascii_mode, SUBJECT, MODE_REFERENCE, cpu_of, 1.1)
+    rows.append(("3a", "unicode mode ≤ 1.1× ascii mode, CPU/msg on ASCII traffic", figures(r), verdict(r)))
+    cost = []
+    for cell, twin in utf8_pairs(table):
+        u = table[cell][SUBJECT]
+        per_byte = u["cpu"] * 1000 / u["size"] if u["cpu"] is not None and u["size"] else None
+        label = f"{cell}: {fmt(u['cpu'], 2)} µs/msg, {fmt(per_byte, 2)} ns/byte"
+        if twin and MODE_REFERENCE in table[twin]:
+            x = paired(u["by_round"], table[twin][MODE_REFERENCE]["by_round"], cpu_of)
+            label += f", {x.show(False)}× ascii mode on ASCII text"
+        cost.append(label)
+    rows.append(("3b", "unicode mode's cost on mostly non-ASCII text (no limit set)",
+                 "; ".join(cost) or "–", "measured" if cost else "not measured"))
+
+    idle = matrix(lambda f: f["kind"] == "idle" and f["connections"] == 10000)
+    r = []
+    for c in idle:
+        b = table[c][SUBJECT]["idle_b"]
+        r.append((f"{c}: {fmt(b)} B", None if b is None else b <= 128))
+    rows.append(("4a", "idle user memory ≤ 128 B per connection at 10,000 idle", figures(r), verdict(r)))
+    peaks = [(f["peak_rss"], c) for c, by in table.items() for s, f in by.items()
+             if s == SUBJECT and f["peak_rss"] is not None]
+    if peaks:
+        peak, where = max(peaks)
+        r = [(f"{fmt(peak)} KiB ({where})", peak <= 8192)]
+    else:
+        r = []
+    rows.append(("4b", f"{SUBJECT}'s peak RSS ≤ 8 MB (8,192 KiB) over the whole run", figures(r), verdict(r)))
+
+    fair = matrix(lambda f: f["kind"] == "tcp" and f["connections"] == 10000)
+    r = []
+    for c in fair:
+        worst, stalled = None, 0
+        for run in table[c][SUBJECT]["by_round"].values():
+            fa = run["report"] and run["report"]["fairness"]
+            if not fa:
+                worst = 0.0
+                continue
+            stalled = max(stalled, fa["stalled"])
+            share = fa["min"] / fa["mean"] if fa["mean"] else 0.0
+            worst = share if worst is None else min(worst, share)
+        ok = None if worst is None else (stalled == 0 and worst >= 0.5)
+        r.append((f"{c}: stalled {stalled}, slowest {fmt(worst, 2)}× mean", ok))
+    rows.append(("5a", "fairness at 10,000 connections, every round: none stalled, slowest ≥ 0.5× mean",
+                 figures(r), verdict(r)))
+    mid = matrix(lambda f: f["kind"] == "tcp" and f["connections"] in (100, 1000))
+    r = ratio_checks(table, mid, SUBJECT, REFERENCE, p99_of, 1.0)
+    rows.append(("5b", "p99 ≤ C's at 100 and 1,000 connections (paired median of p99 ratios)",
+                 figures(r), verdict(r)))
+
+    bad = [(f"{c} / {s}: {f['errors']} errors" + (f", {f['failed']} runs failed" if f["failed"] else ""), False)
+           for c, by in table.items() for s, f in by.items() if f["errors"] or f["failed"]]
+    runs = sum(f["rounds"] for by in table.values() for f in by.values())
+    rows.append(("6", "every cell zero errors (every server, every round)",
+                 figures(bad) if bad else f"0 errors in {runs} runs",
+                 "**not met**" if bad else ("**met**" if runs else "not checked")))
+
+    lines = [
+        "",
+        "## Targets",
+        "",
+        "Issue 7's targets, checked from the figures of this run: each ratio is "
+        f"`{SUBJECT}` over the other server, the median of the per-round paired ratios; "
+        "a target is met when every cell it covers passes (✗ marks a cell that does "
+        "not), not checked when the run has no cell for it.",
+        "",
+        "| # | target | figures | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {what} | {figs} | {res} |" for n, what, figs, res in rows]
+    return lines
 
 
 def chart(table):
@@ -184,7 +545,6 @@ def chart(table):
     W, H, M = 420, 260, 60
     panels = []
     sizes = [s for s in ("64 B", "4 KiB") if s in series]
-    import math
 
     for row, size in enumerate(sizes):
         for col, (key, label) in enumerate([("msgs", "msgs/s"), ("p99", "p99 latency µs (log)")]):
@@ -239,7 +599,8 @@ def chart(table):
                     p.append(f'<circle cx="{lx(c):.1f}" cy="{ly(v):.1f}" r="3" fill="{color}"/>')
             panels += p
     legend = []
-    servers = sorted({s for size in series.values() for s in size})
+    # In the order the servers ran, so the colours read as in the tables.
+    servers = list(OrderedDict.fromkeys(s for size in series.values() for s in size))
     for i, s in enumerate(servers):
         legend.append(
             f'<rect x="{M + i * 140}" y="8" width="12" height="12" fill="{COLORS.get(s, "#555")}"/>'
@@ -261,7 +622,7 @@ def main():
     ap.add_argument("--raw", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--command", default="bench/run")
-    ap.add_argument("--rounds", default="3")
+    ap.add_argument("--rounds", default="5")
     ap.add_argument("--duration", default="3")
     args = ap.parse_args()
     table = summarize(load(args.raw))

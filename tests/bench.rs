@@ -364,9 +364,12 @@ fn the_binary_reports_json_and_server_figures() {
 }
 
 /// The suite itself (`bench/run`), in its seconds-long smoke mode: upcased
-/// only (the reference servers need a C compiler and a tokio build), tiny
-/// cells, one round, the binaries this test run built. It checks that the
-/// script, the bench's JSON and the report generator still fit together.
+/// only (the reference servers need a C compiler and a tokio build) and,
+/// in the mode cells, upcased in ascii mode; tiny cells, one round, the
+/// binaries this test run built. It checks that the script, the bench's
+/// JSON, the per-cell server lists and the report generator still fit
+/// together. The Targets section is only checked to be there: its verdicts
+/// are timing figures, and tests assert no timing.
 #[test]
 fn the_benchmark_suite_runs_in_smoke_mode() {
     if !have_tool("python3") {
@@ -398,8 +401,18 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
         "| tcp 10 x 64 B, pipeline 16 | upcased |",
         "| udp 2 flows x 64 B, window 4 | upcased |",
         "| idle 50 | upcased | 50 of 50 |",
+        "| mode: tcp 10 x 4 KiB ascii text | upcased | ascii |",
+        "| mode: tcp 10 x 4 KiB ascii text | upcased-ascii | ascii |",
+        "| mode: tcp 10 x 4 KiB utf8 text | upcased | utf8 |",
+        "## Targets",
     ] {
         assert!(md.contains(row), "no {row:?} in latest.md:\n{md}");
     }
+    // Every reply right is no timing figure: that target must be met.
+    let errors = md.lines().find(|l| l.starts_with("| 6 |")).unwrap_or("");
+    assert!(errors.ends_with("| **met** |"), "{md}");
+    // The matrix cells ran on upcased alone: upcased-ascii is in the mode
+    // cells only.
+    assert!(!md.contains("| tcp 10 x 64 B | upcased-ascii |"), "{md}");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
 }
