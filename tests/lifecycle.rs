@@ -259,6 +259,28 @@ fn idle_connections_are_closed_and_active_ones_are_not() {
     assert_eq!(read_exact(&mut active, 10), b"STILL OPEN");
 }
 
+/// The loop's timer is set for the oldest deadline and fires early when the
+/// client was active since; it must then be set again for the real one.
+#[test]
+fn a_client_that_falls_silent_is_closed_one_timeout_after_its_last_byte() {
+    let (_config, daemon) = Daemon::with_config("silent.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
+    let mut client = connect(daemon.tcp[0]);
+    let started = Instant::now();
+    let mut last = started;
+    while started.elapsed() < Duration::from_millis(500) {
+        client.write_all(b"q").unwrap();
+        assert_eq!(read_exact(&mut client, 1), b"Q");
+        last = Instant::now();
+        thread::sleep(Duration::from_millis(40));
+    }
+    assert_eq!(read_to_eof(&mut client), b"");
+    let silent = last.elapsed();
+    assert!(
+        silent >= Duration::from_millis(300),
+        "closed {silent:?} after its last reply, before the 300 ms timeout"
+    );
+}
+
 #[test]
 fn at_max_connections_new_clients_wait_and_are_served_when_a_slot_frees() {
     let (_config, daemon) = Daemon::with_config("limit.toml", "[tcp]\nmax_connections = 2\n");

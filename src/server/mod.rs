@@ -6,10 +6,11 @@
 //! ```text
 //! SIGNALS            -> shutdown / reload / counters      (signals.rs)
 //! WAKER              -> shutdown asked by a Handle        (tests, embedders)
+//! TIMER              -> idle timeouts, accept back-off,   (timer.rs)
+//!                       shutdown deadline, watchdog
 //! listener i         -> accept until WouldBlock -> slab   (tcp.rs)
 //! udp i              -> recv_from, transform, send_to     (udp.rs)
 //! conn_base + key    -> read, transform, write            (conn.rs)
-//! poll timeout       -> idle timeouts, accept back-off, shutdown deadline
 //! ```
 //!
 //! Every handler works under edge-triggered readiness: it keeps going until
@@ -23,6 +24,7 @@ mod guard;
 mod idle;
 mod stats;
 mod tcp;
+mod timer;
 mod udp;
 
 use std::collections::HashMap;
@@ -45,11 +47,13 @@ use conn::{Close, Connection, Status};
 use guard::UdpGuard;
 use idle::{IdleList, Link, Linked};
 pub use stats::Counters;
+use timer::Timer;
 
 const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
+const TIMER: Token = Token(2);
 /// Tokens from here on are listeners, then UDP sockets, then connections.
-const FIRST_SOCKET: usize = 2;
+const FIRST_SOCKET: usize = 3;
 
 /// Capacity of the events array: how many readiness events one `poll` returns.
 const EVENTS_CAPACITY: usize = 1024;
@@ -141,6 +145,8 @@ pub struct Server {
     signals: Option<Signals>,
     reloader: Option<Reloader>,
     waker: Arc<Waker>,
+    /// Wakes the loop for its nearest deadline.
+    timer: Timer,
     stop: Arc<AtomicBool>,
     /// Tokens whose handler ran out of budget: served again next turn.
     again: Vec<Token>,
@@ -247,6 +253,7 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let poll = Poll::new().map_err(ServerError::Setup)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?);
+        let timer = Timer::new(poll.registry(), TIMER).map_err(ServerError::Setup)?;
         let registry = poll.registry();
         let first_udp = FIRST_SOCKET + listeners.len();
         for (i, l) in listeners.iter_mut().enumerate() {
@@ -274,6 +281,7 @@ impl Server {
             signals: None,
             reloader: None,
             waker,
+            timer,
             stop: Arc::new(AtomicBool::new(false)),
             again: Vec::new(),
             idle: IdleList::default(),
@@ -340,7 +348,7 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut again = Vec::new();
         loop {
-            let timeout = self.poll_timeout();
+            let timeout = self.poll_timeout().map_err(ServerError::Poll)?;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     // A signal arrived during the wait; its own event follows.
@@ -380,11 +388,12 @@ impl Server {
         }
     }
 
-    /// How long `poll` may sleep: not at all when work is queued, else until
-    /// the nearest deadline (idle timeout, accept back-off, shutdown).
-    fn poll_timeout(&self) -> Option<Duration> {
+    /// How long `poll` may sleep: not at all when work is queued, else
+    /// until an event, the timer being set to wake the loop by the nearest
+    /// deadline (idle timeout, accept back-off, shutdown, watchdog).
+    fn poll_timeout(&mut self) -> io::Result<Option<Duration>> {
         if !self.again.is_empty() {
-            return Some(Duration::ZERO);
+            return Ok(Some(Duration::ZERO));
         }
         let watchdog = self.watchdog.map(|(_, next)| next);
         let nearest = [
@@ -395,11 +404,11 @@ impl Server {
         ]
         .into_iter()
         .flatten()
-        .min()?;
-        // Round up to the next millisecond: epoll's resolution. Rounding
-        // down would wake just before the deadline and spin once for nothing.
-        // (The clock is read only when there is a deadline to wait for.)
-        Some(nearest.saturating_duration_since(Instant::now()) + Duration::from_micros(999))
+        .min();
+        if let Some(at) = nearest {
+            self.timer.wake_by(at)?;
+        }
+        Ok(None)
     }
 
     fn dispatch(
@@ -416,6 +425,8 @@ impl Server {
                     self.begin_shutdown(now)?;
                 }
             }
+            // What is due is done after every batch of events (`expire`).
+            TIMER => self.timer.fired(),
             Token(t) if t >= self.conn_base => {
                 self.on_connection(t - self.conn_base, readable, hup, now)
             }
