@@ -324,16 +324,27 @@ fn unicode_body(input: &[u8], out: &mut Vec<u8>) -> usize {
     let table = CaseTable::get();
     while let Some(&b) = input.get(i) {
         if b < 0x80 {
-            i += ascii_run(&input[i..], out);
+            if input.get(i + 1).is_none_or(|&next| next >= 0x80) {
+                // One ASCII byte between non-ASCII chars (a space, a
+                // comma): not worth setting up a run for.
+                out.push(upcase_ascii_byte(b));
+                i += 1;
+            } else {
+                i += ascii_run(&input[i..], out);
+            }
             continue;
         }
         // A 2-byte char straight from the table, without `decode`.
         if let (0xC2..=0xDF, Some(&b1)) = (b, input.get(i + 1)) {
             if b1 & 0xC0 == 0x80 {
                 let cp = usize::from(b & 0x1F) << 6 | usize::from(b1 & 0x3F);
-                let up = table.two_byte[cp - 0x80];
-                if up != 0 {
-                    out.extend_from_slice(&[0xC0 | (up >> 6) as u8, 0x80 | (up & 0x3F) as u8]);
+                let [len, up @ ..] = table.two_byte[cp - 0x80];
+                if len != 0 {
+                    match len {
+                        1 => out.push(up[0]),
+                        2 => out.extend_from_slice(&up[..2]),
+                        _ => out.extend_from_slice(&up),
+                    }
                     i += 2;
                     continue;
                 }
@@ -368,7 +379,7 @@ fn unicode_body(input: &[u8], out: &mut Vec<u8>) -> usize {
 
 /// Appends the upper case of the non-ASCII `ch`, whose UTF-8 encoding is
 /// `encoded`: copied as it is when its block is caseless, else from
-/// `to_uppercase`. (2-byte chars with a 2-byte upper case never get here.)
+/// `to_uppercase`. (2-byte chars the table knows never get here.)
 #[inline]
 fn push_upper_fast(table: &CaseTable, ch: char, encoded: &[u8], out: &mut Vec<u8>) {
     let cp = u32::from(ch);
@@ -381,16 +392,17 @@ fn push_upper_fast(table: &CaseTable, ch: char, encoded: &[u8], out: &mut Vec<u8
 }
 
 /// What `char::to_uppercase` (a binary search over about 1,500 ranges)
-/// answers for most non-ASCII text, looked up instead: 6 ns a byte on
-/// Cyrillic became about 1 ns. Built from `to_uppercase` itself on first
+/// answers for most non-ASCII text, looked up instead: 8 ns a byte on
+/// Cyrillic became about 1.4 ns. Built from `to_uppercase` itself on first
 /// use, so it cannot disagree with it (a test compares every char), and
-/// small: 3.75 KiB plus 2.1 KiB.
+/// small: 7.5 KiB plus 2.1 KiB.
 struct CaseTable {
     /// For U+0080..=U+07FF (the 2-byte chars: Latin-1 and Latin Extended,
-    /// Greek, Cyrillic, Armenian, Hebrew, Arabic): the upper case when it is
-    /// one char that is also 2 bytes long (often the char itself), else 0
-    /// (`ß` -> `SS`, `ɐ` -> `Ɐ`: ask `to_uppercase`).
-    two_byte: [u16; 0x780],
+    /// Greek, Cyrillic, Armenian, Hebrew, Arabic): the UTF-8 of the upper
+    /// case, `[len, bytes..]`, when it fits in 3 bytes (the char itself,
+    /// `я` -> `Я`, `ß` -> `SS`, `ŉ` -> `ʼN`, `ɐ` -> `Ɐ`), else `len` is 0:
+    /// ask `to_uppercase` (`ΐ` becomes three chars, 6 bytes).
+    two_byte: [[u8; 4]; 0x780],
     /// One bit per block of 64 code points: set when no char of the block
     /// changes (most of CJK, Hangul, emoji), so its chars are copied as they are.
     caseless: [u64; 0x11_0000 / 64 / 64],
@@ -406,7 +418,7 @@ impl CaseTable {
 
     fn build() -> Box<CaseTable> {
         let mut table = Box::new(CaseTable {
-            two_byte: [0; 0x780],
+            two_byte: [[0; 4]; 0x780],
             caseless: [u64::MAX; 0x11_0000 / 64 / 64],
         });
         for cp in 0x80..0x11_0000u32 {
@@ -414,13 +426,20 @@ impl CaseTable {
             let Some(ch) = char::from_u32(cp) else {
                 continue;
             };
-            let mut up = ch.to_uppercase();
-            let (first, second) = (up.next(), up.next());
-            if let (Some(first), None, 0x80..=0x7FF) = (first, second, cp) {
-                if (0x80..=0x7FF).contains(&u32::from(first)) {
-                    table.two_byte[(cp - 0x80) as usize] = u32::from(first) as u16;
+            if cp <= 0x7FF {
+                let mut utf8 = [0; 12];
+                let mut len = 0;
+                for up in ch.to_uppercase() {
+                    len += up.encode_utf8(&mut utf8[len..]).len();
+                }
+                if len <= 3 {
+                    let entry = &mut table.two_byte[(cp - 0x80) as usize];
+                    entry[0] = len as u8;
+                    entry[1..].copy_from_slice(&utf8[..3]);
                 }
             }
+            let mut up = ch.to_uppercase();
+            let (first, second) = (up.next(), up.next());
             if first != Some(ch) || second.is_some() {
                 let block = (cp / 64) as usize;
                 table.caseless[block / 64] &= !(1 << (block % 64));
