@@ -279,39 +279,40 @@ fn is_ascii16(block: &[u8]) -> bool {
 /// Long runs go `LONG` bytes at a time: check the block (an OR reduction),
 /// then transform it with one `extend`; both loops vectorize and the block is
 /// still in L1 for the second. What is left (a short run, or the block
-/// holding the first non-ASCII byte) is measured 16 bytes at a time, then
-/// byte by byte, and transformed with one more `extend`. Transforming in
-/// small blocks instead was ~10x slower: tiny `extend`s do not vectorize.
+/// holding the first non-ASCII byte) is [`short_ascii_run`].
 #[inline]
 fn ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
     let mut n = 0;
-    // The long blocks' check reads all 256 bytes before it can fail: try
-    // them only when the run does not end within its first 16 bytes (in
-    // mixed text it mostly does, and that check would cost 256 bytes' work
-    // per word).
-    if input.len() >= LONG && is_ascii16(input) {
-        for block in input.chunks_exact(LONG) {
-            if block.iter().fold(0u8, |acc, &b| acc | b) >= 0x80 {
-                break;
-            }
-            out.extend(block.iter().map(|&b| upcase_ascii_byte(b)));
-            n += LONG;
+    for block in input.chunks_exact(LONG) {
+        if block.iter().fold(0u8, |acc, &b| acc | b) >= 0x80 {
+            break;
         }
+        out.extend(block.iter().map(|&b| upcase_ascii_byte(b)));
+        n += LONG;
     }
-    let rest = &input[n..];
+    n + short_ascii_run(&input[n..], out)
+}
+
+/// [`ascii_run`] for a run known to be short: measured 16 bytes at a time,
+/// then byte by byte, and transformed with one `extend`. Transforming in
+/// small blocks instead was ~10x slower: tiny `extend`s do not vectorize.
+/// Between non-ASCII chars this is all a run needs: the long blocks' OR
+/// check reads 256 bytes before it can fail.
+#[inline]
+fn short_ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
     let mut m = 0;
-    for block in rest.chunks_exact(16) {
+    for block in input.chunks_exact(16) {
         if !is_ascii16(block) {
             break;
         }
         m += 16;
     }
-    m += rest[m..]
+    m += input[m..]
         .iter()
         .position(|&b| b >= 0x80)
-        .unwrap_or(rest.len() - m);
-    out.extend(rest[..m].iter().map(|&b| upcase_ascii_byte(b)));
-    n + m
+        .unwrap_or(input.len() - m);
+    out.extend(input[..m].iter().map(|&b| upcase_ascii_byte(b)));
+    m
 }
 
 /// Unicode mode over one piece: appends the transform of `input` except a
@@ -335,6 +336,9 @@ fn unicode_body(input: &[u8], out: &mut Vec<u8>) -> usize {
                 // comma): not worth setting up a run for.
                 out.push(upcase_ascii_byte(b));
                 i += 1;
+            } else if i > 0 && input.len() - i >= 16 && !is_ascii16(&input[i..]) {
+                // A word between non-ASCII chars: the run ends within 16 bytes.
+                i += short_ascii_run(&input[i..], out);
             } else {
                 i += ascii_run(&input[i..], out);
             }
