@@ -87,6 +87,9 @@ pub enum ServerError {
     /// `poll` itself failed (not `EINTR`, which is retried).
     #[error("poll failed: {0}")]
     Poll(#[source] io::Error),
+    /// Setting the loop's deadline timer (`timerfd_settime`) failed.
+    #[error("cannot set the event loop's timer: {0}")]
+    Timer(#[source] io::Error),
     /// A second SIGTERM/SIGINT arrived during the graceful shutdown.
     #[error("second shutdown signal: exited at once, {0} connections cut")]
     Interrupted(usize),
@@ -348,7 +351,7 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut again = Vec::new();
         loop {
-            let timeout = self.poll_timeout().map_err(ServerError::Poll)?;
+            let timeout = self.poll_timeout().map_err(ServerError::Timer)?;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     // A signal arrived during the wait; its own event follows.
