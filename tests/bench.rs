@@ -334,7 +334,7 @@ fn the_binary_exits_non_zero_and_prints_the_wrong_byte() {
 
 #[test]
 fn the_binary_reports_json_and_server_figures() {
-    let daemon = Daemon::start(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"], 2);
+    let daemon = Daemon::start(&LOOPBACK, 2);
     let pid = daemon.pid().to_string();
     let out = bench_binary(
         daemon.tcp[0],

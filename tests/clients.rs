@@ -7,8 +7,6 @@ use std::thread::{self, JoinHandle};
 
 use crate::util::*;
 
-const LOOPBACK: [&str; 4] = ["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"];
-
 /// Runs `program args` with `input` on stdin and returns its stdout.
 fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
     let mut child = Command::new(program)

@@ -223,7 +223,7 @@ fn cpu_ticks(pid: i32) -> u64 {
 #[test]
 fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
     let mut command = Command::new(daemon_path());
-    command.args(["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    command.args(LOOPBACK);
     // SAFETY: setrlimit in the child before exec touches nothing shared.
     unsafe {
         command.pre_exec(|| {
@@ -289,7 +289,7 @@ fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
 
 #[test]
 fn ten_thousand_connections_churn_while_others_stream_and_memory_returns() {
-    let mut daemon = Daemon::start(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"], 2);
+    let mut daemon = Daemon::start(&LOOPBACK, 2);
     let addr = daemon.tcp[0];
     let churn = |rounds: usize| {
         for _ in 0..rounds {

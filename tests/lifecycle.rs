@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-const LOOPBACK: [&str; 4] = ["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"];
-
 #[test]
 fn logs_the_real_address_of_every_socket() {
     let daemon = Daemon::start(&LOOPBACK, 2);

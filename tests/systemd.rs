@@ -10,8 +10,6 @@ use std::process::{Command, Stdio};
 
 use crate::util::*;
 
-const LOOPBACK: [&str; 4] = ["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"];
-
 /// The units of `systemd/`, copied to a fresh folder with the installed
 /// binary's path replaced by the one just built (verify checks that it exists).
 fn units() -> PathBuf {
@@ -270,9 +268,25 @@ fn sd_notify_watchdog_pings() {
 #[test]
 fn no_notification_outside_systemd() {
     // Without NOTIFY_SOCKET nothing is sent, and nothing complains.
-    let daemon = Daemon::start(&LOOPBACK, 2);
+    let daemon = Daemon::start_with(
+        Command::new(daemon_path())
+            .args(LOOPBACK)
+            .env_remove("NOTIFY_SOCKET"),
+        2,
+    );
     assert_eq!(round_trip(daemon.tcp[0], b"q"), b"Q");
     assert_eq!(daemon.count_log("notify"), 0);
+    // The control: with a NOTIFY_SOCKET nobody listens on, the daemon does
+    // try (and says it cannot), so the silence above means it did not try.
+    let gone = std::env::temp_dir().join(format!("upcase-no-manager-{}", std::process::id()));
+    let tried = Daemon::start_with(
+        Command::new(daemon_path())
+            .args(LOOPBACK)
+            .env("NOTIFY_SOCKET", &gone),
+        2,
+    );
+    assert_eq!(round_trip(tried.tcp[0], b"q"), b"Q");
+    assert!(tried.count_log("cannot notify the service manager") >= 1);
 }
 
 #[test]
@@ -292,7 +306,7 @@ fn logs_carry_syslog_priorities_when_stderr_is_the_journal() {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::fstat(fds[1], &mut st) }, 0);
     let mut child = Command::new(daemon_path())
-        .args(["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+        .args(LOOPBACK)
         .env_remove("RUST_LOG")
         .env("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino))
         .stdin(Stdio::null())

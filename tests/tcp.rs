@@ -147,7 +147,7 @@ fn a_reset_client_affects_only_itself() {
 #[test]
 fn a_client_that_stops_reading_costs_bounded_memory_and_resumes() {
     // The real binary, so its memory is its own.
-    let mut daemon = Daemon::start(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"], 2);
+    let mut daemon = Daemon::start(&LOOPBACK, 2);
     let before = daemon.rss_kib();
     let input = Arc::new(mixed_text(64 << 20));
     let sent = Arc::new(AtomicUsize::new(0));
