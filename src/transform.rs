@@ -365,7 +365,7 @@ fn unicode_body(input: &[u8], out: &mut Vec<u8>) -> usize {
         if let (0xE1..=0xEC | 0xEE..=0xEF, Some(&[b1, b2])) = (b, input.get(i + 1..i + 3)) {
             if (b1 & 0xC0, b2 & 0xC0) == (0x80, 0x80) {
                 let block = usize::from(b & 0x0F) << 6 | usize::from(b1 & 0x3F);
-                if table.caseless[block / 64] & (1 << (block % 64)) != 0 {
+                if table.is_caseless(block) {
                     out.extend_from_slice(&[b, b1, b2]);
                     i += 3;
                     continue;
@@ -392,9 +392,7 @@ fn unicode_body(input: &[u8], out: &mut Vec<u8>) -> usize {
 /// `to_uppercase`. (2-byte chars the table knows never get here.)
 #[inline]
 fn push_upper_fast(table: &CaseTable, ch: char, encoded: &[u8], out: &mut Vec<u8>) {
-    let cp = u32::from(ch);
-    let block = (cp / 64) as usize;
-    if table.caseless[block / 64] & (1 << (block % 64)) != 0 {
+    if table.is_caseless((u32::from(ch) / 64) as usize) {
         out.extend_from_slice(encoded);
         return;
     }
@@ -421,9 +419,16 @@ struct CaseTable {
 impl CaseTable {
     /// The table, built on first use (about 1.1 million `to_uppercase`
     /// calls, once per process; the server builds it before serving).
-    pub fn get() -> &'static CaseTable {
+    fn get() -> &'static CaseTable {
         static TABLE: OnceLock<Box<CaseTable>> = OnceLock::new();
         TABLE.get_or_init(CaseTable::build)
+    }
+
+    /// Whether no char of block `block` (code points `64 * block ..`)
+    /// changes in upper case.
+    #[inline(always)]
+    fn is_caseless(&self, block: usize) -> bool {
+        self.caseless[block / 64] & (1 << (block % 64)) != 0
     }
 
     fn build() -> Box<CaseTable> {
