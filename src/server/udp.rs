@@ -105,13 +105,15 @@ impl Endpoint {
         budget: usize,
         now: Instant,
     ) -> bool {
+        // Zeroed once per call; each batch sets the fields it uses. The
+        // same headers carry the receive and then the send.
+        // SAFETY: all-zero is a valid value for these C structs.
+        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let mut answered = 0;
         while answered < budget {
             let want = BATCH.min(budget - answered);
-            // SAFETY: all-zero is a valid value for these C structs.
-            let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
-            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
             for (k, chunk) in slots.chunks_mut(SLOT).take(want).enumerate() {
                 iovs[k] = libc::iovec {
                     iov_base: chunk.as_mut_ptr().cast(),
@@ -189,7 +191,20 @@ impl Endpoint {
                 replies[count] = (k, start, shared.scratch.len());
                 count += 1;
             }
-            self.send_replies(&mut names, &replies[..count], shared);
+            // Reply m answers request k >= m, whose header and iovec are no
+            // longer needed: the headers are rewritten in place, in order.
+            let base = shared.scratch.as_mut_ptr();
+            for (m, &(k, start, end)) in replies[..count].iter().enumerate() {
+                iovs[m] = libc::iovec {
+                    // SAFETY: start..end lies within the scratch buffer.
+                    iov_base: unsafe { base.add(start) }.cast(),
+                    iov_len: end - start,
+                };
+                hdrs[m].msg_hdr.msg_name = (&raw mut names[k]).cast();
+                hdrs[m].msg_hdr.msg_namelen = socket_len(&names[k]);
+                hdrs[m].msg_hdr.msg_iov = &raw mut iovs[m];
+            }
+            self.send_replies(&mut hdrs[..count], shared);
             if received < want {
                 return false;
             }
@@ -198,39 +213,20 @@ impl Endpoint {
     }
 
     /// Sends the replies of one batch with `sendmmsg`, each to the address
-    /// its request came from. A reply the kernel refuses is dropped and
-    /// counted, and the rest still go.
-    fn send_replies(
-        &mut self,
-        names: &mut [libc::sockaddr_storage; BATCH],
-        replies: &[(usize, usize, usize)],
-        shared: &mut Shared,
-    ) {
-        // SAFETY: all-zero is a valid value for these C structs.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        let base = shared.scratch.as_mut_ptr();
-        for (m, &(k, start, end)) in replies.iter().enumerate() {
-            iovs[m] = libc::iovec {
-                // SAFETY: start..end lies within the scratch buffer.
-                iov_base: unsafe { base.add(start) }.cast(),
-                iov_len: end - start,
-            };
-            hdrs[m].msg_hdr.msg_name = (&raw mut names[k]).cast();
-            hdrs[m].msg_hdr.msg_namelen = socket_len(&names[k]);
-            hdrs[m].msg_hdr.msg_iov = &raw mut iovs[m];
-            hdrs[m].msg_hdr.msg_iovlen = 1;
-        }
+    /// its request came from (`hdrs`: one header per reply, pointing at
+    /// that address and at the reply in the scratch buffer). A reply the
+    /// kernel refuses is dropped and counted, and the rest still go.
+    fn send_replies(&mut self, hdrs: &mut [libc::mmsghdr], shared: &mut Shared) {
         let fd = self.socket.as_raw_fd();
         let mut next = 0;
-        while next < replies.len() {
+        while next < hdrs.len() {
             // SAFETY: the headers from `next` on point at live names, iovecs
             // and scratch bytes that nothing modifies during the call.
             let sent = unsafe {
                 libc::sendmmsg(
                     fd,
                     hdrs[next..].as_mut_ptr(),
-                    (replies.len() - next) as u32,
+                    (hdrs.len() - next) as u32,
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -244,13 +240,10 @@ impl Endpoint {
                 // alone mid-character), WouldBlock (the send buffer is full:
                 // UDP may drop, and blocking the loop would be worse), or a
                 // stale ICMP error. That reply is dropped; the rest go on.
-                let (_, start, end) = replies[next];
+                // SAFETY: the header's iovec is alive (see above).
+                let len = unsafe { (*hdrs[next].msg_hdr.msg_iov).iov_len };
                 shared.counters.dgrams_dropped += 1;
-                debug!(
-                    "udp://{}: a reply ({} bytes) dropped: {e}",
-                    self.addr,
-                    end - start
-                );
+                debug!("udp://{}: a reply ({len} bytes) dropped: {e}", self.addr);
                 next += 1;
                 continue;
             }
