@@ -11,7 +11,8 @@
 //! for the new nearest deadline, once per timeout period instead of once
 //! per request.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,8 @@ use mio::{Interest, Registry, Token};
 /// A monotonic timerfd and the instant it is set to fire at.
 #[derive(Debug)]
 pub struct Timer {
-    fd: OwnedFd,
+    /// The timerfd; a `File` so that reading its expiry count needs no `unsafe`.
+    fd: File,
     /// When the timer fires; `None` when it is not armed (or has fired).
     armed: Option<Instant>,
 }
@@ -40,7 +42,7 @@ impl Timer {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just created and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
         Ok(Timer { fd, armed: None })
     }
@@ -81,15 +83,8 @@ impl Timer {
     /// new edge) and mark it disarmed.
     pub fn fired(&mut self) {
         let mut expirations = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into an 8-byte buffer. WouldBlock
-        // (a stale event after re-arming) leaves nothing to consume.
-        let _ = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                expirations.as_mut_ptr().cast(),
-                expirations.len(),
-            )
-        };
+        // WouldBlock (a stale event after re-arming) leaves nothing to consume.
+        let _ = self.fd.read(&mut expirations);
         self.armed = None;
     }
 }
