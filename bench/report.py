@@ -43,10 +43,6 @@ def is_mode(cell):
     return cell.startswith("mode:")
 
 
-def is_ceiling(cell):
-    return cell.startswith("ceiling:")
-
-
 def reference(cell):
     return MODE_REFERENCE if is_mode(cell) else REFERENCE
 
