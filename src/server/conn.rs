@@ -145,6 +145,13 @@ impl Connection {
         self.run(shared)
     }
 
+    /// Records what a readiness event said without acting on it (the
+    /// connection already ran this turn; its next run reads it).
+    pub fn note(&mut self, readable: bool, hup: bool) {
+        self.readable |= readable;
+        self.hup |= hup;
+    }
+
     /// Begin graceful shutdown: answer the input the kernel already holds,
     /// then stop reading it, flush, and half-close.
     pub fn begin_shutdown(&mut self, shared: &mut Shared) -> Status {

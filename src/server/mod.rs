@@ -15,8 +15,9 @@
 //!
 //! Every handler works under edge-triggered readiness: it keeps going until
 //! `WouldBlock` or until its per-turn budget runs out; in the latter case its
-//! token goes on the `again` list and the next poll does not wait, so one busy
-//! client cannot starve the rest and no work is forgotten.
+//! token is queued for the next turn and the next poll does not wait, so no
+//! work is forgotten. A token is queued at most once and runs at most once
+//! per turn (`turns.rs`), so one busy client cannot starve the rest.
 
 mod buffers;
 mod conn;
@@ -25,6 +26,7 @@ mod idle;
 mod stats;
 mod tcp;
 mod timer;
+mod turns;
 mod udp;
 
 use std::collections::HashMap;
@@ -48,6 +50,7 @@ use guard::UdpGuard;
 use idle::{IdleList, Link, Linked};
 pub use stats::Counters;
 use timer::Timer;
+use turns::{Mark, Turns};
 
 const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -125,6 +128,8 @@ struct Slot {
     link: Link,
     /// Counted in `per_ip` (the per-address limit was on when it came).
     ip_counted: bool,
+    /// Its place in the run queue (queued, last turn it ran).
+    mark: Mark,
 }
 
 impl Linked for Slot {
@@ -151,8 +156,9 @@ pub struct Server {
     /// Wakes the loop for its nearest deadline.
     timer: Timer,
     stop: Arc<AtomicBool>,
-    /// Tokens whose handler ran out of budget: served again next turn.
-    again: Vec<Token>,
+    /// The turn counter and the tokens whose handler ran out of budget,
+    /// served again next turn.
+    turns: Turns,
     /// Every connection, the one idle the longest first.
     idle: IdleList,
     /// Open connections per client address, while `max_connections_per_ip` is set.
@@ -286,7 +292,7 @@ impl Server {
             waker,
             timer,
             stop: Arc::new(AtomicBool::new(false)),
-            again: Vec::new(),
+            turns: Turns::default(),
             idle: IdleList::default(),
             per_ip: HashMap::new(),
             per_ip_refusals: (0, None),
@@ -349,7 +355,7 @@ impl Server {
         }
         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        let mut again = Vec::new();
+        let mut due = Vec::new();
         loop {
             let timeout = self.poll_timeout().map_err(ServerError::Timer)?;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -360,14 +366,19 @@ impl Server {
                 return Err(ServerError::Poll(e));
             }
             let now = Instant::now();
+            self.turns.begin(&mut due);
+            for &token in &due {
+                if let Some(mark) = self.mark(token) {
+                    Turns::dequeued(mark);
+                }
+            }
             for event in events.iter() {
                 // An error or hang-up is worth a read: it reports the cause
                 // (or the EOF) in order, after the data before it.
                 let hup = event.is_read_closed() || event.is_error();
                 self.dispatch(event.token(), event.is_readable() || hup, hup, now)?;
             }
-            std::mem::swap(&mut again, &mut self.again);
-            for token in again.drain(..) {
+            for &token in &due {
                 self.dispatch(token, false, false, now)?;
             }
             self.expire(now);
@@ -395,7 +406,7 @@ impl Server {
     /// until an event, the timer being set to wake the loop by the nearest
     /// deadline (idle timeout, accept back-off, shutdown, watchdog).
     fn poll_timeout(&mut self) -> io::Result<Option<Duration>> {
-        if !self.again.is_empty() {
+        if self.turns.has_queued() {
             return Ok(Some(Duration::ZERO));
         }
         let watchdog = self.watchdog.map(|(_, next)| next);
@@ -412,6 +423,19 @@ impl Server {
             self.timer.wake_by(at)?;
         }
         Ok(None)
+    }
+
+    /// The run-queue mark of the source behind `token`, if it still exists.
+    fn mark(&mut self, token: Token) -> Option<&mut Mark> {
+        match token.0 {
+            t if t >= self.conn_base => self.conns.get_mut(t - self.conn_base).map(|s| &mut s.mark),
+            t if t >= self.first_udp => self.udp.get_mut(t - self.first_udp).map(|u| &mut u.mark),
+            t if t >= FIRST_SOCKET => self
+                .listeners
+                .get_mut(t - FIRST_SOCKET)
+                .map(|l| &mut l.mark),
+            _ => None,
+        }
     }
 
     fn dispatch(
@@ -437,18 +461,25 @@ impl Server {
             // listener and UDP lists are empty but a queued token may remain.
             Token(t) if t >= self.first_udp => {
                 if let Some(endpoint) = self.udp.get_mut(t - self.first_udp) {
+                    if !self.turns.may_run(&mut endpoint.mark) {
+                        return Ok(());
+                    }
                     let mode = self.config.mode;
                     let budget = udp::DATAGRAMS_PER_TURN;
                     if endpoint.serve(mode, &mut self.guard, &mut self.shared, budget, now) {
-                        self.again.push(token);
+                        self.turns.requeue(token, &mut endpoint.mark);
                     }
                 }
             }
             Token(t) => {
                 let i = t - FIRST_SOCKET;
                 if let Some(listener) = self.listeners.get_mut(i) {
-                    listener.pending = true;
-                    self.accept(i, now);
+                    if readable {
+                        listener.pending = true;
+                    }
+                    if self.turns.may_run(&mut listener.mark) {
+                        self.accept(i, now);
+                    }
                 }
             }
         }
@@ -528,7 +559,9 @@ impl Server {
             }
         }
         // Budget spent with clients possibly still queued.
-        self.again.push(Token(FIRST_SOCKET + i));
+        let listener = &mut self.listeners[i];
+        self.turns
+            .requeue(Token(FIRST_SOCKET + i), &mut listener.mark);
     }
 
     fn add_connection(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
@@ -560,6 +593,7 @@ impl Server {
             last_active: now,
             link: Link::default(),
             ip_counted,
+            mark: Mark::default(),
         };
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
@@ -589,6 +623,12 @@ impl Server {
             // earlier in this same batch); there is nothing to do.
             return;
         };
+        if !self.turns.may_run(&mut slot.mark) {
+            // Served already this turn (a fresh event for a queued token):
+            // keep what this event says for its next run.
+            slot.conn.note(readable, hup);
+            return;
+        }
         let moved = self.shared.counters.bytes_in + self.shared.counters.bytes_out;
         let status = slot.conn.ready(readable, hup, &mut self.shared);
         if self.shared.counters.bytes_in + self.shared.counters.bytes_out != moved {
@@ -602,7 +642,10 @@ impl Server {
     fn after(&mut self, key: usize, status: Status) {
         match status {
             Status::Waiting => {}
-            Status::Yielded => self.again.push(Token(self.conn_base + key)),
+            Status::Yielded => {
+                let token = Token(self.conn_base + key);
+                self.turns.requeue(token, &mut self.conns[key].mark);
+            }
             Status::Closed(reason) => {
                 let counters = &mut self.shared.counters;
                 match reason {
@@ -661,9 +704,9 @@ impl Server {
     /// Queues every listener that may hold waiting clients: no event will
     /// come for them on its own.
     fn resume_accepting(&mut self) {
-        for (i, l) in self.listeners.iter().enumerate() {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
             if l.pending {
-                self.again.push(Token(FIRST_SOCKET + i));
+                self.turns.requeue(Token(FIRST_SOCKET + i), &mut l.mark);
             }
         }
     }

@@ -18,6 +18,8 @@ pub struct Listener {
     /// event for clients already queued, so after a pause (connection limit,
     /// no file descriptors) this flag is what restarts accepting.
     pub pending: bool,
+    /// Its place in the loop's run queue.
+    pub mark: crate::server::turns::Mark,
 }
 
 /// Binds a listening socket the way a daemon should: built with socket2 so
@@ -53,6 +55,7 @@ pub fn adopt(socket: Socket) -> io::Result<Listener> {
         socket,
         addr,
         pending: false,
+        mark: Default::default(),
     })
 }
 

@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub socket: UdpSocket,
     /// The address actually bound (port 0 resolved).
     pub addr: SocketAddr,
+    /// Its place in the loop's run queue.
+    pub mark: crate::server::turns::Mark,
 }
 
 /// Binds a UDP socket: v6-only for IPv6, non-blocking, and deliberately
@@ -62,7 +64,11 @@ pub fn adopt(socket: Socket) -> io::Result<Endpoint> {
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket.into());
     let addr = socket.local_addr()?;
-    Ok(Endpoint { socket, addr })
+    Ok(Endpoint {
+        socket,
+        addr,
+        mark: Default::default(),
+    })
 }
 
 impl Endpoint {
