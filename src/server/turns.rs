@@ -74,16 +74,19 @@ impl Turns {
     /// Whether a source may run now: not if it already ran this turn. A
     /// `true` answer counts as its run.
     pub fn may_run(&self, mark: &mut Mark) -> bool {
-        // Today's loop: no such check.
-        let _ = mark;
+        if mark.ran == self.turn {
+            return false;
+        }
+        mark.ran = self.turn;
         true
     }
 
     /// Queues `token` for the next turn, unless it is queued already.
     pub fn requeue(&mut self, token: Token, mark: &mut Mark) {
-        // Today's loop: pushed whenever a handler yields.
-        let _ = mark;
-        self.next.push(token);
+        if !mark.queued {
+            mark.queued = true;
+            self.next.push(token);
+        }
     }
 }
 
