@@ -23,6 +23,35 @@ fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
     stream
 }
 
+/// The counters' invariant, `accepted = open + closed` (every reason), in
+/// a `counters:` or `shutdown complete;` log line; returns (accepted, closed).
+fn assert_line_adds_up(line: &str) -> (u64, u64) {
+    let number = |key: &str| -> u64 {
+        let at = line.find(key).unwrap_or_else(|| panic!("no {key} in {line}"));
+        let digits: String = line[at + key.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let open = number(" open=");
+    let accepted = number(" accepted=");
+    let closed_part = &line[line.find("closed: ").expect("closed: part") + 8..];
+    let closed_part = &closed_part[..closed_part.find(';').expect("end of closed: part")];
+    let closed: u64 = closed_part
+        .split(' ')
+        .map(|kv| kv.split_once('=').expect("reason=N").1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(accepted, open + closed, "accepted != open + closed: {line}");
+    (accepted, closed)
+}
+
+/// The same invariant on an in-process server's final counters.
+fn assert_adds_up(c: &upcase::server::Counters) {
+    let line = format!("counters: {c}");
+    assert_line_adds_up(&line);
+}
+
 /// Whether the server closed `stream` without a reply (EOF or reset).
 fn refused(stream: &mut TcpStream) -> bool {
     let _ = stream.write_all(b"hello?");
@@ -71,6 +100,7 @@ fn max_connections_per_ip_refuses_the_excess_of_one_address_only() {
         line.contains(" limit=5;") || line.contains(" limit=6;"),
         "{line}"
     );
+    assert_line_adds_up(&line);
 }
 
 fn udp_config(blocked: &[u16], rate_limit: u32) -> Config {
@@ -166,6 +196,7 @@ fn half_a_character_and_silence_is_closed_at_the_idle_timeout() {
     daemon.signal(libc::SIGUSR1);
     let line = daemon.wait_for_log("counters:");
     assert!(line.contains(" idle=2 "), "{line}");
+    assert_line_adds_up(&line);
 }
 
 #[test]
@@ -182,6 +213,7 @@ fn thousands_of_connect_and_close_leave_nothing_behind() {
     }
     assert_eq!(round_trip(server.tcp, b"still fine"), b"STILL FINE");
     let counters = server.stop();
+    assert_adds_up(&counters);
     assert_eq!(counters.conns_open, 0);
     assert_eq!(
         counters.conns_accepted,
@@ -210,6 +242,7 @@ fn random_bytes_come_back_exactly_as_the_transform_says() {
         }
     }
     assert_bytes_eq(&round_trip(server.tcp, &input), &expected(&input));
+    assert_adds_up(&server.stop());
 }
 
 /// CPU time (user + system) of a process, in clock ticks.
@@ -285,6 +318,9 @@ fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
         assert_eq!(buf[0], b'C');
         c.shutdown(Shutdown::Write).unwrap();
     }
+    drop(clients);
+    daemon.signal(libc::SIGTERM);
+    assert_line_adds_up(&daemon.wait_for_log("shutdown complete"));
 }
 
 #[test]
@@ -329,6 +365,7 @@ fn ten_thousand_connections_churn_while_others_stream_and_memory_returns() {
             .cloned()
             .unwrap_or_default();
         if last.contains("open=0 accepted=11004 ") {
+            assert_line_adds_up(&last);
             break;
         }
         assert!(
