@@ -565,6 +565,9 @@ impl Server {
     }
 
     fn add_connection(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+        // Counted accepted whatever happens next: every accepted connection
+        // ends in exactly one `closed` reason, so accepted = open + closed.
+        self.shared.counters.conns_accepted += 1;
         let ip_counted = match self.config.tcp.max_connections_per_ip {
             None => false,
             Some(limit) => {
@@ -603,7 +606,7 @@ impl Server {
             token,
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            self.shared.counters.errors += 1;
+            self.shared.counters.closed_error += 1;
             warn!("{peer}: cannot register connection: {e}");
             if ip_counted {
                 self.uncount_ip(peer.ip());
@@ -612,7 +615,6 @@ impl Server {
         }
         entry.insert(slot);
         self.idle.push_back(&mut self.conns, key);
-        self.shared.counters.conns_accepted += 1;
         self.shared.counters.conns_open += 1;
         debug!("{peer}: connected");
     }

@@ -7,7 +7,9 @@ use std::fmt;
 pub struct Counters {
     /// TCP connections open now.
     pub conns_open: u64,
-    /// TCP connections accepted since start.
+    /// TCP connections accepted since start. Each one is open or has been
+    /// closed for exactly one of the reasons below: `conns_accepted =
+    /// conns_open + closed_*` always holds.
     pub conns_accepted: u64,
     /// Closed after the client's EOF, every reply delivered.
     pub closed_done: u64,
