@@ -382,3 +382,90 @@ fn ten_thousand_connections_churn_while_others_stream_and_memory_returns() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn graceful_shutdown_respects_max_connections_and_closes_the_queue_cleanly() {
+    let (_config, mut daemon) = Daemon::with_config(
+        "shutdown-limit.toml",
+        "shutdown_timeout = \"20s\"\n[tcp]\nmax_connections = 3\n",
+    );
+    let addr = daemon.tcp[0];
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    for c in &mut held {
+        c.write_all(b"held").unwrap();
+        assert_eq!(read_exact(c, 4), b"HELD");
+    }
+    // These wait in the listen backlog (the daemon is at its limit), each
+    // with a request the kernel has already received.
+    let mut queued: Vec<TcpStream> = (0..20).map(|_| connect(addr)).collect();
+    for c in &mut queued {
+        c.write_all(b"queued").unwrap();
+    }
+    daemon.wait_for_log("connection limit reached");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for_log("shutting down");
+    // The limit holds at shutdown too: the queued clients are not served
+    // but closed cleanly, with a FIN (EOF), never a reset.
+    for (i, c) in queued.iter_mut().enumerate() {
+        let mut buf = Vec::new();
+        match c.read_to_end(&mut buf) {
+            Ok(_) => assert_eq!(buf, b"", "queued client {i} was served past the limit"),
+            Err(e) => panic!("queued client {i}: {e} (reset instead of a clean close)"),
+        }
+    }
+    // The held ones get their FIN and finish.
+    for c in &mut held {
+        assert_eq!(read_to_eof(c), b"");
+        c.shutdown(Shutdown::Write).unwrap();
+    }
+    let line = daemon.wait_for_log("shutdown complete");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let (accepted, _) = assert_line_adds_up(&line);
+    assert_eq!(accepted, 23, "{line}");
+    assert!(line.contains(" limit=20;"), "{line}");
+}
+
+#[test]
+fn clients_cycling_at_the_connection_limit_log_episodes_not_connections() {
+    let (_config, mut daemon) =
+        Daemon::with_config("limit-episodes.toml", "[tcp]\nmax_connections = 4\n");
+    let addr = daemon.tcp[0];
+    // 24 clients connect, ask, read and close, 25 times each, against a
+    // limit of 4: the daemon is at its limit all the time, and every close
+    // lets one waiting client in.
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            thread::spawn(move || {
+                for n in 0..25 {
+                    let mut c = connect(addr);
+                    let line = format!("client {i} round {n}\n");
+                    c.write_all(line.as_bytes()).unwrap();
+                    c.shutdown(Shutdown::Write).unwrap();
+                    assert_eq!(read_to_eof(&mut c), line.to_uppercase().as_bytes());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    daemon.signal(libc::SIGTERM);
+    let line = daemon.wait_for_log("shutdown complete");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let (accepted, _) = assert_line_adds_up(&line);
+    assert_eq!(accepted, 600, "{line}");
+    // 600 connections through a limit of 4: a few lines about the limit,
+    // not one per connection.
+    let about_limit: Vec<String> = daemon
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("connection limit"))
+        .collect();
+    assert!(!about_limit.is_empty(), "the limit was never reported");
+    assert!(
+        about_limit.len() <= 4,
+        "{} lines about the limit:\n{}",
+        about_limit.len(),
+        about_limit[..about_limit.len().min(10)].join("\n")
+    );
+}
