@@ -27,7 +27,9 @@ fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
 /// a `counters:` or `shutdown complete;` log line; returns (accepted, closed).
 fn assert_line_adds_up(line: &str) -> (u64, u64) {
     let number = |key: &str| -> u64 {
-        let at = line.find(key).unwrap_or_else(|| panic!("no {key} in {line}"));
+        let at = line
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key} in {line}"));
         let digits: String = line[at + key.len()..]
             .chars()
             .take_while(char::is_ascii_digit)
@@ -40,7 +42,13 @@ fn assert_line_adds_up(line: &str) -> (u64, u64) {
     let closed_part = &closed_part[..closed_part.find(';').expect("end of closed: part")];
     let closed: u64 = closed_part
         .split(' ')
-        .map(|kv| kv.split_once('=').expect("reason=N").1.parse::<u64>().unwrap())
+        .map(|kv| {
+            kv.split_once('=')
+                .expect("reason=N")
+                .1
+                .parse::<u64>()
+                .unwrap()
+        })
         .sum();
     assert_eq!(accepted, open + closed, "accepted != open + closed: {line}");
     (accepted, closed)

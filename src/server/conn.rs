@@ -345,6 +345,25 @@ impl Connection {
     }
 }
 
+/// Reads a refused client may cost before its socket is closed.
+const REFUSE_READS: usize = 4;
+
+/// Closes a client that will not be served (a limit), cleanly: our FIN
+/// first, then what it already sent is read and dropped, so that `close`
+/// finds the receive queue empty. (Closing a socket with unread data makes
+/// Linux send an RST instead of a FIN, which the client sees as an error.)
+/// Bounded: a client still sending after that meets a closed socket.
+pub fn refuse(stream: TcpStream, shared: &mut Shared) {
+    let mut stream = stream;
+    let _ = shutdown_write(&stream);
+    for _ in 0..REFUSE_READS {
+        match stream.read(&mut shared.read_buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => shared.counters.bytes_in += n as u64,
+        }
+    }
+}
+
 /// Writes as much of `data` as the kernel takes without blocking; returns how
 /// much that was. Stops at `WouldBlock`, retries `Interrupted`.
 fn write_all_nonblocking(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {

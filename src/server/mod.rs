@@ -25,6 +25,7 @@ mod guard;
 mod idle;
 mod stats;
 mod tcp;
+mod throttle;
 mod timer;
 mod turns;
 mod udp;
@@ -49,6 +50,7 @@ use conn::{Close, Connection, Status};
 use guard::UdpGuard;
 use idle::{IdleList, Link, Linked};
 pub use stats::Counters;
+use throttle::{count, Throttle};
 use timer::Timer;
 use turns::{Mark, Turns};
 
@@ -118,6 +120,18 @@ impl Handle {
     }
 }
 
+/// A stretch of time at `max_connections`, from the first client that had
+/// to wait until accepting finds the backlog empty again.
+#[derive(Debug)]
+struct LimitEpisode {
+    /// When it began.
+    since: Instant,
+    /// Clients accepted during it: each had waited in the backlog.
+    waited: u64,
+    /// Its start was logged (so its end is too).
+    reported: bool,
+}
+
 /// A connection and the loop's bookkeeping for it.
 #[derive(Debug)]
 struct Slot {
@@ -163,17 +177,20 @@ pub struct Server {
     idle: IdleList,
     /// Open connections per client address, while `max_connections_per_ip` is set.
     per_ip: HashMap<IpAddr, usize>,
-    /// Refusals for `max_connections_per_ip` since the last warning, and when
-    /// that was: one line per episode, not one per client.
-    per_ip_refusals: (u64, Option<Instant>),
+    /// The warning about `max_connections_per_ip` refusals.
+    per_ip_warning: Throttle,
     /// Blocked source ports and per-source rate for UDP.
     guard: UdpGuard,
     /// The connection limit is reached: accepting waits for a slot.
     at_limit: bool,
+    /// The time at the connection limit under way, if any.
+    limit_episode: Option<LimitEpisode>,
+    /// The lines about the connection limit.
+    limit_warning: Throttle,
     /// Out of file descriptors: accepting waits until then.
     accept_backoff: Option<Instant>,
-    /// When the last "out of file descriptors" warning was logged.
-    last_fd_warning: Option<Instant>,
+    /// The warning about running out of file descriptors.
+    fd_warning: Throttle,
     /// Graceful shutdown is under way; connections are cut at this instant.
     deadline: Option<Instant>,
     /// systemd's watchdog: its interval, and when the next ping is due.
@@ -295,11 +312,13 @@ impl Server {
             turns: Turns::default(),
             idle: IdleList::default(),
             per_ip: HashMap::new(),
-            per_ip_refusals: (0, None),
+            per_ip_warning: Throttle::default(),
             guard,
             at_limit: false,
+            limit_episode: None,
+            limit_warning: Throttle::default(),
             accept_backoff: None,
-            last_fd_warning: None,
+            fd_warning: Throttle::default(),
             deadline: None,
             watchdog: crate::systemd::watchdog_interval().map(|i| (i, Instant::now())),
         })
@@ -517,17 +536,21 @@ impl Server {
             if self.conns.len() >= self.config.tcp.max_connections.get() {
                 self.at_limit = true;
                 self.shared.counters.accept_pauses += 1;
-                warn!(
-                    "connection limit reached ({} open): new clients wait in the listen backlog",
-                    self.conns.len()
-                );
+                self.enter_limit(now);
                 return;
             }
             let listener = &mut self.listeners[i];
             match listener.socket.accept() {
-                Ok((stream, peer)) => self.add_connection(stream, peer, now),
+                Ok((stream, peer)) => {
+                    if let Some(episode) = &mut self.limit_episode {
+                        episode.waited += 1;
+                    }
+                    self.add_connection(stream, peer, now)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     listener.pending = false;
+                    // Below the limit with nobody waiting: accepting keeps up.
+                    self.leave_limit(now);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -537,16 +560,18 @@ impl Server {
                     // instead of spinning on a descriptor we cannot get.
                     self.accept_backoff = Some(now + ACCEPT_BACKOFF);
                     self.shared.counters.accept_pauses += 1;
-                    if self
-                        .last_fd_warning
-                        .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
-                    {
+                    if let Some(quiet) = self.fd_warning.ready(now) {
+                        let since = if quiet > 0 {
+                            format!("; {} since the last warning", count(quiet, "more pause"))
+                        } else {
+                            String::new()
+                        };
                         warn!(
-                            "accept on tcp://{}: {e}; pausing accepts (open connections: {})",
+                            "accept on tcp://{}: {e}; pausing accepts for {} ms ({} open){since}",
                             listener.addr,
-                            self.conns.len()
+                            ACCEPT_BACKOFF.as_millis(),
+                            count(self.conns.len() as u64, "connection")
                         );
-                        self.last_fd_warning = Some(now);
                     }
                     return;
                 }
@@ -577,6 +602,7 @@ impl Server {
                     // accepted (the address is known only then): closing it
                     // now is the refusal, counted and reported.
                     self.refuse_per_ip(peer, limit.get(), now);
+                    conn::refuse(stream, &mut self.shared);
                     return;
                 }
                 *open += 1;
@@ -672,8 +698,55 @@ impl Server {
         self.shared.counters.conns_open -= 1;
         if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
             self.at_limit = false;
-            info!("below the connection limit again: accepting resumed");
+            debug!("below the connection limit again: accepting resumed");
             self.resume_accepting();
+        }
+    }
+
+    /// Accepting stopped at `max_connections`. The first stop of an episode
+    /// is reported (at most once per `Throttle::EVERY`, however often a
+    /// slot frees and fills again); the episode lasts until accepting finds
+    /// the backlog empty.
+    fn enter_limit(&mut self, now: Instant) {
+        if self.limit_episode.is_some() {
+            return;
+        }
+        let reported = match self.limit_warning.ready(now) {
+            None => false,
+            Some(quiet) => {
+                let since = if quiet > 0 {
+                    format!(
+                        "; {} since the last report",
+                        count(quiet, "shorter episode")
+                    )
+                } else {
+                    String::new()
+                };
+                warn!(
+                    "connection limit reached ({} open): new clients wait in the listen backlog{since}",
+                    self.conns.len()
+                );
+                true
+            }
+        };
+        self.limit_episode = Some(LimitEpisode {
+            since: now,
+            waited: 0,
+            reported,
+        });
+    }
+
+    /// Accepting found the backlog empty: an episode at the limit is over.
+    fn leave_limit(&mut self, now: Instant) {
+        let Some(episode) = self.limit_episode.take() else {
+            return;
+        };
+        if episode.reported {
+            info!(
+                "connection limit left after {}: {} waited in the listen backlog",
+                throttle::elapsed(now.saturating_duration_since(episode.since)),
+                count(episode.waited, "client")
+            );
         }
     }
 
@@ -691,15 +764,12 @@ impl Server {
     /// at most every ten seconds, with the count since the last warning.
     fn refuse_per_ip(&mut self, peer: SocketAddr, limit: usize, now: Instant) {
         self.shared.counters.closed_limit += 1;
-        let (count, last) = &mut self.per_ip_refusals;
-        *count += 1;
-        if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+        if let Some(quiet) = self.per_ip_warning.ready(now) {
             warn!(
-                "max_connections_per_ip ({limit}) reached: refused {count} connection(s), latest from {}",
+                "max_connections_per_ip ({limit}) reached: refused {}, latest from {}",
+                count(quiet + 1, "connection"),
                 peer.ip()
             );
-            *count = 0;
-            *last = Some(now);
         }
     }
 
@@ -760,11 +830,23 @@ impl Server {
             self.conns.len()
         );
         // Clients already in the accept queue may have sent requests too:
-        // take them in before closing the listeners (which would reset them).
+        // take them in before closing the listeners (which would reset them),
+        // as many as `max_connections` allows; the rest are closed cleanly
+        // unserved. Bounded by the backlog (plus what arrives meanwhile), so
+        // a connect flood cannot hold the shutdown here.
+        let max = self.config.tcp.max_connections.get();
         for i in 0..self.listeners.len() {
-            loop {
+            for _ in 0..self.config.tcp.backlog as usize + ACCEPTS_PER_TURN {
                 match self.listeners[i].socket.accept() {
-                    Ok((stream, peer)) => self.add_connection(stream, peer, now),
+                    Ok((stream, peer)) if self.conns.len() < max => {
+                        self.add_connection(stream, peer, now)
+                    }
+                    Ok((stream, peer)) => {
+                        self.shared.counters.conns_accepted += 1;
+                        self.shared.counters.closed_limit += 1;
+                        debug!("{peer}: shutting down at max_connections: closed unserved");
+                        conn::refuse(stream, &mut self.shared);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                     Err(_) => break,
