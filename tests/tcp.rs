@@ -236,3 +236,25 @@ fn a_flooding_client_does_not_starve_the_others() {
     );
     eprintln!("200 round trips beside a flooding client took {served_in:?}");
 }
+
+#[test]
+fn data_after_urgent_data_is_answered_at_once() {
+    // Telnet clients send urgent data on Ctrl-C (RFC 854's Synch). Linux
+    // ends a read at the urgent mark, so the read before it is short
+    // although more data waits behind it. The daemon is stopped while the
+    // client sends, so that all three segments are queued before it reads.
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    let mut stream = connect(daemon.tcp[0]);
+    stream.set_nodelay(true).unwrap();
+    daemon.signal(libc::SIGSTOP);
+    stream.write_all(b"abc").unwrap();
+    socket2::SockRef::from(&stream)
+        .send_out_of_band(b"!")
+        .unwrap();
+    stream.write_all(b"defghi").unwrap();
+    daemon.signal(libc::SIGCONT);
+    // The urgent byte is data like any other (SO_OOBINLINE): it comes back
+    // in its place, and what follows it comes back without the client
+    // having to send anything more.
+    assert_eq!(read_exact(&mut stream, 10), b"ABC!DEFGHI");
+}

@@ -190,3 +190,223 @@ mod split_anywhere {
         }
     }
 }
+
+/// Telnet's end-of-file command (RFC 854).
+const EOF_CMD: u8 = 236;
+/// Telnet's "are you there" command.
+const AYT: u8 = 246;
+/// Telnet's "abort output" command.
+const AO: u8 = 245;
+/// Telnet's "interrupt process" command.
+const IP: u8 = 244;
+/// Telnet's data mark.
+const DM: u8 = 242;
+
+#[test]
+fn ff_in_replies_is_sent_as_iac_iac() {
+    // The client escapes its 0xFF data bytes as IAC IAC; the replies carry
+    // them escaped too, or the client reads `ff 42` as a command.
+    let server = telnet_server(Mode::Unicode);
+    let request = [b'a', IAC, IAC, IAC, IAC, b'b', b'\r', b'\n'];
+    assert_eq!(
+        round_trip(server.tcp, &request),
+        [b'A', IAC, IAC, IAC, IAC, b'B', b'\r', b'\n']
+    );
+    // Ascii mode too, where output length otherwise equals input length.
+    let server = telnet_server(Mode::Ascii);
+    assert_eq!(round_trip(server.tcp, &[IAC, IAC, b'z']), [IAC, IAC, b'Z']);
+}
+
+#[test]
+fn iac_eof_ends_the_input_like_a_half_close() {
+    // plink -telnet with piped input sends IAC EOF at the end of its input
+    // and no FIN: it waits for the server to close.
+    let server = telnet_server(Mode::Unicode);
+    let mut stream = connect(server.tcp);
+    let mut request = b"abc \xc3".to_vec();
+    request.extend_from_slice(&[0xa9, IAC, EOF_CMD]);
+    request.extend_from_slice(b"not answered");
+    stream.write_all(&request).unwrap();
+    // Everything before the EOF is answered, then the server's FIN.
+    assert_eq!(read_to_eof(&mut stream), "ABC É".as_bytes());
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(server.stop().closed_done, 1);
+}
+
+#[test]
+fn are_you_there_gets_a_visible_answer_and_cr_nul_is_a_cr() {
+    let server = telnet_server(Mode::Unicode);
+    let mut stream = connect(server.tcp);
+    stream.write_all(&[b'a', IAC, AYT]).unwrap();
+    assert_eq!(read_exact(&mut stream, 10), b"A\r\n[Yes]\r\n");
+    // RFC 854: a bare CR is sent as CR NUL; a NUL elsewhere is data.
+    stream.write_all(b"x\r\0y\0z\r").unwrap();
+    stream.write_all(b"\0w\r\n").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut stream), b"X\rY\0Z\rW\r\n");
+}
+
+#[test]
+fn abort_output_and_interrupt_mark_the_cut_with_a_data_mark() {
+    // Whatever replies are still unsent when IAC AO (or IAC IP) arrives are
+    // dropped; IAC DM marks the place in the stream. Replies already
+    // handed to the kernel cannot be taken back, so what precedes the DM
+    // is a prefix of the full answer.
+    for command in [AO, IP] {
+        let server = telnet_server(Mode::Ascii);
+        let mut stream = connect(server.tcp);
+        let mut request = vec![b'q'; 1 << 20];
+        request.extend_from_slice(&[IAC, command]);
+        request.extend_from_slice(b"after");
+        request.extend_from_slice(&[IAC, EOF_CMD]);
+        let writer = {
+            let mut stream = stream.try_clone().unwrap();
+            thread::spawn(move || stream.write_all(&request).unwrap())
+        };
+        let reply = read_to_eof(&mut stream);
+        writer.join().unwrap();
+        let cut = reply
+            .windows(2)
+            .position(|w| w == [IAC, DM])
+            .unwrap_or_else(|| panic!("no IAC DM in {} bytes", reply.len()));
+        assert!(cut <= 1 << 20);
+        assert!(reply[..cut].iter().all(|&b| b == b'Q'));
+        assert_eq!(&reply[cut..], [&[IAC, DM][..], b"AFTER"].concat());
+    }
+}
+
+#[test]
+fn a_command_inside_a_utf8_character_is_answered_before_the_character() {
+    // `C3 IAC DO 1 A9`: the data stream, commands removed, is `é`. Its reply
+    // must be `É` whole, never split by the refusal: the refusal goes out
+    // at once (before the character, which is complete only at `A9`).
+    let server = telnet_server(Mode::Unicode);
+    let request = [0xC3, IAC, DO, 1, 0xA9, b'\n'];
+    let mut want = vec![IAC, WONT, 1];
+    want.extend_from_slice("É\n".as_bytes());
+    assert_eq!(round_trip(server.tcp, &request), want);
+}
+
+#[test]
+fn by_default_a_connection_that_opens_with_negotiation_is_telnet() {
+    let server = InProcess::start(loopback_config());
+    // PuTTY's first bytes: IAC WILL NAWS ...
+    let request = [IAC, WILL, 31, IAC, DO, 1, b'h', b'i', IAC, IAC, b'\n'];
+    assert_eq!(
+        round_trip(server.tcp, &request),
+        [IAC, DONT, 31, IAC, WONT, 1, b'H', b'I', IAC, IAC, b'\n']
+    );
+    // The verb may come in the next segment.
+    let mut stream = connect(server.tcp);
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(&[IAC]).unwrap();
+    thread::sleep(std::time::Duration::from_millis(50));
+    stream.write_all(&[DO, 3, b'o', b'k']).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut stream), [IAC, WONT, 3, b'O', b'K']);
+}
+
+#[test]
+fn by_default_any_other_first_byte_means_raw_bytes_for_good() {
+    let server = InProcess::start(loopback_config());
+    // nc, a binary client: later IACs are data, passed as they are.
+    let request = [b'x', IAC, DO, 1, IAC, IAC, b'\r', 0];
+    assert_eq!(
+        round_trip(server.tcp, &request),
+        [b'X', IAC, DO, 1, IAC, IAC, b'\r', 0]
+    );
+    // IAC first but no telnet verb after it: raw too.
+    assert_eq!(round_trip(server.tcp, &[IAC, b'a']), [IAC, b'A']);
+    assert_eq!(round_trip(server.tcp, &[IAC, IAC]), [IAC, IAC]);
+    // A lone IAC and then EOF: the byte is owed, and comes back.
+    assert_eq!(round_trip(server.tcp, &[IAC]), [IAC]);
+}
+
+/// Runs `plink -telnet` against `port` with `input` piped in; it must exit
+/// by itself (within `PATIENCE`). Returns its stdout.
+fn plink_piped(port: u16, input: &[u8]) -> Vec<u8> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("plink")
+        .args(["-telnet", "-batch", "-P", &port.to_string(), "127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn plink");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+        out
+    });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("plink did not exit by itself within {PATIENCE:?}");
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "plink: {status}");
+    reader.join().unwrap()
+}
+
+fn daemon_with_telnet(setting: &str) -> (TempFile, Daemon) {
+    Daemon::with_config(
+        &format!("telnet-{}.toml", setting.trim_matches('"')),
+        &format!("[tcp]\ntelnet = {setting}\n"),
+    )
+}
+
+#[test]
+fn plink_piped_exits_by_itself_and_ff_round_trips() {
+    if !have_tool("plink") {
+        return;
+    }
+    for setting in ["true", "false", "\"auto\""] {
+        let (_config, daemon) = daemon_with_telnet(setting);
+        let port = daemon.tcp[0].port();
+        // A raw 0xFF byte (plink sends it as IAC IAC in telnet mode) must
+        // come back as it went, and non-ASCII text upper-cased.
+        assert_eq!(
+            plink_piped(port, b"hello\nx\xffy\n"),
+            b"HELLO\nX\xffY\n",
+            "telnet = {setting}"
+        );
+        assert_eq!(
+            plink_piped(port, "straße ÿ\n".as_bytes()),
+            "STRASSE Ÿ\n".as_bytes(),
+            "telnet = {setting}"
+        );
+    }
+}
+
+#[test]
+fn plink_interactive_shows_clean_upper_case_lines() {
+    if !have_tool("plink") || !have_tool("tmux") {
+        return;
+    }
+    for setting in ["true", "\"auto\""] {
+        let (_config, daemon) = daemon_with_telnet(setting);
+        let port = daemon.tcp[0].port();
+        let tmux = Tmux::start(
+            "plink",
+            &format!("plink -telnet -batch -P {port} 127.0.0.1"),
+        );
+        tmux.send_keys(&["hello world", "Enter"]);
+        tmux.wait_for("HELLO WORLD");
+        tmux.send_keys(&["Straße 2", "Enter"]);
+        let screen = tmux.wait_for("STRASSE 2");
+        let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            lines,
+            ["hello world", "HELLO WORLD", "Straße 2", "STRASSE 2"],
+            "telnet = {setting}; screen:\n{screen}"
+        );
+    }
+}
