@@ -78,10 +78,12 @@ pub struct TcpConfig {
     /// Per connection, most bytes of reply waiting to be sent before the
     /// daemon stops reading from that client (default 65536).
     pub max_pending_output: NonZeroUsize,
-    /// Strip telnet commands from the input and refuse every option request,
-    /// for clients that negotiate on any port (PuTTY); applies to
-    /// connections accepted after it is set (default false).
-    pub telnet: bool,
+    /// Which connections get the telnet filter (commands stripped, option
+    /// requests refused, 0xFF escaped in replies), for clients that
+    /// negotiate on any port (PuTTY): `"auto"` (a client whose first bytes
+    /// are a telnet command; the default), `true` (every client) or `false`
+    /// (none). Applies to connections accepted after it is set.
+    pub telnet: crate::telnet::Setting,
     /// Most connections open at once from one client address; `None`
     /// (written `0`) means no such limit (default). IPv4-mapped IPv6
     /// addresses count as the IPv4 address.
@@ -135,7 +137,7 @@ impl Default for TcpConfig {
             max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
             idle_timeout: Some(Duration::from_secs(5 * 60)),
             max_pending_output: NonZeroUsize::new(64 * 1024).expect("non-zero"),
-            telnet: false,
+            telnet: crate::telnet::Setting::Auto,
             max_connections_per_ip: None,
         }
     }
@@ -271,8 +273,9 @@ impl Config {
             "max_pending_output = {}",
             self.tcp.max_pending_output
         ));
-        line("# Telnet clients that negotiate (PuTTY): drop IAC commands, refuse every option.");
-        line(&format!("telnet = {}", self.tcp.telnet));
+        line("# Telnet clients that negotiate (PuTTY): drop IAC commands, refuse every option,");
+        line("# escape 0xFF. \"auto\": clients whose first bytes are a telnet command; true: all; false: none.");
+        line(&format!("telnet = {}", self.tcp.telnet.as_toml()));
         line("# Most connections open at once from one client address; 0 = no limit.");
         line(&format!(
             "max_connections_per_ip = {}",
@@ -559,6 +562,25 @@ fn bool_value(value: &Value<'_>, key: &str) -> Checked<bool> {
     }
 }
 
+/// `[tcp] telnet`: `true`, `false` or `"auto"`.
+fn telnet_value(value: &Value<'_>) -> Checked<crate::telnet::Setting> {
+    use crate::telnet::Setting;
+    match value.get_ref() {
+        DeValue::Boolean(true) => Ok(Setting::On),
+        DeValue::Boolean(false) => Ok(Setting::Off),
+        DeValue::String(s) if s.as_ref() == "auto" => Ok(Setting::Auto),
+        DeValue::String(s) => Err(fault(
+            value.span(),
+            "tcp.telnet",
+            format!(
+                "{:?} is not a setting: expected true, false or \"auto\"",
+                s.as_ref()
+            ),
+        )),
+        _ => Err(wrong_type(value, "tcp.telnet", "true, false or \"auto\"")),
+    }
+}
+
 /// A limit where `0` means off.
 fn count_or_off(value: &Value<'_>, key: &str) -> Checked<u32> {
     let n = integer_value(value, key, 0, i64::from(u32::MAX), "0 (off) or more")?;
@@ -652,7 +674,7 @@ fn check_tcp(table: &DeTable<'_>, tcp: &mut TcpConfig) -> Checked<()> {
             "max_pending_output" => {
                 tcp.max_pending_output = check_pending_output(value)?;
             }
-            "telnet" => tcp.telnet = bool_value(value, "tcp.telnet")?,
+            "telnet" => tcp.telnet = telnet_value(value)?,
             "max_connections_per_ip" => {
                 let n = count_or_off(value, "tcp.max_connections_per_ip")?;
                 tcp.max_connections_per_ip = NonZeroUsize::new(n as usize);
@@ -836,7 +858,7 @@ mod tests {
                 max_connections: NonZeroUsize::new(3).unwrap(),
                 idle_timeout: None,
                 max_pending_output: NonZeroUsize::new(1 << 20).unwrap(),
-                telnet: true,
+                telnet: crate::telnet::Setting::On,
                 max_connections_per_ip: NonZeroUsize::new(4),
             },
             udp: UdpConfig {
@@ -859,7 +881,7 @@ mod tests {
         assert_eq!(c.tcp.max_connections.get(), 10_000);
         assert_eq!(c.tcp.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.tcp.max_pending_output.get(), 65536);
-        assert!(!c.tcp.telnet);
+        assert_eq!(c.tcp.telnet, crate::telnet::Setting::Auto);
         assert_eq!(c.udp.listen, vec![DEFAULT_LISTEN]);
     }
 
@@ -1100,12 +1122,19 @@ rate_limit_loopback = true
     }
 
     #[test]
-    fn telnet_is_a_boolean() {
-        assert!(parse("[tcp]\ntelnet = true\n").unwrap().tcp.telnet);
-        assert!(!parse("[tcp]\ntelnet = false\n").unwrap().tcp.telnet);
+    fn telnet_is_a_boolean_or_auto() {
+        use crate::telnet::Setting;
+        let telnet = |v: &str| parse(&format!("[tcp]\ntelnet = {v}\n")).unwrap().tcp.telnet;
+        assert_eq!(telnet("true"), Setting::On);
+        assert_eq!(telnet("false"), Setting::Off);
+        assert_eq!(telnet("\"auto\""), Setting::Auto);
         assert_eq!(
             error("[tcp]\ntelnet = \"yes\"\n"),
-            "test.toml:2: tcp.telnet: expected true or false, found a string"
+            "test.toml:2: tcp.telnet: \"yes\" is not a setting: expected true, false or \"auto\""
+        );
+        assert_eq!(
+            error("[tcp]\ntelnet = 1\n"),
+            "test.toml:2: tcp.telnet: expected true, false or \"auto\", found an integer"
         );
     }
 

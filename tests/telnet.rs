@@ -12,7 +12,7 @@ use crate::util::*;
 
 fn telnet_server(mode: Mode) -> InProcess {
     let mut config = loopback_config();
-    config.tcp.telnet = true;
+    config.tcp.telnet = upcase::telnet::Setting::On;
     config.mode = mode;
     InProcess::start(config)
 }
@@ -48,14 +48,15 @@ fn putty_negotiation_split_anywhere_is_refused_and_text_upcased() {
         stream.write_all(send).unwrap();
         assert_eq!(read_exact(&mut stream, want.len()), *want, "step {i}");
     }
-    // A DO in the middle of text is refused at its place; IAC IAC is 0xFF.
+    // A DO in the middle of text is refused at its place; IAC IAC is a
+    // 0xFF data byte, sent back escaped the same way.
     stream
         .write_all(&[b'a', IAC, DO, 5, b'b', IAC, IAC, b'\r', b'\n'])
         .unwrap();
     stream.shutdown(Shutdown::Write).unwrap();
     assert_eq!(
         read_to_eof(&mut stream),
-        [b'A', IAC, WONT, 5, b'B', 0xFF, b'\r', b'\n']
+        [b'A', IAC, WONT, 5, b'B', IAC, IAC, b'\r', b'\n']
     );
 }
 
@@ -73,9 +74,11 @@ fn refusals_are_never_upcased() {
 
 #[test]
 fn telnet_off_echoes_negotiation_as_data() {
-    // The default: every byte is data (0xFF.. is not UTF-8 and passes
-    // unchanged). This is what confuses PuTTY and why the option exists.
-    let server = InProcess::start(loopback_config());
+    // telnet = false: every byte is data (0xFF.. is not UTF-8 and passes
+    // unchanged). This is what confuses PuTTY and why the filter exists.
+    let mut config = loopback_config();
+    config.tcp.telnet = upcase::telnet::Setting::Off;
+    let server = InProcess::start(config);
     let request = [IAC, DO, 1, b'h', b'i'];
     assert_eq!(round_trip(server.tcp, &request), [IAC, DO, 1, b'H', b'I']);
 }
@@ -102,7 +105,8 @@ fn many_negotiating_clients_at_once() {
 
 #[test]
 fn sighup_turns_telnet_on_for_new_connections() {
-    let sockets = "[tcp]\nlisten = [\"127.0.0.1:0\"]\n[udp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let sockets =
+        "[tcp]\ntelnet = false\nlisten = [\"127.0.0.1:0\"]\n[udp]\nlisten = [\"127.0.0.1:0\"]\n";
     let config = TempFile::new("telnet-reload.toml", sockets);
     let daemon = Daemon::start(&["-c", config.path()], 2);
     let addr = daemon.tcp[0];
@@ -113,12 +117,12 @@ fn sighup_turns_telnet_on_for_new_connections() {
 
     std::fs::write(
         &config.0,
-        sockets.replace("[tcp]\n", "[tcp]\ntelnet = true\n"),
+        sockets.replace("telnet = false", "telnet = true"),
     )
     .unwrap();
     daemon.signal(libc::SIGHUP);
     let line = daemon.wait_for_log("configuration reloaded");
-    assert!(line.contains("telnet true"), "{line}");
+    assert!(line.contains("telnet on"), "{line}");
     assert_eq!(round_trip(addr, &request), [IAC, WONT, 1, b'O', b'K']);
 
     old.write_all(&request).unwrap();
@@ -143,13 +147,16 @@ mod split_anywhere {
         let (mut out, mut data, mut filtered) = (Vec::new(), Vec::new(), Vec::new());
         for piece in pieces {
             filter.feed(piece, |p| match p {
-                Piece::Data(d) => {
+                Piece::Data(d) | Piece::Raw(d) => {
                     filtered.extend_from_slice(d);
                     let start = out.len();
                     upcaser.feed(d, &mut out);
                     data.extend_from_slice(&out[start..]);
                 }
                 Piece::Reply(r) => out.extend_from_slice(&r),
+                Piece::AreYouThere => out.extend_from_slice(b"<AYT>"),
+                Piece::AbortOutput => out.extend_from_slice(b"<AO>"),
+                Piece::EndOfInput => out.extend_from_slice(b"<EOF>"),
             });
         }
         let start = out.len();
@@ -161,7 +168,8 @@ mod split_anywhere {
 
     fn telnet_soup() -> impl Strategy<Value = Vec<u8>> {
         let token = prop_oneof![
-            3 => select(vec![IAC, DO, DONT, WILL, WONT, SB, SE, 1, 241]).prop_map(|b| vec![b]),
+            3 => select(vec![IAC, DO, DONT, WILL, WONT, SB, SE, 1, 241, 246, 245, 236, b'\r', 0])
+                .prop_map(|b| vec![b]),
             2 => any::<char>().prop_map(|c| c.to_string().into_bytes()),
             2 => vec(any::<u8>(), 1..4),
             1 => "[a-z ]{1,10}".prop_map(String::into_bytes),
@@ -368,7 +376,10 @@ fn plink_piped_exits_by_itself_and_ff_round_trips() {
     if !have_tool("plink") {
         return;
     }
-    for setting in ["true", "false", "\"auto\""] {
+    // (With telnet = false plink cannot finish: it ends piped input with
+    // IAC EOF, never a FIN, and a raw service echoes that back; this is
+    // why "auto" is the default.)
+    for setting in ["true", "\"auto\""] {
         let (_config, daemon) = daemon_with_telnet(setting);
         let port = daemon.tcp[0].port();
         // A raw 0xFF byte (plink sends it as IAC IAC in telnet mode) must

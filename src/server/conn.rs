@@ -12,10 +12,14 @@
 //! which comes from a pool and goes back to it as soon as it drains, so an
 //! idle connection holds no buffer at all.
 //!
-//! With `[tcp] telnet = true` the bytes go through the connection's
-//! [`telnet::Filter`] before the transform: commands are dropped and each
-//! option request's refusal is put in the reply stream at its place. Without
-//! it, the path is the plain one (one check per read, none per byte).
+//! A telnet client (`[tcp] telnet`: every client with `true`, with `"auto"`
+//! one whose first bytes are a telnet command) has its bytes go through the
+//! connection's [`telnet::Filter`] before the transform: commands are
+//! dropped or acted on (end of input, are-you-there, abort output), each
+//! option request's refusal is put in the reply stream at its place, and
+//! 0xFF in the replies is escaped. Other connections take the plain path
+//! (one check per read, none per byte); an `auto` connection that turns out
+//! not to be telnet drops its filter and takes it too.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -65,8 +69,8 @@ enum Input {
     /// `WouldBlock` instead would never end against a client that keeps
     /// sending faster than we drain.)
     Draining(usize),
-    /// Shutting down and answered: read and drop further input until the
-    /// client's EOF, so that closing never meets unread data (which would
+    /// Shutting down (or the client's telnet `IAC EOF` came) and answered:
+    /// read and drop further input until the client's EOF, so that closing never meets unread data (which would
     /// make the kernel send an RST and destroy replies in flight). `true`
     /// once our FIN is sent (after the last reply).
     Discarding(bool),
@@ -83,7 +87,8 @@ pub struct Connection {
     peer: SocketAddr,
     /// The streaming transform; carries at most 3 bytes of a split UTF-8 character.
     upcaser: Upcaser,
-    /// Telnet command filter, when `[tcp] telnet` was on at accept time.
+    /// Telnet command filter: while the connection is (or, with `auto`,
+    /// may turn out to be) a telnet client.
     telnet: Option<telnet::Filter>,
     /// Replies the kernel has not accepted yet. `None` while nothing is
     /// pending (the buffer is back in the pool), so an idle connection pays
@@ -96,20 +101,27 @@ pub struct Connection {
     readable: bool,
     /// State of the input side.
     input: Input,
-    /// An event reported the client's FIN (or an error): read to the end
-    /// before taking a short read for drained.
+    /// An event reported the client's FIN, an error or urgent data: read
+    /// until `WouldBlock` before taking a short read for drained (Linux ends
+    /// a read at the urgent mark, short, with more data behind it).
     hup: bool,
 }
 
 impl Connection {
-    /// Wraps a freshly accepted socket; `telnet` turns on the telnet
-    /// command filter for this connection's whole life.
-    pub fn new(stream: TcpStream, peer: SocketAddr, mode: Mode, telnet: bool) -> Connection {
+    /// Wraps a freshly accepted socket; `telnet` says whether it gets the
+    /// telnet command filter (decided now for its whole life, or by its
+    /// first bytes with `auto`).
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        mode: Mode,
+        telnet: telnet::Setting,
+    ) -> Connection {
         Connection {
             stream,
             peer,
             upcaser: Upcaser::new(mode),
-            telnet: telnet.then(telnet::Filter::new),
+            telnet: telnet.filter(),
             out: None,
             // Nothing read yet, and nothing to try: registering with epoll
             // reports READABLE at once if the client sent data before we
@@ -174,7 +186,7 @@ impl Connection {
     /// client left half-sent comes back raw, as at its EOF), then our FIN.
     /// The loop drops the connection next; errors no longer matter.
     pub fn close_idle(&mut self, shared: &mut Shared) {
-        let _ = self.reply(shared, |upcaser, _, out| upcaser.finish(out));
+        let _ = self.finish(shared);
         let _ = shutdown_write(&self.stream);
     }
 
@@ -217,7 +229,7 @@ impl Connection {
                 Ok(0) => {
                     self.readable = false;
                     if !matches!(self.input, Input::Discarding(_)) {
-                        self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
+                        self.finish(shared)?;
                     }
                     self.input = Input::Eof;
                 }
@@ -280,9 +292,28 @@ impl Connection {
     /// split at the very end passes through as it is); from now on input is
     /// read and dropped.
     fn stop_answering(&mut self, shared: &mut Shared) -> io::Result<()> {
-        self.reply(shared, |upcaser, _, out| upcaser.finish(out))?;
+        self.finish(shared)?;
         self.input = Input::Discarding(false);
         Ok(())
+    }
+
+    /// The input ended (EOF, shutdown, idle timeout): answers what the
+    /// telnet filter and the transform still hold (a lone `IAC` of an
+    /// undecided connection, a character cut short: both come back raw).
+    fn finish(&mut self, shared: &mut Shared) -> io::Result<()> {
+        let mut filter = self.telnet.take();
+        let result = self.reply(shared, |upcaser, _, out| {
+            if let Some(filter) = &mut filter {
+                filter.finish(|piece| {
+                    if let telnet::Piece::Raw(data) = piece {
+                        upcaser.feed(data, out);
+                    }
+                });
+            }
+            upcaser.finish(out);
+        });
+        self.telnet = filter;
+        result
     }
 
     /// Answers the `n` bytes just read into the shared read buffer.
@@ -290,18 +321,47 @@ impl Connection {
         let Some(mut filter) = self.telnet.take() else {
             return self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out));
         };
+        // Replies already handed to the kernel end here: an abort-output
+        // command can drop only what lies after.
+        let floor = self.out.as_ref().map_or(0, |out| out.sent);
+        let mut ended = false;
         // The filter is taken out for the call because `reply` borrows the
-        // whole connection; it is one byte of state.
+        // whole connection; it is two bytes of state.
         let result = self.reply(shared, |upcaser, input, out| {
             filter.feed(&input[..n], |piece| match piece {
-                telnet::Piece::Data(data) => upcaser.feed(data, out),
+                telnet::Piece::Raw(data) => upcaser.feed(data, out),
+                telnet::Piece::Data(data) => {
+                    let start = out.len();
+                    upcaser.feed(data, out);
+                    telnet::escape_iac(out, start);
+                }
                 // Raw: a refusal must not go through the transform (in
                 // ascii mode an option byte in a-z would be changed).
                 telnet::Piece::Reply(reply) => out.extend_from_slice(&reply),
+                telnet::Piece::AreYouThere => out.extend_from_slice(telnet::AYT_ANSWER),
+                telnet::Piece::AbortOutput => {
+                    out.truncate(floor);
+                    out.extend_from_slice(&telnet::DATA_MARK);
+                }
+                telnet::Piece::EndOfInput => {
+                    ended = true;
+                    // A character the client left half-sent comes back raw,
+                    // as at a FIN.
+                    upcaser.finish(out);
+                }
             });
         });
-        self.telnet = Some(filter);
-        result
+        if !filter.is_raw() {
+            self.telnet = Some(filter);
+        }
+        result?;
+        if ended {
+            // As after a half-close: every reply goes out, then our FIN; what
+            // the client sends after its end of input is read and dropped
+            // until its own FIN, so closing never meets unread data.
+            self.input = Input::Discarding(false);
+        }
+        Ok(())
     }
 
     /// Produces replies with `produce` and sends them: written at once from

@@ -261,10 +261,10 @@ impl Server {
             }
         }
         info!(
-            "socket activation: serving {} TCP and {} UDP sockets passed by the service manager; \
+            "socket activation: serving {} and {} passed by the service manager; \
              the configured listen addresses are ignored",
-            listeners.len(),
-            udp.len()
+            count(listeners.len() as u64, "TCP socket"),
+            count(udp.len() as u64, "UDP socket")
         );
         if listeners.is_empty() && udp.is_empty() {
             return Err(ServerError::NothingToServe);
@@ -393,8 +393,10 @@ impl Server {
             }
             for event in events.iter() {
                 // An error or hang-up is worth a read: it reports the cause
-                // (or the EOF) in order, after the data before it.
-                let hup = event.is_read_closed() || event.is_error();
+                // (or the EOF) in order, after the data before it. Urgent
+                // data (EPOLLPRI) too: Linux ends a read at the urgent mark,
+                // so a short read no longer means the queue is empty.
+                let hup = event.is_read_closed() || event.is_error() || event.is_priority();
                 self.dispatch(event.token(), event.is_readable() || hup, hup, now)?;
             }
             for &token in &due {
@@ -514,7 +516,10 @@ impl Server {
             match request {
                 Request::Shutdown if self.deadline.is_some() => {
                     let cut = self.conns.len();
-                    warn!("second shutdown signal: exiting now, cutting {cut} connections");
+                    warn!(
+                        "second shutdown signal: exiting now, cutting {}",
+                        count(cut as u64, "connection")
+                    );
                     return Err(ServerError::Interrupted(cut));
                 }
                 Request::Shutdown => self.begin_shutdown(now)?,
@@ -614,6 +619,12 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("{peer}: TCP_NODELAY: {e}");
         }
+        // Urgent data (telnet's Synch on Ctrl-C) stays in the stream as an
+        // ordinary byte, in its place, instead of being cut out of it to
+        // wait for a MSG_OOB read that never comes.
+        if let Err(e) = socket2::SockRef::from(&stream).set_out_of_band_inline(true) {
+            debug!("{peer}: SO_OOBINLINE: {e}");
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token(self.conn_base + key);
@@ -627,10 +638,12 @@ impl Server {
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
         // buffer gets room, which is exactly when pending output can move.
+        // PRIORITY reports urgent data, after which a short read is no
+        // proof of a drained socket.
         if let Err(e) = self.poll.registry().register(
             slot.conn.stream_mut(),
             token,
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         ) {
             self.shared.counters.closed_error += 1;
             warn!("{peer}: cannot register connection: {e}");
@@ -822,12 +835,13 @@ impl Server {
         let timeout = self.config.shutdown_timeout;
         self.deadline = Some(now + timeout);
         self.notify(&format!(
-            "STOPPING=1\nSTATUS=shutting down: {} connections to finish",
-            self.conns.len()
+            "STOPPING=1\nSTATUS=shutting down: {} to finish",
+            count(self.conns.len() as u64, "connection")
         ));
         info!(
-            "shutting down: {} connections to finish (deadline {timeout:?})",
-            self.conns.len()
+            "shutting down: {} to finish (deadline {})",
+            count(self.conns.len() as u64, "connection"),
+            crate::config::format_duration(timeout)
         );
         // Clients already in the accept queue may have sent requests too:
         // take them in before closing the listeners (which would reset them),
@@ -881,7 +895,9 @@ impl Server {
             .map(|(_, s)| s.conn.pending_output())
             .sum();
         warn!(
-            "shutdown deadline passed: cut {n} connections with {unsent} bytes of replies unsent"
+            "shutdown deadline passed: cut {} with {} of replies unsent",
+            count(n as u64, "connection"),
+            count(unsent as u64, "byte")
         );
         self.shared.counters.closed_cut += n as u64;
         self.shared.counters.conns_open -= n as u64;
@@ -946,8 +962,13 @@ impl Server {
             warn!("reload: max_connections_per_ip applies to connections accepted from now on");
         }
         info!(
-            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {:?}, max_pending_output {}, shutdown_timeout {:?}",
-            new.mode, new.tcp.telnet, new.tcp.max_connections, new.tcp.idle_timeout, new.tcp.max_pending_output, new.shutdown_timeout
+            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {}, max_pending_output {}, shutdown_timeout {}",
+            new.mode,
+            new.tcp.telnet,
+            new.tcp.max_connections,
+            new.tcp.idle_timeout.map_or("off".to_owned(), crate::config::format_duration),
+            count(new.tcp.max_pending_output.get() as u64, "byte"),
+            crate::config::format_duration(new.shutdown_timeout)
         );
         if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
             self.at_limit = false;
