@@ -301,3 +301,42 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UdpConfig;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// An error that every `recvmmsg` call repeats must not keep one turn
+    /// going: the turn ends within its budget and the loop moves on.
+    ///
+    /// A TCP socket that is not connected stands in for any such error:
+    /// `recvmmsg` on it fails with `ENOTCONN` on every call, never with
+    /// `EAGAIN`.
+    #[test]
+    fn a_recurring_receive_error_ends_the_turn() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+        let mut endpoint = adopt(socket).expect("adopt the socket");
+        let (done, result) = mpsc::channel();
+        // On a thread: if `serve` never returns, the test must still end.
+        std::thread::spawn(move || {
+            let mut guard = UdpGuard::new(&UdpConfig::default());
+            let mut shared = Shared::new(1024);
+            let budget = DATAGRAMS_PER_TURN;
+            let more = endpoint.serve(Mode::Ascii, &mut guard, &mut shared, budget, Instant::now());
+            let _ = done.send((more, shared.counters.errors));
+        });
+        let (more, errors) = result
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve did not return within 20 s: it spins on the recurring error");
+        assert!(
+            (1..=DATAGRAMS_PER_TURN as u64).contains(&errors),
+            "{errors} receive errors counted in one turn"
+        );
+        // Nothing was received: the socket waits for its next event
+        // instead of being queued for another turn of the same error.
+        assert!(!more, "a socket failing every call was queued again");
+    }
+}
