@@ -176,6 +176,32 @@ mod tests {
         assert_eq!(limiter.buckets.len(), 1);
     }
 
+    /// A flood of distinct (spoofed) sources must cost the same per
+    /// datagram as one known source, however full the table is: 100,000
+    /// newcomers at a full table are a few milliseconds of work when each
+    /// costs O(1), and many seconds when each scans the table.
+    #[test]
+    fn newcomers_at_a_full_table_cost_o1_each() {
+        let mut limiter = RateLimiter::new(NonZeroU32::new(1).unwrap());
+        let t0 = Instant::now();
+        for i in 0..MAX_SOURCES as u32 {
+            limiter.allow(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        let started = Instant::now();
+        for i in 0..100_000u32 {
+            let newcomer = IpAddr::from((0x0a00_0000 | i).to_be_bytes());
+            assert!(
+                limiter.allow(newcomer, t0),
+                "a newcomer at a full table passes"
+            );
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "100,000 newcomers at a full table took {took:?}"
+        );
+    }
+
     #[test]
     fn blocked_ports_are_dropped_before_counting() {
         let config = UdpConfig {
