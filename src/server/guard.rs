@@ -6,8 +6,27 @@
 //! - Datagrams from the source ports of the classic services that answer
 //!   anything (echo 7, daytime 13, chargen 19, time 37) are dropped: two such
 //!   services, each answering the other, would bounce one datagram forever.
+//! - Datagrams from the daemon's own UDP ports are dropped, whatever their
+//!   address. One claiming to come from one of our own sockets would be
+//!   answered to ourselves, forever; one from another upcased (on another
+//!   host, or another address of this one, on the same port: 12000 is
+//!   everyone's default) would start the same endless bounce between the
+//!   two. The port alone decides, not the address: a wildcard bind
+//!   (`0.0.0.0:P`, `[::]:P`) is reached at every address of the host, a set
+//!   that changes under us (DHCP, containers, added addresses), while
+//!   clients send from ephemeral ports (32768-60999 on Linux), which the
+//!   default port lies outside.
 //! - A token bucket per source address caps how much any one address can be
 //!   sent, which is what a reflection's victim would receive.
+//!
+//! What remains: two services that answer anything, on ports unknown to
+//! each other (an upcased on 12000 and one on 12001, or upcased and another
+//! echo-like service on a port not in `blocked_source_ports`). A datagram
+//! spoofed from one to the other bounces between them until one drops it.
+//! The rate limit slows that to `rate_limit` a second per address, except
+//! between loopback addresses when `rate_limit_loopback` is off, and
+//! nothing stops it with `rate_limit = 0`: list the other service's port
+//! in `blocked_source_ports`.
 //!
 //! The guard is on the path of every datagram, so it must cost the same
 //! whatever a flood does: O(1) per datagram, however many distinct sources
@@ -52,6 +71,8 @@ pub enum Verdict {
     Answer,
     /// From a blocked source port.
     Blocked,
+    /// From one of the daemon's own UDP ports: ours, or another upcased's.
+    OwnPort,
     /// Over its source's rate.
     Limited,
 }
@@ -59,17 +80,24 @@ pub enum Verdict {
 /// The UDP policy: blocked ports and per-source rate.
 #[derive(Debug)]
 pub struct UdpGuard {
+    /// `[udp] blocked_source_ports`.
     blocked_ports: Vec<u16>,
+    /// The ports of the daemon's own UDP sockets (fixed: listen addresses
+    /// do not change live).
+    own_ports: Vec<u16>,
+    /// Per-source token buckets, while `rate_limit` is on.
     limiter: Option<RateLimiter>,
     /// Whether loopback sources are rate-limited too.
     limit_loopback: bool,
 }
 
 impl UdpGuard {
-    /// The policy of a `[udp]` table.
-    pub fn new(config: &UdpConfig) -> UdpGuard {
+    /// The policy of a `[udp]` table, for a daemon whose UDP sockets are
+    /// bound to `own_ports`.
+    pub fn new(config: &UdpConfig, own_ports: Vec<u16>) -> UdpGuard {
         UdpGuard {
             blocked_ports: config.blocked_source_ports.clone(),
+            own_ports,
             limiter: config.rate_limit.map(RateLimiter::new),
             limit_loopback: config.rate_limit_loopback,
         }
@@ -90,6 +118,9 @@ impl UdpGuard {
     pub fn check(&mut self, ip: IpAddr, port: u16, now: Instant) -> Verdict {
         if self.blocked_ports.contains(&port) {
             return Verdict::Blocked;
+        }
+        if self.own_ports.contains(&port) {
+            return Verdict::OwnPort;
         }
         if ip.is_loopback() && !self.limit_loopback {
             // Cannot be spoofed from outside this host: no reflection risk.
@@ -321,7 +352,7 @@ mod tests {
             rate_limit: NonZeroU32::new(1),
             rate_limit_loopback: false,
         };
-        let mut guard = UdpGuard::new(&config);
+        let mut guard = UdpGuard::new(&config, vec![]);
         let now = Instant::now();
         assert_eq!(guard.check(ip(1), 19, now), Verdict::Blocked);
         assert_eq!(guard.check(ip(1), 40000, now), Verdict::Answer);
@@ -337,5 +368,29 @@ mod tests {
         });
         assert_eq!(guard.check(ip(1), 40000, now), Verdict::Answer);
         assert_eq!(guard.check(ip(1), 7, now), Verdict::Blocked);
+    }
+
+    #[test]
+    fn the_daemons_own_ports_are_blocked_from_any_address() {
+        let config = UdpConfig {
+            listen: vec![],
+            blocked_source_ports: vec![7],
+            rate_limit: None,
+            rate_limit_loopback: false,
+        };
+        let mut guard = UdpGuard::new(&config, vec![12000, 12001]);
+        let now = Instant::now();
+        let local = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(guard.check(local, 12000, now), Verdict::OwnPort);
+        assert_eq!(guard.check(ip(1), 12001, now), Verdict::OwnPort);
+        assert_eq!(guard.check(ip(1), 7, now), Verdict::Blocked);
+        assert_eq!(guard.check(ip(1), 12002, now), Verdict::Answer);
+        // A reload changes the configured list, not the sockets' ports.
+        guard.reconfigure(&UdpConfig {
+            blocked_source_ports: vec![],
+            ..config
+        });
+        assert_eq!(guard.check(ip(1), 7, now), Verdict::Answer);
+        assert_eq!(guard.check(ip(1), 12000, now), Verdict::OwnPort);
     }
 }

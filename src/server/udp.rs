@@ -206,6 +206,15 @@ impl Endpoint {
                         );
                         continue;
                     }
+                    Verdict::OwnPort => {
+                        shared.counters.dgrams_blocked += 1;
+                        debug!(
+                            "udp://{}: datagram from {from} dropped: its source port is one of ours \
+                             (answering would bounce it back and forth)",
+                            self.addr
+                        );
+                        continue;
+                    }
                     Verdict::Limited => {
                         shared.counters.dgrams_limited += 1;
                         debug!(
@@ -351,7 +360,7 @@ mod tests {
         let (done, result) = mpsc::channel();
         // On a thread: if `serve` never returns, the test must still end.
         std::thread::spawn(move || {
-            let mut guard = UdpGuard::new(&UdpConfig::default());
+            let mut guard = UdpGuard::new(&UdpConfig::default(), vec![]);
             let mut shared = Shared::new(1024);
             let budget = DATAGRAMS_PER_TURN;
             let more = endpoint.serve(Mode::Ascii, &mut guard, &mut shared, budget, Instant::now());
