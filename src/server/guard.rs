@@ -56,8 +56,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::UdpConfig;
 
-/// Most source addresses one generation holds (about 50 bytes each, two
-/// generations: under 4 MiB at worst).
+/// Most source addresses one generation holds: a hash table of 32,768
+/// slots of 48 bytes, so two generations take about 3 MiB at worst (given
+/// back once the flood is over).
 const MAX_SOURCES: usize = 16 * 1024;
 
 /// How long a generation of buckets lasts: the time an empty bucket takes
