@@ -1,6 +1,9 @@
 //! UDP: each datagram answered on its own, to its sender; errors cost one datagram.
 
+use std::net::{SocketAddr, SocketAddrV4};
 use std::thread;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::util::*;
 
@@ -148,5 +151,110 @@ fn a_reply_too_large_in_the_middle_of_a_burst_costs_only_itself() {
             counters.dgrams_dropped
         ),
         (21, 20, 1)
+    );
+}
+
+/// A raw IPv4 socket that writes its own headers (`IPPROTO_RAW` implies
+/// `IP_HDRINCL`), to send datagrams with any source address; `None` (the
+/// test skips) without `CAP_NET_RAW`, except under `CI=true`, which runs as
+/// root and where no test may skip.
+fn spoofer() -> Option<Socket> {
+    match Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    ) {
+        Ok(socket) => Some(socket),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "a raw socket needs root (CAP_NET_RAW), and under CI=true no test may skip"
+            );
+            eprintln!("skipped: a raw socket needs root (CAP_NET_RAW)");
+            None
+        }
+        Err(e) => panic!("raw socket: {e}"),
+    }
+}
+
+/// Sends one UDP datagram from `from` (whatever it is) to `to`. The kernel
+/// fills in the IP checksum and total length; a UDP checksum of 0 means
+/// "none" over IPv4.
+fn send_spoofed(raw: &Socket, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+    let udp_len = 8 + payload.len() as u16;
+    let mut packet = Vec::with_capacity(20 + udp_len as usize);
+    packet.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    packet.extend_from_slice(&from.ip().octets());
+    packet.extend_from_slice(&to.ip().octets());
+    packet.extend_from_slice(&from.port().to_be_bytes());
+    packet.extend_from_slice(&to.port().to_be_bytes());
+    packet.extend_from_slice(&udp_len.to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    let sent = raw
+        .send_to(&packet, &SockAddr::from(SocketAddr::V4(to)))
+        .expect("send a spoofed datagram");
+    assert_eq!(sent, packet.len());
+}
+
+fn v4(addr: SocketAddr) -> SocketAddrV4 {
+    match addr {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(_) => panic!("{addr} is not IPv4"),
+    }
+}
+
+/// Exchanges `n` datagrams with `server` from a client of its own: since a
+/// socket is served in order, everything queued before has been handled
+/// once this returns.
+fn exchanges(server: SocketAddr, n: usize) {
+    let client = udp_client();
+    for i in 0..n {
+        let msg = format!("after {i}");
+        assert_eq!(
+            udp_exchange(&client, server, msg.as_bytes()),
+            msg.to_uppercase().as_bytes()
+        );
+    }
+}
+
+#[test]
+fn two_servers_do_not_bounce_a_spoofed_datagram_between_them() {
+    let Some(raw) = spoofer() else { return };
+    // A on 127.0.0.1:P, B on 127.0.0.2:P: two upcased on the same port, as
+    // on two hosts. A datagram to A that claims to come from B gets A's
+    // reply sent to B, whose reply goes to A, and so on forever (loopback
+    // is exempt from the rate limit; elsewhere the rate only slows it).
+    let a = InProcess::start(loopback_config());
+    let mut config = loopback_config();
+    config.udp.listen = vec![SocketAddr::from(([127, 0, 0, 2], a.udp.port()))];
+    let b = InProcess::start(config);
+    send_spoofed(&raw, v4(b.udp), v4(a.udp), b"ping");
+    // Events, not sleeps: these replies come after the spoofed datagram
+    // was handled by A, and whatever A sent B before them by B.
+    exchanges(a.udp, 50);
+    exchanges(b.udp, 1);
+    let (a, b) = (a.stop(), b.stop());
+    let seen = (a.dgrams_in, a.dgrams_blocked, b.dgrams_in);
+    assert_eq!(
+        seen,
+        (51, 1, 1),
+        "(A in, A blocked, B in): the spoofed datagram bounced; A: {a}; B: {b}"
+    );
+}
+
+#[test]
+fn a_datagram_claiming_to_come_from_the_server_itself_is_not_answered() {
+    let Some(raw) = spoofer() else { return };
+    // Answered, it would come back to the server, which would answer it...
+    let server = InProcess::start(loopback_config());
+    send_spoofed(&raw, v4(server.udp), v4(server.udp), b"ping");
+    exchanges(server.udp, 50);
+    let counters = server.stop();
+    let seen = (counters.dgrams_in, counters.dgrams_blocked);
+    assert_eq!(
+        seen,
+        (51, 1),
+        "(in, blocked): the server answered itself; {counters}"
     );
 }

@@ -294,7 +294,7 @@ impl Server {
         }
         let conn_base = first_udp + udp.len();
         let shared = Shared::new(config.tcp.max_pending_output.get());
-        let guard = UdpGuard::new(&config.udp);
+        let guard = UdpGuard::new(&config.udp, udp.iter().map(|u| u.addr.port()).collect());
         Ok(Server {
             poll,
             config,

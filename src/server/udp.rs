@@ -26,6 +26,11 @@ pub const SLOT: usize = 64 * 1024;
 /// Datagrams one socket may answer per turn before the others get theirs.
 pub const DATAGRAMS_PER_TURN: usize = 256;
 
+/// Receive errors in a row that end a socket's turn: more than a stale
+/// ICMP error or two (reported once each), few enough that an error that
+/// recurs on every call costs next to nothing.
+pub const ERRORS_IN_A_ROW: usize = 8;
+
 /// Datagrams answered at shutdown, at most: more than a default receive
 /// buffer can queue, yet a bound against a flood that never pauses.
 pub const SHUTDOWN_BUDGET: usize = 4096;
@@ -82,7 +87,9 @@ impl Endpoint {
     /// the queue (a datagram arriving later raises a new edge), so no call
     /// is spent on learning `EAGAIN`.
     ///
-    /// No error here stops the loop: each one costs at most one datagram.
+    /// No error here stops the loop: each one costs at most one datagram,
+    /// and counts against the budget like one; [`ERRORS_IN_A_ROW`] errors
+    /// in a row end the turn (false: wait for the next event).
     pub fn serve(
         &mut self,
         mode: Mode,
@@ -117,7 +124,10 @@ impl Endpoint {
         let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        // Datagrams received, plus one per receive error: what the budget
+        // counts.
         let mut answered = 0;
+        let mut errors_in_a_row = 0;
         while answered < budget {
             let want = BATCH.min(budget - answered);
             for (k, chunk) in slots.chunks_mut(SLOT).take(want).enumerate() {
@@ -151,13 +161,32 @@ impl Endpoint {
                         // Typically ECONNREFUSED: an ICMP "port unreachable"
                         // for an earlier reply (its sender had gone) is
                         // reported on the next call. It concerns that old
-                        // datagram only.
+                        // datagram only, and the kernel clears it once
+                        // reported. An error that comes back call after
+                        // call (ENOMEM, a socket in a state recvmmsg cannot
+                        // serve) must not spin the loop: each costs a
+                        // datagram's worth of budget, and a few in a row
+                        // end the turn without asking for another. The
+                        // socket is served again at its next readiness
+                        // event: under edge-triggered epoll every new
+                        // datagram (or error) raises one.
                         shared.counters.errors += 1;
                         debug!("udp://{}: receive error: {e}", self.addr);
+                        answered += 1;
+                        errors_in_a_row += 1;
+                        if errors_in_a_row >= ERRORS_IN_A_ROW {
+                            debug!(
+                                "udp://{}: {errors_in_a_row} receive errors in a row: \
+                                 waiting for the next event",
+                                self.addr
+                            );
+                            return false;
+                        }
                         continue;
                     }
                 }
             }
+            errors_in_a_row = 0;
             let received = received as usize;
             answered += received;
             // Transform every datagram into the scratch buffer, noting where
@@ -179,6 +208,15 @@ impl Endpoint {
                         shared.counters.dgrams_blocked += 1;
                         debug!(
                             "udp://{}: datagram from {from} dropped: blocked source port",
+                            self.addr
+                        );
+                        continue;
+                    }
+                    Verdict::OwnPort => {
+                        shared.counters.dgrams_blocked += 1;
+                        debug!(
+                            "udp://{}: datagram from {from} dropped: its source port is one of ours \
+                             (answering would bounce it back and forth)",
                             self.addr
                         );
                         continue;
@@ -305,5 +343,44 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UdpConfig;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// An error that every `recvmmsg` call repeats must not keep one turn
+    /// going: the turn ends within its budget and the loop moves on.
+    ///
+    /// A TCP socket that is not connected stands in for any such error:
+    /// `recvmmsg` on it fails with `ENOTCONN` on every call, never with
+    /// `EAGAIN`.
+    #[test]
+    fn a_recurring_receive_error_ends_the_turn() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+        let mut endpoint = adopt(socket).expect("adopt the socket");
+        let (done, result) = mpsc::channel();
+        // On a thread: if `serve` never returns, the test must still end.
+        std::thread::spawn(move || {
+            let mut guard = UdpGuard::new(&UdpConfig::default(), vec![]);
+            let mut shared = Shared::new(1024);
+            let budget = DATAGRAMS_PER_TURN;
+            let more = endpoint.serve(Mode::Ascii, &mut guard, &mut shared, budget, Instant::now());
+            let _ = done.send((more, shared.counters.errors));
+        });
+        let (more, errors) = result
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve did not return within 20 s: it spins on the recurring error");
+        assert!(
+            (1..=DATAGRAMS_PER_TURN as u64).contains(&errors),
+            "{errors} receive errors counted in one turn"
+        );
+        // Nothing was received: the socket waits for its next event
+        // instead of being queued for another turn of the same error.
+        assert!(!more, "a socket failing every call was queued again");
     }
 }
