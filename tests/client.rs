@@ -252,7 +252,7 @@ fn client_udp_never_prints_a_late_reply_as_the_next_lines() {
         stderr,
         format!(
             "upcase: ignored {dropped} late replies from udp://{addr} \
-             (each was not the upper case of the line waiting for one)\n"
+             (not the upper case of the line then awaiting one)\n"
         )
     );
 }
