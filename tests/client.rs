@@ -258,6 +258,35 @@ fn client_udp_never_prints_a_late_reply_as_the_next_lines() {
 }
 
 #[test]
+fn client_udp_against_an_ascii_mode_server_needs_mode_ascii() {
+    let mut config = loopback_config();
+    config.mode = upcase::transform::Mode::Ascii;
+    let server = InProcess::start(config);
+    let addr = server.udp.to_string();
+    let out = run_client(&["--udp", "--mode", "ascii", &addr], "straße\n".as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "STRAßE\n");
+    assert_eq!(text(&out.stderr), "");
+    // Without it the reply ("STRAßE") is not the unicode upper case
+    // ("STRASSE"): ignored, the line lost, and the hint says why.
+    let out = run_client(
+        &["--udp", "--timeout", "100ms", "--retries", "0", &addr],
+        "straße\n".as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout, b"");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "upcase: line 1: no reply from udp://{addr} after 1 try (100ms)\n\
+             upcase: ignored 1 late reply from udp://{addr} (not the upper case of the line then awaiting one)\n\
+             upcase: if upcased runs with --mode ascii, pass --mode ascii to upcase too\n\
+             upcase: no reply from udp://{addr} to 1 of 1 line\n"
+        )
+    );
+}
+
+#[test]
 fn client_udp_line_too_long_for_a_datagram() {
     let (_silent, addr) = silent_server();
     // 65,507 bytes of text and the newline: one byte over the IPv4 limit.
