@@ -256,7 +256,10 @@ pub enum ClientError {
         addr: SocketAddr,
     },
     /// Some UDP replies never came (each was reported when it was given up).
-    #[error("no reply from udp://{addr} to {missing} of {lines} lines")]
+    #[error(
+        "no reply from udp://{addr} to {missing} of {lines} {}",
+        if *lines == 1 { "line" } else { "lines" }
+    )]
     MissingReplies {
         /// The server's address.
         addr: SocketAddr,
@@ -669,12 +672,20 @@ pub fn udp_session<W: Write>(
                 }
                 Answer::Lost => {
                     missing += 1;
-                    let _ = writeln!(
-                        report,
-                        "upcase: line {lines}: no reply from udp://{addr} after {} tries ({:?} each)",
-                        u64::from(options.retries) + 1,
-                        options.timeout
-                    );
+                    let tries = u64::from(options.retries) + 1;
+                    let _ = if tries == 1 {
+                        writeln!(
+                            report,
+                            "upcase: line {lines}: no reply from udp://{addr} after 1 try ({:?})",
+                            options.timeout
+                        )
+                    } else {
+                        writeln!(
+                            report,
+                            "upcase: line {lines}: no reply from udp://{addr} after {tries} tries ({:?} each)",
+                            options.timeout
+                        )
+                    };
                 }
                 Answer::Refused(source) => {
                     // `localhost` may resolve to ::1 first while the
