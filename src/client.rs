@@ -17,10 +17,14 @@
 //!   with a timeout and the line re-sent a few times, since UDP may lose
 //!   either datagram. Lines whose reply never came are reported one by one
 //!   and make the session fail. Datagrams carry no sequence number, so a
-//!   reply still queued for an earlier line (late, or the answer to a retry)
-//!   is dropped before the next line is sent; one that arrives later still
-//!   would be taken for the next line's reply. That is UDP; use TCP when it
-//!   matters.
+//!   reply that comes after its line's `--timeout` (a slow server, or the
+//!   answer to a retry that crossed the first reply) would look like the
+//!   answer to whatever line is sent next. The client knows what it sent:
+//!   it computes the upper case of the line with the server's own transform
+//!   ([`crate::transform`], in `--mode`, unicode as upcased's default) and
+//!   prints a reply only if it is exactly that; anything else is a late
+//!   reply to an earlier line, ignored and counted (one line on standard
+//!   error at the end).
 //!
 //! A *line* is the bytes up to and including `'\n'` (the last one may lack
 //! it): the newline is sent too, so every reply carries its own line end and
@@ -32,9 +36,12 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Parser;
+
+use crate::transform::{self, Mode};
 
 /// The server the client talks to by default: the daemon's default address.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:12000";
@@ -81,6 +88,12 @@ pub struct ClientArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retries: u32,
 
+    /// UDP: the server's mode; a reply is printed only if it is the line in
+    /// that upper case, so a late reply to an earlier line is never taken
+    /// for the answer to a later one
+    #[arg(long, value_name = "MODE", default_value = "unicode", value_parser = mode_parser())]
+    pub mode: Mode,
+
     /// The server, HOST:PORT (host names resolve; IPv6 as [::1]:12000)
     #[arg(value_name = "HOST:PORT", default_value = DEFAULT_SERVER, value_parser = Target::parse)]
     pub server: Target,
@@ -94,6 +107,17 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err("the timeout must be longer than 0ms".to_owned());
     }
     Ok(d)
+}
+
+/// `--mode`: the daemon's two modes, with the same names as its `--mode`.
+fn mode_parser() -> impl TypedValueParser<Value = Mode> {
+    PossibleValuesParser::new([
+        PossibleValue::new(Mode::Unicode.as_str())
+            .help("full Unicode upper case, as upcased's default (ß becomes SS)"),
+        PossibleValue::new(Mode::Ascii.as_str())
+            .help("only a-z become A-Z: for an upcased run with --mode ascii"),
+    ])
+    .try_map(|name| name.parse::<Mode>())
 }
 
 /// A server as the user wrote it: host (name or IP) and port.
@@ -232,7 +256,10 @@ pub enum ClientError {
         addr: SocketAddr,
     },
     /// Some UDP replies never came (each was reported when it was given up).
-    #[error("no reply from udp://{addr} to {missing} of {lines} lines")]
+    #[error(
+        "no reply from udp://{addr} to {missing} of {lines} {}",
+        if *lines == 1 { "line" } else { "lines" }
+    )]
     MissingReplies {
         /// The server's address.
         addr: SocketAddr,
@@ -467,13 +494,15 @@ pub fn tcp_interactive<W: Write>(
     }
 }
 
-/// UDP retry policy.
+/// UDP retry policy, and how a reply is recognised.
 #[derive(Clone, Copy, Debug)]
 pub struct UdpOptions {
     /// How long to wait for a reply before sending the line again.
     pub timeout: Duration,
     /// How many times a line is sent again before it counts as lost.
     pub retries: u32,
+    /// The server's mode: a reply is the line's upper case in this mode.
+    pub mode: Mode,
 }
 
 /// A UDP socket connected to the server: the kernel then delivers only
@@ -495,22 +524,32 @@ fn udp_connect(addr: SocketAddr, timeout: Duration) -> Result<UdpSocket, ClientE
 
 /// What became of one line sent over UDP.
 enum Answer {
-    /// The reply, this many bytes long (in the receive buffer).
-    Reply(usize),
+    /// The reply came (it equals the expected upper case).
+    Reply,
     /// No reply after every try.
     Lost,
     /// ICMP port unreachable: nothing listens at this address.
     Refused(io::Error),
 }
 
-/// Sends `line` and waits for one reply, sending again after each timeout.
+/// Sends `line` and waits for its reply, `expected`, sending again after
+/// each timeout. Every other datagram is a late reply to an earlier line (or
+/// to an earlier try of one): it is counted in `ignored` and the wait goes on
+/// until the try's timeout, which runs from the send, not from the last
+/// datagram (a stream of stale replies must not hold a try open for ever).
+///
+/// A late reply to an earlier *identical* line (or to any line with the same
+/// upper case: `strasse` and `straße`) is accepted: it is the same bytes the
+/// answer to this line would be, so what is printed is right either way.
 fn exchange(
     socket: &UdpSocket,
     line: &[u8],
+    expected: &[u8],
     buf: &mut [u8],
     options: UdpOptions,
+    ignored: &mut u64,
 ) -> io::Result<Answer> {
-    drain_stale(socket, buf)?;
+    *ignored += drain_stale(socket, buf)?;
     for _ in 0..=options.retries {
         match socket.send(line) {
             Ok(_) => {}
@@ -519,9 +558,17 @@ fn exchange(
             }
             Err(e) => return Err(e),
         }
+        let deadline = Instant::now() + options.timeout;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Never zero here: a zero read timeout would block for ever.
+            socket.set_read_timeout(Some(left))?;
             match socket.recv(buf) {
-                Ok(n) => return Ok(Answer::Reply(n)),
+                Ok(n) if buf[..n] == *expected => return Ok(Answer::Reply),
+                Ok(_) => *ignored += 1,
                 // The read timeout: try again (SO_RCVTIMEO reports EAGAIN).
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
@@ -540,15 +587,17 @@ fn exchange(
     Ok(Answer::Lost)
 }
 
-/// Drops replies still queued for earlier lines (one given up on that came
-/// late, or the server's answer to a retry that crossed the first reply), so
-/// that they are not taken for the reply to the next line.
-fn drain_stale(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<()> {
+/// Drops replies already queued for earlier lines (one given up on that came
+/// late, or the server's answer to a retry that crossed the first reply)
+/// before the next line is sent; returns how many. Those that come after the
+/// send are told apart by [`exchange`].
+fn drain_stale(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<u64> {
     socket.set_nonblocking(true)?;
+    let mut dropped = 0;
     let result = loop {
         match socket.recv(buf) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+            Ok(_) => dropped += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(dropped),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A refusal left over from an earlier send says nothing new; the
             // send that follows will meet it again if it still holds.
@@ -561,7 +610,9 @@ fn drain_stale(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// One datagram per line, each reply printed as it comes (see the module
-/// docs). A line whose reply never comes is reported on `report` at once;
+/// docs): only a reply that is the line's upper case in `options.mode`;
+/// late replies to earlier lines are ignored, and their count is reported
+/// on `report` at the end. A line whose reply never comes is reported at once;
 /// the session goes on and fails at the end with
 /// [`ClientError::MissingReplies`]. When the server's address refuses
 /// (nothing listens there) the next resolved address is tried.
@@ -580,7 +631,8 @@ pub fn udp_session<W: Write>(
     // Room for the largest datagram: a reply may be longer than its line.
     let mut buf = vec![0; 65_536];
     let mut line = Vec::new();
-    let (mut lines, mut missing) = (0u64, 0u64);
+    let mut expected = Vec::new();
+    let (mut lines, mut missing, mut ignored) = (0u64, 0u64, 0u64);
     loop {
         if let Some(prompt) = prompt.as_mut() {
             prompt.show();
@@ -609,21 +661,31 @@ pub fn udp_session<W: Write>(
                 addr,
             });
         }
+        expected.clear();
+        transform::upcase_into(options.mode, &line, &mut expected);
         loop {
-            let answer = exchange(&socket, &line, &mut buf, options)
+            let answer = exchange(&socket, &line, &expected, &mut buf, options, &mut ignored)
                 .map_err(|source| ClientError::Udp { addr, source })?;
             match answer {
-                Answer::Reply(n) => {
-                    output_result(output.write_all(&buf[..n]).and_then(|()| output.flush()))?;
+                Answer::Reply => {
+                    output_result(output.write_all(&expected).and_then(|()| output.flush()))?;
                 }
                 Answer::Lost => {
                     missing += 1;
-                    let _ = writeln!(
-                        report,
-                        "upcase: line {lines}: no reply from udp://{addr} after {} tries ({:?} each)",
-                        u64::from(options.retries) + 1,
-                        options.timeout
-                    );
+                    let tries = u64::from(options.retries) + 1;
+                    let _ = if tries == 1 {
+                        writeln!(
+                            report,
+                            "upcase: line {lines}: no reply from udp://{addr} after 1 try ({:?})",
+                            options.timeout
+                        )
+                    } else {
+                        writeln!(
+                            report,
+                            "upcase: line {lines}: no reply from udp://{addr} after {tries} tries ({:?} each)",
+                            options.timeout
+                        )
+                    };
                 }
                 Answer::Refused(source) => {
                     // `localhost` may resolve to ::1 first while the
@@ -642,6 +704,21 @@ pub fn udp_session<W: Write>(
                 }
             }
             break;
+        }
+    }
+    if ignored > 0 {
+        let _ = writeln!(
+            report,
+            "upcase: ignored {ignored} late {} from udp://{addr} (not the upper case of the line then awaiting one)",
+            if ignored == 1 { "reply" } else { "replies" },
+        );
+        if missing > 0 && options.mode == Mode::Unicode {
+            // Not late at all, maybe: an ascii-mode server leaves non-ASCII
+            // letters alone, so its replies never equal the unicode upper case.
+            let _ = writeln!(
+                report,
+                "upcase: if upcased runs with --mode ascii, pass --mode ascii to upcase too"
+            );
         }
     }
     if missing > 0 {
@@ -691,6 +768,7 @@ mod tests {
         assert!(!a.udp);
         assert_eq!(a.timeout, Duration::from_secs(1));
         assert_eq!(a.retries, 3);
+        assert_eq!(a.mode, Mode::Unicode, "upcased's default mode");
         assert_eq!(a.server, Target::parse(DEFAULT_SERVER).unwrap());
         let a = ClientArgs::try_parse_from([
             "upcase",
@@ -699,10 +777,13 @@ mod tests {
             "250ms",
             "--retries",
             "0",
+            "--mode",
+            "ascii",
             "[::1]:9",
         ])
         .unwrap();
         assert!(a.udp);
+        assert_eq!(a.mode, Mode::Ascii);
         assert_eq!(a.timeout, Duration::from_millis(250));
         assert_eq!(a.retries, 0);
         assert_eq!(a.server.to_string(), "[::1]:9");
@@ -712,6 +793,7 @@ mod tests {
             &["upcase", "--retries", "-1"],
             &["upcase", "nohost"],
             &["upcase", "a:1", "b:2"],
+            &["upcase", "--mode", "klingon"],
         ] {
             let e = ClientArgs::try_parse_from(argv).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{argv:?}");
@@ -721,6 +803,7 @@ mod tests {
             "--udp",
             "--timeout",
             "--retries",
+            "--mode",
             "HOST:PORT",
             "Exit status:",
         ] {

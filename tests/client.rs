@@ -1,6 +1,7 @@
 //! The `upcase` client binary against real servers on loopback.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::thread::JoinHandle;
 
 use crate::util::*;
 
@@ -176,6 +177,113 @@ fn client_udp_ignores_replies_from_other_addresses() {
     let out = client.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"WHO\n");
+}
+
+/// A UDP "server" slower than the client's timeout, made deterministic: it
+/// answers each datagram only when the next one arrives, so every reply
+/// comes after the client has timed out and sent again (a retry, or the next
+/// line). That is a server answering late, without a clock in the test. An
+/// empty datagram stops it; the thread returns how many datagrams it got.
+fn one_step_late_server() -> (SocketAddr, JoinHandle<usize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0; 1000];
+        let mut late: Option<Vec<u8>> = None;
+        let mut received = 0;
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).expect("a datagram in time");
+            if n == 0 {
+                return received;
+            }
+            received += 1;
+            if let Some(reply) = late.take() {
+                socket.send_to(&reply, from).unwrap();
+            }
+            late = Some(expected(&buf[..n]));
+        }
+    });
+    (addr, thread)
+}
+
+#[test]
+fn client_udp_never_prints_a_late_reply_as_the_next_lines() {
+    // The issue's case: a server slower than --timeout. Each line is sent,
+    // times out, is sent again; then the first try's reply comes and the
+    // retry's reply arrives only after the next line was sent.
+    let (addr, server) = one_step_late_server();
+    let out = run_client(
+        &[
+            "--udp",
+            "--timeout",
+            "200ms",
+            "--retries",
+            "9",
+            &addr.to_string(),
+        ],
+        b"one\ntwo\nthree\nfour\nfive\nsix\n",
+    );
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"", addr)
+        .unwrap();
+    let received = server.join().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "ONE\nTWO\nTHREE\nFOUR\nFIVE\nSIX\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Lines 2 to 6 each met the previous line's late reply at least once;
+    // at most every reply the server sent beyond the six answers.
+    let stderr = text(&out.stderr);
+    let dropped: usize = stderr
+        .strip_prefix("upcase: ignored ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of ignored replies on stderr: {stderr:?}"));
+    assert!(
+        (5..=received - 7).contains(&dropped),
+        "{dropped} ignored, {received} datagrams sent: {stderr:?}"
+    );
+    assert_eq!(
+        stderr,
+        format!(
+            "upcase: ignored {dropped} late replies from udp://{addr} \
+             (not the upper case of the line then awaiting one)\n"
+        )
+    );
+}
+
+#[test]
+fn client_udp_against_an_ascii_mode_server_needs_mode_ascii() {
+    let mut config = loopback_config();
+    config.mode = upcase::transform::Mode::Ascii;
+    let server = InProcess::start(config);
+    let addr = server.udp.to_string();
+    let out = run_client(&["--udp", "--mode", "ascii", &addr], "straße\n".as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "STRAßE\n");
+    assert_eq!(text(&out.stderr), "");
+    // Without it the reply ("STRAßE") is not the unicode upper case
+    // ("STRASSE"): ignored, the line lost, and the hint says why.
+    let out = run_client(
+        &["--udp", "--timeout", "100ms", "--retries", "0", &addr],
+        "straße\n".as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout, b"");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "upcase: line 1: no reply from udp://{addr} after 1 try (100ms)\n\
+             upcase: ignored 1 late reply from udp://{addr} (not the upper case of the line then awaiting one)\n\
+             upcase: if upcased runs with --mode ascii, pass --mode ascii to upcase too\n\
+             upcase: no reply from udp://{addr} to 1 of 1 line\n"
+        )
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -416,25 +417,121 @@ fn sigterm_answers_input_the_kernel_holds_for_a_client_that_is_behind() {
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }
 
+/// How to give a process a network namespace of its own, where 127.0.0.1:12000
+/// is free whatever runs on this machine: the `unshare` flags (root: a new
+/// network namespace; anyone else: a new user namespace too, mapped to root
+/// in it, where the kernel allows unprivileged user namespaces) and the
+/// matching `nsenter` flags to join it. `Err` says why there is none.
+fn own_network_namespace() -> Result<(&'static [&'static str], &'static [&'static str]), String> {
+    for tool in ["unshare", "nsenter", "ip"] {
+        if !tool_installed(tool) {
+            return Err(format!("{tool} is not installed"));
+        }
+    }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (unshare, nsenter): (&[&str], &[&str]) = if root {
+        (&["--net"], &["--net"])
+    } else {
+        // --preserve-credentials: nsenter would otherwise become root in
+        // the namespace and call setgroups(2), which unshare denied there
+        // (an unprivileged gid_map requires it).
+        (
+            &["--user", "--map-root-user", "--net"],
+            &["--user", "--net", "--preserve-credentials"],
+        )
+    };
+    // A fresh namespace has only `lo`, down and without 127.0.0.1 until it
+    // is brought up: the probe does what the daemon's wrapper will.
+    let probe = Command::new("unshare")
+        .args(unshare)
+        .args(["ip", "link", "set", "lo", "up"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("unshare: {e}"))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "cannot make a network namespace (unshare {}: {})",
+            unshare.join(" "),
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+    }
+    Ok((unshare, nsenter))
+}
+
+/// Runs `command` with `input` piped to it, fed from a thread.
+fn run_piped(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("wait");
+    feeder.join().unwrap().expect("feed stdin");
+    out
+}
+
 #[test]
 fn with_no_file_and_no_flags_it_serves_both_transports_on_port_12000() {
-    // The newcomer's command. Port 12000 must be free on the test machine.
-    if std::net::TcpListener::bind("127.0.0.1:12000").is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "port 12000 is taken on the CI machine"
-        );
-        eprintln!("skipped: 127.0.0.1:12000 is in use here (is an upcased running?)");
-        return;
-    }
-    let mut daemon = Daemon::start(&[], 2);
+    // The newcomer's command, `upcased` with nothing else. Port 12000 may be
+    // taken here (the README's quick start leaves an upcased running), so
+    // the daemon gets a network namespace of its own where it cannot be,
+    // and the checks run in it with the real client through nsenter.
+    let namespace = own_network_namespace();
+    let (mut daemon, enter): (Daemon, Option<&[&str]>) = match namespace {
+        Ok((unshare, nsenter)) => {
+            let daemon = Daemon::start_with(
+                Command::new("unshare")
+                    .args(unshare)
+                    // exec: the daemon keeps the pid, which the signal and
+                    // nsenter --target use.
+                    .args(["sh", "-c", "ip link set lo up && exec \"$0\""])
+                    .arg(daemon_path()),
+                2,
+            );
+            (daemon, Some(nsenter))
+        }
+        Err(why) => {
+            if std::net::TcpListener::bind("127.0.0.1:12000").is_err() {
+                skip(&format!(
+                    "127.0.0.1:12000 is in use here (is an upcased running?) and {why}"
+                ));
+                return;
+            }
+            (Daemon::start(&[], 2), None)
+        }
+    };
     let default: SocketAddr = "127.0.0.1:12000".parse().unwrap();
     assert_eq!(daemon.tcp, vec![default]);
     assert_eq!(daemon.udp, vec![default]);
-    assert_eq!(round_trip(default, b"hello\n"), b"HELLO\n");
-    assert_eq!(udp_exchange(&udp_client(), default, b"hello"), b"HELLO");
+    let client = |args: &[&str], input: &str| {
+        let mut command = match enter {
+            Some(nsenter) => {
+                let mut c = Command::new("nsenter");
+                c.args(["--target", &daemon.pid().to_string()])
+                    .args(nsenter)
+                    .arg(client_path());
+                c
+            }
+            None => Command::new(client_path()),
+        };
+        let out = run_piped(command.args(args), input.as_bytes());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "upcase {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 replies")
+    };
+    assert_eq!(client(&[], "hello\n"), "HELLO\n");
+    assert_eq!(client(&["--udp"], "hello"), "HELLO");
     // unicode mode by default
-    assert_eq!(round_trip(default, "straße".as_bytes()), b"STRASSE");
+    assert_eq!(client(&[], "straße"), "STRASSE");
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }

@@ -483,22 +483,83 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Whether a command-line tool is installed. Under `CI=true` a missing tool
-/// fails the test instead of skipping it.
+/// Whether a command-line tool is installed; when it is not, the calling
+/// test is [`skip`]ped (which fails it under `CI=true`), and returns.
 pub fn have_tool(tool: &str) -> bool {
-    let found = Command::new("sh")
+    let found = tool_installed(tool);
+    if !found {
+        skip(&format!(
+            "{tool} is not installed (apt-get install it to run this test; .ci/run does)"
+        ));
+    }
+    found
+}
+
+/// Whether a command-line tool is installed, without skipping anything.
+pub fn tool_installed(tool: &str) -> bool {
+    Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is not installed, and under CI=true no test may skip (.ci/run installs it)"
-        );
-        eprintln!("skipped: {tool} is not installed (apt-get install it to run this test)");
+        .is_ok_and(|s| s.success())
+}
+
+/// Every test skipped in this process, as "TEST: REASON", for the summary
+/// printed at exit.
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Registers the exit hook that prints that summary, once.
+static SKIP_SUMMARY: std::sync::Once = std::sync::Once::new();
+
+/// Marks the calling test as skipped for `reason`; the test then returns
+/// (and libtest counts it as passed, which is why this exists). Under
+/// `CI=true` it fails the test instead: CI installs every tool, so a skip
+/// there is a broken setup.
+///
+/// libtest captures what a test prints with `eprintln!` and shows it only
+/// for failures, so a skip printed that way is invisible. This writes
+/// `SKIPPED: TEST: REASON` straight to the process's stderr (`write_all`
+/// on the handle is not captured; only the print macros are), and at exit,
+/// after libtest's summary, one more line counts them all.
+pub fn skip(reason: &str) {
+    // libtest names each test's thread after the test.
+    let test = thread::current().name().unwrap_or("a test").to_owned();
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "under CI=true no test may skip, and {test} would: {reason}"
+    );
+    let line = format!("{test}: {reason}");
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {line}\n").as_bytes());
+    SKIPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(line);
+    SKIP_SUMMARY.call_once(|| {
+        // SAFETY: atexit(3) with a function that takes no arguments, never
+        // unwinds and only writes to stderr; it runs once, after main
+        // returns or calls exit (libtest does either after its summary).
+        unsafe { libc::atexit(print_skipped) };
+    });
+}
+
+/// The exit hook: "N tests skipped", one line per skip. It must not panic
+/// (it runs inside libc's exit), hence no unwrap anywhere.
+extern "C" fn print_skipped() {
+    let skipped = match SKIPPED.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        // A test thread still inside skip() as the process exits.
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    let mut text = format!(
+        "{} {} skipped (libtest counted {} as passed):\n",
+        skipped.len(),
+        if skipped.len() == 1 { "test" } else { "tests" },
+        if skipped.len() == 1 { "it" } else { "them" },
+    );
+    for line in skipped.iter() {
+        text.push_str(&format!("    {line}\n"));
     }
-    found
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 /// Path of the built `upcase` client.

@@ -31,6 +31,7 @@ fn run(args: &ClientArgs) -> Result<(), ClientError> {
         let options = UdpOptions {
             timeout: args.timeout,
             retries: args.retries,
+            mode: args.mode,
         };
         let mut prompt_out = io::stderr();
         let prompt = interactive.then(|| {
