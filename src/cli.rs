@@ -73,9 +73,9 @@ pub struct DaemonArgs {
     pub check_config: bool,
 }
 
-/// `--mode`: the possible values for help and errors, parsed by
-/// [`Mode::from_str`](std::str::FromStr::from_str).
-fn mode_parser() -> impl TypedValueParser<Value = Mode> {
+/// `--mode` of `upcased` and `upcase`: the possible values for help and
+/// errors, parsed by [`Mode::from_str`](std::str::FromStr::from_str).
+pub(crate) fn mode_parser() -> impl TypedValueParser<Value = Mode> {
     PossibleValuesParser::new([
         PossibleValue::new(Mode::Unicode.as_str())
             .help("full Unicode upper case of UTF-8 text (ß becomes SS)"),

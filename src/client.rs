@@ -38,7 +38,6 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 
 use crate::transform::{self, Mode};
@@ -91,7 +90,7 @@ pub struct ClientArgs {
     /// UDP: the server's mode; a reply is printed only if it is the line in
     /// that upper case, so a late reply to an earlier line is never taken
     /// for the answer to a later one
-    #[arg(long, value_name = "MODE", default_value = "unicode", value_parser = mode_parser())]
+    #[arg(long, value_name = "MODE", default_value = "unicode", value_parser = crate::cli::mode_parser())]
     pub mode: Mode,
 
     /// The server, HOST:PORT (host names resolve; IPv6 as [::1]:12000)
@@ -107,17 +106,6 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err("the timeout must be longer than 0ms".to_owned());
     }
     Ok(d)
-}
-
-/// `--mode`: the daemon's two modes, with the same names as its `--mode`.
-fn mode_parser() -> impl TypedValueParser<Value = Mode> {
-    PossibleValuesParser::new([
-        PossibleValue::new(Mode::Unicode.as_str())
-            .help("full Unicode upper case, as upcased's default (ß becomes SS)"),
-        PossibleValue::new(Mode::Ascii.as_str())
-            .help("only a-z become A-Z: for an upcased run with --mode ascii"),
-    ])
-    .try_map(|name| name.parse::<Mode>())
 }
 
 /// A server as the user wrote it: host (name or IP) and port.
