@@ -13,15 +13,18 @@
 //!   the man pages.
 //! - [`client`]: the textbook client behind `upcase` (its arguments, TCP
 //!   streamed or interactive, UDP with timeout and retries).
-//! - [`telnet`]: telnet commands removed from a TCP stream and every option
-//!   request refused (`[tcp] telnet = true`), pure like the transform.
+//! - [`telnet`]: telnet commands removed from a TCP stream, every option
+//!   request refused, 0xFF escaped in replies (`[tcp] telnet`, `"auto"` by
+//!   default), pure like the transform.
 //! - [`server`]: the event loop. `server/mod.rs` owns the one `mio::Poll`
 //!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams),
 //!   `conn.rs` (one client: read, transform, write, back-pressure,
 //!   half-close), `buffers.rs` (the buffers all clients share), `idle.rs`
 //!   (connections in order of last activity, for idle timeouts), `guard.rs`
 //!   (UDP reflection guard: blocked source ports, per-source rate),
-//!   `stats.rs` (counters).
+//!   `turns.rs` (the run queue: work left over from one turn for the next,
+//!   each source once), `throttle.rs` (rate-limited log lines), `timer.rs`
+//!   (the loop's deadline timer), `stats.rs` (counters).
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
 //! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
