@@ -166,3 +166,68 @@ fn telnet_session_in_a_terminal() {
         "CRLF comes back as CRLF"
     );
 }
+
+/// Runs one of the textbook's clients (tests/textbook/NAME) against
+/// `server`, its two constants pointed there, with `sentence` typed in.
+fn textbook_client(name: &str, server: SocketAddr, sentence: &str) -> String {
+    let source = std::fs::read_to_string(format!(
+        "{}/tests/textbook/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("the textbook's client");
+    let mut lines: Vec<String> = source.lines().map(str::to_owned).collect();
+    for line in &mut lines {
+        if line.starts_with("serverName = ") {
+            *line = format!("serverName = '{}'", server.ip());
+        } else if line.starts_with("serverPort = ") {
+            *line = format!("serverPort = {}", server.port());
+        }
+    }
+    let script = TempFile::new(name, &(lines.join("\n") + "\n"));
+    let mut child = Command::new("python3")
+        .arg(script.path())
+        .env("PYTHONIOENCODING", "utf-8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{sentence}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+#[test]
+fn the_textbooks_python_clients() {
+    if !have_tool("python3") {
+        return;
+    }
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    for sentence in [
+        "hello from the textbook",
+        "grüße aus köln, straße",
+        "привет, мир",
+        "ﬁne ŉ ΐ",
+    ] {
+        let want: String = sentence.to_uppercase();
+        assert_eq!(
+            textbook_client("TCPClient.py", daemon.tcp[0], sentence),
+            format!("Input lowercase sentence:From Server:  {want}\n")
+        );
+        assert_eq!(
+            textbook_client("UDPClient.py", daemon.udp[0], sentence),
+            format!("Input lowercase sentence:{want}\n")
+        );
+    }
+}
