@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use upcase::telnet::{Filter, Piece, DO, DONT, IAC, SB, SE, WILL, WONT};
+use upcase::telnet::{
+    Filter, Piece, ABORT, AO, AYT, BRK, DO, DONT, EOF, IAC, IP, SB, SE, WILL, WONT,
+};
 use upcase::transform::{upcase, Mode, Upcaser};
 use upcase_fuzz::{cuts_and_data, pieces};
 
@@ -22,6 +24,9 @@ struct Events(Vec<Event>);
 enum Event {
     Data(Vec<u8>),
     Reply([u8; 3]),
+    AreYouThere,
+    AbortOutput,
+    EndOfInput,
 }
 
 impl Events {
@@ -38,21 +43,32 @@ impl Events {
     fn reply(&mut self, reply: [u8; 3]) {
         self.0.push(Event::Reply(reply));
     }
+
+    fn push(&mut self, event: Event) {
+        self.0.push(event);
+    }
 }
 
-fn filter(pieces: &[&[u8]]) -> Events {
+fn filter(mut f: Filter, pieces: &[&[u8]]) -> Events {
     let mut events = Events::default();
-    let mut f = Filter::new();
     for piece in pieces {
         f.feed(piece, |p| match p {
-            Piece::Data(d) => {
-                // Data is a part of this read's input, never made up.
-                assert!(!d.is_empty() && d.len() <= piece.len());
+            Piece::Data(d) | Piece::Raw(d) => {
+                // Data is a part of this read's input (or the held IAC of an
+                // undecided auto filter), never made up.
+                assert!(!d.is_empty() && (d.len() <= piece.len() || d == [IAC]));
                 events.data(d);
             }
             Piece::Reply(r) => events.reply(r),
+            Piece::AreYouThere => events.push(Event::AreYouThere),
+            Piece::AbortOutput => events.push(Event::AbortOutput),
+            Piece::EndOfInput => events.push(Event::EndOfInput),
         });
     }
+    f.finish(|p| match p {
+        Piece::Raw(d) => events.data(d),
+        other => panic!("{other:?} at finish"),
+    });
     events
 }
 
@@ -65,22 +81,52 @@ fn model(input: &[u8]) -> Events {
         Verb(u8),
         Sub,
         SubIac,
+        Ended,
     }
     let mut events = Events::default();
     let mut s = S::Data;
+    // The last data byte was a CR (a NUL after it is dropped); an AYT was
+    // answered with no data byte since (the next is not).
+    let (mut after_cr, mut ayt_answered) = (false, false);
     for &b in input {
         s = match (s, b) {
-            (S::Data, IAC) => S::Iac,
+            (S::Ended, _) => S::Ended,
+            (S::Data, IAC) => {
+                after_cr = false;
+                S::Iac
+            }
+            (S::Data, 0) if after_cr => {
+                after_cr = false;
+                S::Data
+            }
             (S::Data, _) => {
                 events.data(&[b]);
+                after_cr = b == b'\r';
+                ayt_answered = false;
                 S::Data
             }
             (S::Iac, IAC) => {
                 events.data(&[IAC]);
+                ayt_answered = false;
                 S::Data
             }
             (S::Iac, WILL | WONT | DO | DONT) => S::Verb(b),
             (S::Iac, SB) => S::Sub,
+            (S::Iac, AYT) => {
+                if !ayt_answered {
+                    events.push(Event::AreYouThere);
+                    ayt_answered = true;
+                }
+                S::Data
+            }
+            (S::Iac, IP | BRK | AO | ABORT) => {
+                events.push(Event::AbortOutput);
+                S::Data
+            }
+            (S::Iac, EOF) => {
+                events.push(Event::EndOfInput);
+                S::Ended
+            }
             (S::Iac, _) => S::Data,
             (S::Verb(DO), _) => {
                 events.reply([IAC, WONT, b]);
@@ -107,12 +153,15 @@ fn pipeline(mode: Mode, pieces: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
     let (mut out, mut data) = (Vec::new(), Vec::new());
     for piece in pieces {
         f.feed(piece, |p| match p {
-            Piece::Data(d) => {
+            Piece::Data(d) | Piece::Raw(d) => {
                 let start = out.len();
                 u.feed(d, &mut out);
                 data.extend_from_slice(&out[start..]);
             }
             Piece::Reply(r) => out.extend_from_slice(&r),
+            Piece::AreYouThere => out.extend_from_slice(b"<AYT>"),
+            Piece::AbortOutput => out.extend_from_slice(b"<AO>"),
+            Piece::EndOfInput => out.extend_from_slice(b"<EOF>"),
         });
     }
     let start = out.len();
@@ -126,17 +175,33 @@ fuzz_target!(|input: &[u8]| {
     let cut = pieces(data, &cuts);
     let bytes: Vec<&[u8]> = data.chunks(1).collect();
 
-    let want = filter(&[data]);
+    let want = filter(Filter::new(), &[data]);
     assert_eq!(want, model(data), "whole vs model");
-    assert_eq!(filter(&cut), want, "cut at {cuts:?}");
-    assert_eq!(filter(&bytes), want, "byte by byte");
+    assert_eq!(filter(Filter::new(), &cut), want, "cut at {cuts:?}");
+    assert_eq!(filter(Filter::new(), &bytes), want, "byte by byte");
+
+    // "auto": the same as a telnet filter if the input opens with IAC and a
+    // verb, else every byte as it came; split anywhere, the same.
+    let auto = filter(Filter::auto(), &[data]);
+    let telnet_first = data.len() >= 2
+        && data[0] == IAC
+        && matches!(data[1], WILL | WONT | DO | DONT | SB);
+    if telnet_first {
+        assert_eq!(auto, want, "auto on a telnet client");
+    } else {
+        let mut raw = Events::default();
+        raw.data(data);
+        assert_eq!(auto, raw, "auto on raw bytes");
+    }
+    assert_eq!(filter(Filter::auto(), &cut), auto, "auto cut at {cuts:?}");
+    assert_eq!(filter(Filter::auto(), &bytes), auto, "auto byte by byte");
 
     let filtered: Vec<u8> = want
         .0
         .iter()
         .flat_map(|e| match e {
             Event::Data(d) => d.as_slice(),
-            Event::Reply(_) => &[],
+            _ => &[],
         })
         .copied()
         .collect();
