@@ -1,0 +1,180 @@
+//! Memory under clients that read slowly or not at all: the daemon's own
+//! allocations stay within their stated bound, and what a burst took is
+//! given back when it ends.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use crate::util::*;
+
+/// What the slow reader sends, over and over: ASCII, so the reply is the
+/// same length and each reply byte can be checked against its position.
+const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789 the slow reader\n";
+
+/// A network namespace of the test's own (`ip netns add`), deleted on drop.
+/// Its `lo` is up; its TCP sysctls start from the kernel's defaults.
+struct Netns(String);
+
+impl Netns {
+    /// Creates it, or returns `None` (test skipped) where that cannot be done:
+    /// not root, or no `ip`. Under `CI=true` neither may skip.
+    fn create(name: &str) -> Option<Netns> {
+        if !have_tool("ip") {
+            return None;
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "this test needs root (network namespaces), and under CI=true no test may skip"
+            );
+            eprintln!("skipped: network namespaces need root");
+            return None;
+        }
+        let ns = Netns(format!("upcase-test-{}-{name}", std::process::id()));
+        let _ = ns.ip(&["netns", "del", &ns.0]);
+        assert!(ns.ip(&["netns", "add", &ns.0]), "ip netns add {}", ns.0);
+        assert!(ns.ip(&["-n", &ns.0, "link", "set", "lo", "up"]));
+        Some(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> bool {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Sets a sysctl of this namespace, e.g. `net/ipv4/tcp_wmem`.
+    fn sysctl(&self, key: &str, value: &str) {
+        let script = format!("echo '{value}' > /proc/sys/{key}");
+        assert!(
+            self.ip(&["netns", "exec", &self.0, "sh", "-c", &script]),
+            "{key} = {value}"
+        );
+    }
+
+    /// Moves the calling thread into the namespace: the sockets it creates,
+    /// and the processes it starts, live there.
+    fn enter(&self) {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).expect("open netns");
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a descriptor we own, for this thread only.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.ip(&["netns", "del", &self.0]);
+    }
+}
+
+/// A client whose receive buffer is as small as the kernel allows, set
+/// before `connect` so the window it offers stays small.
+fn connect_small_window(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream = std::net::TcpStream::from(socket);
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+#[test]
+fn a_slow_reader_does_not_grow_the_output_buffer_without_bound() {
+    let Some(ns) = Netns::create("slow-reader") else {
+        return;
+    };
+    // Send buffers of at most 16 KiB: the daemon's socket takes only a few
+    // KiB of replies at a time, as over a slow link, so its own queue of
+    // replies never empties while the client keeps sending.
+    ns.sysctl("net/ipv4/tcp_wmem", "4096 8192 16384");
+    let ns = Arc::new(ns);
+    // Everything runs on a thread inside the namespace (the daemon started
+    // from it is in it too); the test thread stays where it was.
+    let inside = {
+        let ns = Arc::clone(&ns);
+        thread::spawn(move || {
+            ns.enter();
+            slow_reader_body();
+        })
+    };
+    if let Err(panic) = inside.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn slow_reader_body() {
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    let addr = daemon.tcp[0];
+    // Warm up: the shared buffers exist and have been touched.
+    assert_eq!(round_trip(addr, b"warm up"), b"WARM UP");
+    let baseline = daemon.rss_kib();
+
+    let mut reader = connect_small_window(addr);
+    let mut writer = reader.try_clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // The writer keeps the daemon's side supplied: whenever the daemon may
+    // read again, input is waiting, so its queue of replies never empties.
+    let sender = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let chunk: Vec<u8> = PATTERN
+                .iter()
+                .copied()
+                .cycle()
+                .take(PATTERN.len() * 1200)
+                .collect();
+            while !stop.load(Ordering::SeqCst) {
+                // Blocks while the daemon holds back (back-pressure); the
+                // error at the end (the test closed the socket) is expected.
+                if writer.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Read 8 MiB a KiB at a time, checking every byte. Counted in bytes,
+    // not time: the same amount has gone through however slow the machine.
+    const TOTAL: usize = 8 << 20;
+    let upper: Vec<u8> = PATTERN.to_ascii_uppercase();
+    let mut buf = [0u8; 1024];
+    let mut got = 0;
+    let mut peak = baseline;
+    while got < TOTAL {
+        let n = reader.read(&mut buf).expect("read a reply");
+        assert!(n > 0, "EOF after {got} bytes");
+        for (i, &b) in buf[..n].iter().enumerate() {
+            assert_eq!(b, upper[(got + i) % upper.len()], "reply byte {}", got + i);
+        }
+        got += n;
+        if got % (1 << 20) < n {
+            peak = peak.max(daemon.rss_kib());
+        }
+    }
+    let after = daemon.rss_kib();
+    peak = peak.max(after);
+    eprintln!(
+        "slow reader: RSS {baseline} KiB before, peak {peak} KiB, {after} KiB after {} MiB read",
+        TOTAL >> 20
+    );
+    stop.store(true, Ordering::SeqCst);
+    // The writer holds a duplicate of the socket: shutting it down (not just
+    // dropping ours) is what ends its blocked write.
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    sender.join().unwrap();
+    // The bound on one connection's output buffer is max_pending_output
+    // (64 KiB) plus one read's worth of replies (64 KiB times 3), 256 KiB;
+    // 3 MiB leaves room for the allocator's own rounding. Without
+    // reclaiming, the buffer holds every byte sent since it was last empty:
+    // here that is most of the 8 MiB.
+    assert!(
+        peak <= baseline + 3072,
+        "RSS rose from {baseline} KiB to {peak} KiB with one slow reader"
+    );
+}
