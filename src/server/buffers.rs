@@ -58,6 +58,13 @@ impl Shared {
 /// Replies the kernel refused, waiting for it to take them: `data[sent..]`.
 /// A connection holds one (boxed: 8 bytes in the connection) only while it
 /// has such replies, which keeps idle connections small.
+///
+/// Bytes the kernel took are reclaimed as it takes them (see `consume` and
+/// `make_room`), not only when the buffer drains: a client that reads
+/// slowly but steadily may never let it drain, and the buffer would
+/// otherwise hold every byte sent since it was last empty. So the
+/// allocation, not only the pending bytes, stays within
+/// [`OutBuf::bound`].
 #[derive(Debug, Default)]
 pub struct OutBuf {
     /// The queued bytes.
@@ -70,6 +77,67 @@ impl OutBuf {
     /// Bytes still to send.
     pub fn pending(&self) -> usize {
         self.data.len() - self.sent
+    }
+
+    /// The bytes still to send, in order.
+    pub fn unsent(&self) -> &[u8] {
+        &self.data[self.sent..]
+    }
+
+    /// The kernel took `n` more bytes. Once the bytes sent are at least as
+    /// many as those still pending, the pending ones move to the front: each
+    /// move copies no more than was sent since the last one, so reclaiming
+    /// costs at most one byte copied per byte sent.
+    pub fn consume(&mut self, n: usize) {
+        self.sent += n;
+        if self.sent >= self.pending() {
+            self.reclaim();
+        }
+    }
+
+    /// Makes room for `need` more bytes without letting the capacity pass
+    /// `bound`, provided the pending bytes plus `need` fit in it: sent
+    /// bytes are dropped first when growing would pass the bound, and
+    /// growth doubles (few reallocations) but stops at the bound.
+    pub fn make_room(&mut self, need: usize, bound: usize) {
+        if self.data.capacity() - self.data.len() >= need {
+            return;
+        }
+        if self.sent > 0 && self.data.len() + need > bound {
+            self.reclaim();
+        }
+        let len = self.data.len();
+        if self.data.capacity() - len < need {
+            let target = self
+                .data
+                .capacity()
+                .saturating_mul(2)
+                .min(bound)
+                .max(len + need);
+            self.data.reserve_exact(target - len);
+        }
+    }
+
+    /// Most bytes one connection's buffer may hold: `max_pending_output`
+    /// (reading pauses at it, so at most that much is pending when a read
+    /// is answered) plus the largest reply one read can produce (a read
+    /// takes at most `READ_BUF_SIZE` and at most `max_pending_output`
+    /// bytes; the transform's growth applies to them and to the up to 3
+    /// bytes it carried over). Telnet refusals are 3 bytes for the 3 of a
+    /// request, within the same growth.
+    pub fn bound(max_pending_output: usize, growth: usize) -> usize {
+        max_pending_output + OutBuf::reply_bound(max_pending_output, growth)
+    }
+
+    /// The largest reply one read can produce (see `bound`).
+    pub fn reply_bound(max_pending_output: usize, growth: usize) -> usize {
+        growth * (READ_BUF_SIZE.min(max_pending_output) + 3)
+    }
+
+    /// Drops the bytes already sent, moving the pending ones to the front.
+    fn reclaim(&mut self) {
+        self.data.drain(..self.sent);
+        self.sent = 0;
     }
 }
 
@@ -105,5 +173,56 @@ impl BufPool {
         buf.data.clear();
         buf.sent = 0;
         self.free.push(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_bytes_are_reclaimed_once_they_outnumber_the_pending_ones() {
+        let mut out = OutBuf::default();
+        out.data.extend_from_slice(b"0123456789");
+        out.consume(4);
+        assert_eq!((out.unsent(), out.sent), (&b"456789"[..], 4));
+        out.consume(1);
+        // 5 sent, 5 pending: they move to the front.
+        assert_eq!((out.unsent(), out.sent), (&b"56789"[..], 0));
+        assert_eq!(out.data, b"56789");
+        out.consume(5);
+        assert_eq!((out.pending(), out.data.len()), (0, 0));
+    }
+
+    #[test]
+    fn make_room_never_grows_past_the_bound() {
+        // A slow reader: 100 bytes in, 90 out, a thousand times over.
+        let bound = 1000;
+        let mut out = OutBuf::default();
+        let mut next = 0u8;
+        let mut expected = std::collections::VecDeque::new();
+        for _ in 0..1000 {
+            if out.pending() < 500 {
+                out.make_room(100, bound);
+                for _ in 0..100 {
+                    out.data.push(next);
+                    expected.push_back(next);
+                    next = next.wrapping_add(1);
+                }
+            }
+            assert!(out.data.capacity() <= bound, "{}", out.data.capacity());
+            for &b in &out.unsent()[..90] {
+                assert_eq!(Some(b), expected.pop_front());
+            }
+            out.consume(90);
+        }
+        assert!(out.unsent().iter().eq(expected.iter()));
+    }
+
+    #[test]
+    fn the_bound_is_the_cap_plus_one_reads_reply() {
+        assert_eq!(OutBuf::bound(65536, 3), 65536 + 3 * (65536 + 3));
+        assert_eq!(OutBuf::bound(1 << 20, 1), (1 << 20) + READ_BUF_SIZE + 3);
+        assert_eq!(OutBuf::bound(100, 3), 100 + 3 * 103);
     }
 }

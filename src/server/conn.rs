@@ -24,7 +24,7 @@ use mio::net::TcpStream;
 
 use crate::server::buffers::{OutBuf, Shared};
 use crate::telnet;
-use crate::transform::{Mode, Upcaser};
+use crate::transform::{self, Mode, Upcaser};
 
 /// Reads one connection may do per turn before the others get theirs. With
 /// the 64 KiB read buffer that is up to 256 KiB per turn: large enough that a
@@ -305,6 +305,11 @@ impl Connection {
         F: FnOnce(&mut Upcaser, &[u8], &mut Vec<u8>),
     {
         if let Some(out) = &mut self.out {
+            // Room for the largest reply first, within the buffer's bound:
+            // the bytes already sent are dropped rather than the buffer grown.
+            let cap = shared.max_pending_output;
+            let growth = transform::max_growth(self.upcaser.mode());
+            out.make_room(OutBuf::reply_bound(cap, growth), OutBuf::bound(cap, growth));
             produce(&mut self.upcaser, &shared.read_buf, &mut out.data);
             return self.flush(shared);
         }
@@ -326,9 +331,9 @@ impl Connection {
         let Some(out) = &mut self.out else {
             return Ok(());
         };
-        let written = write_all_nonblocking(&mut self.stream, &out.data[out.sent..])?;
+        let written = write_all_nonblocking(&mut self.stream, out.unsent())?;
         shared.counters.bytes_out += written as u64;
-        out.sent += written;
+        out.consume(written);
         if out.pending() == 0 {
             if let Some(out) = self.out.take() {
                 shared.pool.give(out);
