@@ -178,3 +178,60 @@ fn slow_reader_body() {
         "RSS rose from {baseline} KiB to {peak} KiB with one slow reader"
     );
 }
+
+/// The kernel's receive and send buffer sizes (`rb`, `tb` of `ss -m`'s
+/// skmem) of the one socket `ss -tmnH FILTER...` lists.
+fn skmem(filter: &[&str]) -> (u64, u64) {
+    let out = std::process::Command::new("ss")
+        .args(["-tmnH"])
+        .args(filter)
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| -> Vec<u64> {
+        text.split(|c: char| c == ',' || c == '(' || c.is_whitespace())
+            .filter_map(|f| f.strip_prefix(name))
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    let (rb, tb) = (field("rb"), field("tb"));
+    assert!(
+        rb.len() == 1 && tb.len() == 1,
+        "expected one socket from ss -tmnH {filter:?}:\n{text}"
+    );
+    (rb[0], tb[0])
+}
+
+#[test]
+fn accepted_sockets_get_socket_buffer_and_a_reload_applies_to_new_ones() {
+    if !have_tool("ss") {
+        return;
+    }
+    let (config, daemon) =
+        Daemon::with_config("socket-buffer.toml", "[tcp]\nsocket_buffer = \"128KiB\"\n");
+    let addr = daemon.tcp[0];
+    let sport = format!("sport = :{}", addr.port());
+    // The daemon's end of a connection: its port is the source, the
+    // client's the destination. Linux reports twice the size set.
+    let daemon_side = |client: &std::net::TcpStream| {
+        let dport = format!("dport = :{}", client.local_addr().unwrap().port());
+        skmem(&["state", "established", &sport, "and", &dport])
+    };
+    let mut first = connect(addr);
+    first.write_all(b"first").unwrap();
+    assert_eq!(read_exact(&mut first, 5), b"FIRST");
+    assert_eq!(daemon_side(&first), (2 * 131072, 2 * 131072));
+    // The listener has it too (set before listen, for the handshake).
+    assert_eq!(skmem(&["-l", &sport]).0, 2 * 131072);
+
+    std::fs::write(&config.0, "[tcp]\nsocket_buffer = \"64KiB\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded");
+    let mut second = connect(addr);
+    second.write_all(b"second").unwrap();
+    assert_eq!(read_exact(&mut second, 6), b"SECOND");
+    assert_eq!(daemon_side(&second), (2 * 65536, 2 * 65536));
+    assert_eq!(skmem(&["-l", &sport]).0, 2 * 65536);
+    // A connection accepted before keeps what it was given.
+    assert_eq!(daemon_side(&first), (2 * 131072, 2 * 131072));
+}
