@@ -182,14 +182,17 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for &addr in &config.tcp.listen {
-            let listener =
-                tcp::bind(addr, config.tcp.backlog, config.reuse_port).map_err(|source| {
-                    ServerError::Bind {
-                        proto: "tcp",
-                        addr,
-                        source,
-                    }
-                })?;
+            let listener = tcp::bind(
+                addr,
+                config.tcp.backlog,
+                config.reuse_port,
+                config.tcp.socket_buffer,
+            )
+            .map_err(|source| ServerError::Bind {
+                proto: "tcp",
+                addr,
+                source,
+            })?;
             listeners.push(listener);
         }
         let mut udp = Vec::new();
@@ -226,7 +229,7 @@ impl Server {
                             "a stream socket that is not listening (Accept=yes is not supported)",
                         )));
                     }
-                    listeners.push(tcp::adopt(socket).map_err(adopted)?);
+                    listeners.push(tcp::adopt(socket, config.tcp.socket_buffer).map_err(adopted)?);
                 }
                 socket2::Type::DGRAM => udp.push(udp::adopt(socket).map_err(adopted)?),
                 other => {
@@ -552,6 +555,13 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("{peer}: TCP_NODELAY: {e}");
         }
+        // Inherited from the listener already, unless a reload changed
+        // the size since it was set there: set again, from the config now.
+        if let Some(size) = self.config.tcp.socket_buffer {
+            if let Err(e) = tcp::set_buffers(socket2::SockRef::from(&stream), size) {
+                debug!("{peer}: SO_RCVBUF/SO_SNDBUF: {e}");
+            }
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token(self.conn_base + key);
@@ -811,6 +821,22 @@ impl Server {
             warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
         }
         transform::warm_up(new.mode);
+        if new.tcp.socket_buffer != old.tcp.socket_buffer {
+            // Handshakes from now on get windows that fit the new size.
+            match new.tcp.socket_buffer {
+                Some(size) => {
+                    for l in &self.listeners {
+                        if let Err(e) = tcp::set_buffers(socket2::SockRef::from(&l.socket), size) {
+                            warn!("reload: tcp://{}: socket_buffer: {e}", l.addr);
+                        }
+                    }
+                }
+                // A buffer size once set stays locked on the listener
+                // (Linux has no way back to autotuning), and accepted
+                // sockets inherit it.
+                None => warn!("reload: socket_buffer = 0 (autotuning) needs a restart; new connections keep the old size"),
+            }
+        }
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
         self.guard.reconfigure(&new.udp);
         if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
