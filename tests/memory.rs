@@ -235,3 +235,143 @@ fn accepted_sockets_get_socket_buffer_and_a_reload_applies_to_new_ones() {
     // A connection accepted before keeps what it was given.
     assert_eq!(daemon_side(&first), (2 * 131072, 2 * 131072));
 }
+
+/// A fresh counters line: sends SIGUSR1 and waits for the line it logs.
+fn counters(daemon: &Daemon) -> String {
+    let before = daemon.count_log("counters:");
+    daemon.signal(libc::SIGUSR1);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let lines = daemon.lines();
+        let found: Vec<&String> = lines.iter().filter(|l| l.contains("counters:")).collect();
+        if found.len() > before {
+            return found[found.len() - 1].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no counters line after SIGUSR1"
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The number after `name` (e.g. "open=") in a counters line.
+fn counter(line: &str, name: &str) -> u64 {
+    line.split(name)
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// Connects `count` clients that each send `request` and never read, and
+/// waits until the daemon has stopped reading from every one of them (its
+/// `bytes in` counter grew by at least `per_client` a client and then
+/// stopped moving).
+fn never_reading_burst(
+    daemon: &Daemon,
+    count: usize,
+    request: &[u8],
+    per_client: u64,
+) -> Vec<std::net::TcpStream> {
+    let start = counter(&counters(daemon), "bytes in=");
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        // Room for the whole request at once, so one blocking write returns.
+        socket.set_send_buffer_size(2 * request.len()).unwrap();
+        socket.connect(&daemon.tcp[0].into()).unwrap();
+        let mut stream = std::net::TcpStream::from(socket);
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        stream.write_all(request).expect("send the request");
+        clients.push(stream);
+    }
+    let deadline = std::time::Instant::now() + 3 * PATIENCE;
+    let mut last = 0;
+    loop {
+        let line = counters(daemon);
+        let read = counter(&line, "bytes in=") - start;
+        if read >= count as u64 * per_client && read == last {
+            return clients;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clients never all stalled: {line}"
+        );
+        last = read;
+        thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Waits until the counters say `open` connections are open.
+fn wait_open(daemon: &Daemon, open: u64) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let line = counters(daemon);
+        if counter(&line, "open=") == open {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections did not close: {line}"
+        );
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn memory_taken_by_a_burst_of_never_reading_clients_is_given_back() {
+    const CLIENTS: usize = 2000;
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    let addr = daemon.tcp[0];
+    assert_eq!(round_trip(addr, b"warm up"), b"WARM UP");
+    let baseline = daemon.rss_kib();
+    // Each client sends 256 KiB of text whose upper case is longer in
+    // places and never reads: the daemon answers until the client's small
+    // window and its own send buffer are full, queues replies up to
+    // max_pending_output (64 KiB) and one read's worth, then stops reading.
+    let request = mixed_text(256 * 1024);
+    // A first burst that comes and goes whole: what it freed merges back
+    // into the top of the heap, and glibc's own trimming returns it. It
+    // leaves the allocator tuned to it (glibc raises its mmap threshold to
+    // the largest chunk freed), so the buffers of the next burst come from
+    // the heap.
+    let first = never_reading_burst(&daemon, CLIENTS, &request, 65536);
+    drop(first);
+    wait_open(&daemon, 0);
+    let between = daemon.rss_kib();
+    // The second burst: all but the last client leave (with replies unread,
+    // so the kernel resets each). The last one stays, as clients still
+    // being served do: its buffer, allocated last, sits above the others,
+    // so lowering the top of the heap gives nothing back.
+    let mut second = never_reading_burst(&daemon, CLIENTS, &request, 65536);
+    let peak = daemon.rss_kib();
+    // The burst really took memory (64 KiB or more of replies a client),
+    // or the check below would prove nothing.
+    assert!(
+        peak >= baseline + (CLIENTS * 32) as u64,
+        "RSS only {peak} KiB at the burst's peak (baseline {baseline} KiB)"
+    );
+    let survivor = second.pop();
+    drop(second);
+    let line = wait_open(&daemon, 1);
+    assert_eq!(
+        counter(&line, "accepted="),
+        2 * CLIENTS as u64 + 1,
+        "{line}"
+    );
+    let after = daemon.rss_kib();
+    eprintln!(
+        "bursts of {CLIENTS} never-reading clients: RSS {baseline} KiB before, {between} KiB after the first, \
+         {peak} KiB at the second's peak, {after} KiB after all but one closed"
+    );
+    drop(survivor);
+    // Within twice the baseline, plus 1 MiB for the allocator's own
+    // rounding and the one connection still open (at most 256 KiB).
+    assert!(
+        after <= 2 * baseline + 1024,
+        "RSS stayed at {after} KiB after the burst (baseline {baseline} KiB, peak {peak} KiB)"
+    );
+}
