@@ -264,6 +264,14 @@ fn counter(line: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {line}"))
 }
 
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // After the name: state is field 3, utime 14 and stime 15.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
 /// Connects `count` clients that each send `request` and never read, and
 /// waits until the daemon has stopped reading from every one of them (its
 /// `bytes in` counter grew by at least `per_client` a client and then
@@ -355,8 +363,10 @@ fn memory_taken_by_a_burst_of_never_reading_clients_is_given_back() {
         "RSS only {peak} KiB at the burst's peak (baseline {baseline} KiB)"
     );
     let survivor = second.pop();
+    let cpu = cpu_ticks(daemon.pid());
     drop(second);
     let line = wait_open(&daemon, 1);
+    let cpu = cpu_ticks(daemon.pid()) - cpu;
     assert_eq!(
         counter(&line, "accepted="),
         2 * CLIENTS as u64 + 1,
@@ -365,7 +375,8 @@ fn memory_taken_by_a_burst_of_never_reading_clients_is_given_back() {
     let after = daemon.rss_kib();
     eprintln!(
         "bursts of {CLIENTS} never-reading clients: RSS {baseline} KiB before, {between} KiB after the first, \
-         {peak} KiB at the second's peak, {after} KiB after all but one closed"
+         {peak} KiB at the second's peak, {after} KiB after all but one closed \
+         ({cpu} ticks of CPU to close them)"
     );
     drop(survivor);
     // Within twice the baseline, plus 1 MiB for the allocator's own
