@@ -221,7 +221,8 @@ fn sighup_reloads_the_mode_and_keeps_the_old_config_when_the_file_is_bad() {
     assert!(
         line.ends_with(
             "configuration reloaded: mode ascii, telnet auto, max_connections 10000, \
-             idle_timeout 5m, max_pending_output 65536 bytes, shutdown_timeout 5s"
+             idle_timeout 5m, max_pending_output 65536 bytes, socket_buffer 131072 bytes, \
+             shutdown_timeout 5s"
         ),
         "{line}"
     );

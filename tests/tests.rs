@@ -12,6 +12,7 @@ mod clients;
 mod config;
 mod hostile;
 mod lifecycle;
+mod memory;
 mod systemd;
 mod tcp;
 mod telnet;

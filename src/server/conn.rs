@@ -28,7 +28,7 @@ use mio::net::TcpStream;
 
 use crate::server::buffers::{OutBuf, Shared};
 use crate::telnet;
-use crate::transform::{Mode, Upcaser};
+use crate::transform::{self, Mode, Upcaser};
 
 /// Reads one connection may do per turn before the others get theirs. With
 /// the 64 KiB read buffer that is up to 256 KiB per turn: large enough that a
@@ -372,6 +372,11 @@ impl Connection {
         F: FnOnce(&mut Upcaser, &[u8], &mut Vec<u8>),
     {
         if let Some(out) = &mut self.out {
+            // Room for the largest reply first, within the buffer's bound:
+            // the bytes already sent are dropped rather than the buffer grown.
+            let cap = shared.max_pending_output;
+            let growth = transform::max_growth(self.upcaser.mode());
+            out.make_room(OutBuf::reply_bound(cap, growth), OutBuf::bound(cap, growth));
             produce(&mut self.upcaser, &shared.read_buf, &mut out.data);
             return self.flush(shared);
         }
@@ -393,9 +398,9 @@ impl Connection {
         let Some(out) = &mut self.out else {
             return Ok(());
         };
-        let written = write_all_nonblocking(&mut self.stream, &out.data[out.sent..])?;
+        let written = write_all_nonblocking(&mut self.stream, out.unsent())?;
         shared.counters.bytes_out += written as u64;
-        out.sent += written;
+        out.consume(written);
         if out.pending() == 0 {
             if let Some(out) = self.out.take() {
                 shared.pool.give(out);
@@ -472,4 +477,87 @@ fn classify(e: &io::Error) -> Close {
         | io::ErrorKind::NotConnected => Close::Reset,
         _ => Close::Error,
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A connected pair on loopback: the client (blocking off) and the
+    /// daemon's side as a `Connection`, whose kernel send buffer is as small
+    /// as the kernel allows (what a small `tcp_wmem` or a capped
+    /// `SO_SNDBUF` gives), while the client offers a small window: its
+    /// replies can only leave a few KiB at a time.
+    fn slow_pair(mode: Mode) -> (std::net::TcpStream, Connection) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        client.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        client.connect(&addr.into()).expect("connect");
+        let client = std::net::TcpStream::from(client);
+        client.set_nonblocking(true).expect("non-blocking");
+        let (server, peer) = listener.accept().expect("accept");
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .expect("SO_SNDBUF");
+        server.set_nonblocking(true).expect("non-blocking");
+        let conn = Connection::new(TcpStream::from_std(server), peer, mode, telnet::Setting::Off);
+        (client, conn)
+    }
+
+    /// A client that keeps sending and reads 1 KiB whenever it gets a turn:
+    /// the output buffer must stay within max_pending_output plus one read's
+    /// worth of replies, however many bytes go through it.
+    #[test]
+    fn a_slow_reader_keeps_the_output_buffer_within_its_bound() {
+        const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789\n";
+        let (mut client, mut conn) = slow_pair(Mode::Ascii);
+        let cap = 64 * 1024;
+        let mut shared = Shared::new(cap);
+        let chunk: Vec<u8> = PATTERN
+            .iter()
+            .copied()
+            .cycle()
+            .take(PATTERN.len() * 1800)
+            .collect();
+        let upper = PATTERN.to_ascii_uppercase();
+        let (mut sent, mut got, mut peak) = (0usize, 0usize, 0usize);
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // Counted in bytes: 8 MiB through the buffer, whatever the pace.
+        while got < 8 << 20 {
+            assert!(Instant::now() < deadline, "only {got} bytes read in time");
+            let at = sent % chunk.len();
+            match client.write(&chunk[at..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client write: {e}"),
+            }
+            let status = conn.ready(true, false, &mut shared);
+            assert!(!matches!(status, Status::Closed(_)), "{status:?}");
+            peak = peak.max(conn.out.as_ref().map_or(0, |out| out.data.capacity()));
+            match client.read(&mut buf) {
+                Ok(n) => {
+                    assert!(n > 0, "EOF");
+                    for (i, &b) in buf[..n].iter().enumerate() {
+                        assert_eq!(b, upper[(got + i) % upper.len()], "reply byte {}", got + i);
+                    }
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client read: {e}"),
+            }
+        }
+        let bound = cap + READ_BUF_BOUND;
+        assert!(
+            peak <= bound,
+            "output buffer grew to {peak} bytes (bound {bound}) over {got} bytes read"
+        );
+    }
+
+    /// One read's worth of replies in ascii mode, plus what the allocator
+    /// may round a request up to.
+    const READ_BUF_BOUND: usize = crate::server::buffers::READ_BUF_SIZE + 4096;
 }

@@ -205,14 +205,17 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for &addr in &config.tcp.listen {
-            let listener =
-                tcp::bind(addr, config.tcp.backlog, config.reuse_port).map_err(|source| {
-                    ServerError::Bind {
-                        proto: "tcp",
-                        addr,
-                        source,
-                    }
-                })?;
+            let listener = tcp::bind(
+                addr,
+                config.tcp.backlog,
+                config.reuse_port,
+                config.tcp.socket_buffer,
+            )
+            .map_err(|source| ServerError::Bind {
+                proto: "tcp",
+                addr,
+                source,
+            })?;
             listeners.push(listener);
         }
         let mut udp = Vec::new();
@@ -249,7 +252,7 @@ impl Server {
                             "a stream socket that is not listening (Accept=yes is not supported)",
                         )));
                     }
-                    listeners.push(tcp::adopt(socket).map_err(adopted)?);
+                    listeners.push(tcp::adopt(socket, config.tcp.socket_buffer).map_err(adopted)?);
                 }
                 socket2::Type::DGRAM => udp.push(udp::adopt(socket).map_err(adopted)?),
                 other => {
@@ -619,12 +622,8 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("{peer}: TCP_NODELAY: {e}");
         }
-        // Urgent data (telnet's Synch on Ctrl-C) stays in the stream as an
-        // ordinary byte, in its place, instead of being cut out of it to
-        // wait for a MSG_OOB read that never comes.
-        if let Err(e) = socket2::SockRef::from(&stream).set_out_of_band_inline(true) {
-            debug!("{peer}: SO_OOBINLINE: {e}");
-        }
+        // SO_OOBINLINE and the buffer sizes of `[tcp] socket_buffer` come
+        // from the listener (tcp.rs), as accepted sockets inherit them.
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token(self.conn_base + key);
@@ -954,6 +953,22 @@ impl Server {
             warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
         }
         transform::warm_up(new.mode);
+        if new.tcp.socket_buffer != old.tcp.socket_buffer {
+            // Handshakes from now on get windows that fit the new size.
+            match new.tcp.socket_buffer {
+                Some(size) => {
+                    for l in &self.listeners {
+                        if let Err(e) = tcp::set_buffers(socket2::SockRef::from(&l.socket), size) {
+                            warn!("reload: tcp://{}: socket_buffer: {e}", l.addr);
+                        }
+                    }
+                }
+                // A buffer size once set stays locked on the listener
+                // (Linux has no way back to autotuning), and accepted
+                // sockets inherit it.
+                None => warn!("reload: socket_buffer = 0 (autotuning) needs a restart; new connections keep the old size"),
+            }
+        }
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
         self.guard.reconfigure(&new.udp);
         if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
@@ -962,12 +977,15 @@ impl Server {
             warn!("reload: max_connections_per_ip applies to connections accepted from now on");
         }
         info!(
-            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {}, max_pending_output {}, shutdown_timeout {}",
+            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {}, max_pending_output {}, socket_buffer {}, shutdown_timeout {}",
             new.mode,
             new.tcp.telnet,
             new.tcp.max_connections,
             new.tcp.idle_timeout.map_or("off".to_owned(), crate::config::format_duration),
             count(new.tcp.max_pending_output.get() as u64, "byte"),
+            new.tcp
+                .socket_buffer
+                .map_or("autotuned".to_owned(), |n| count(n.get() as u64, "byte")),
             crate::config::format_duration(new.shutdown_timeout)
         );
         if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
