@@ -17,7 +17,10 @@
 //!   request refused, 0xFF escaped in replies (`[tcp] telnet`, `"auto"` by
 //!   default), pure like the transform.
 //! - [`server`]: the event loop. `server/mod.rs` owns the one `mio::Poll`
-//!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams),
+//!   and every registration; `accept.rs` (listeners and the accept policy:
+//!   connection limit, descriptor back-off, per-address limit),
+//!   `lifecycle.rs` (shutdown, reload, systemd status and watchdog),
+//!   `udp.rs` (datagrams),
 //!   `conn.rs` (one client: read, transform, write, back-pressure,
 //!   half-close), `buffers.rs` (the buffers all clients share), `idle.rs`
 //!   (connections in order of last activity, for idle timeouts), `guard.rs`

@@ -503,7 +503,12 @@ mod tests {
             .set_send_buffer_size(4096)
             .expect("SO_SNDBUF");
         server.set_nonblocking(true).expect("non-blocking");
-        let conn = Connection::new(TcpStream::from_std(server), peer, mode, telnet::Setting::Off);
+        let conn = Connection::new(
+            TcpStream::from_std(server),
+            peer,
+            mode,
+            telnet::Setting::Off,
+        );
         (client, conn)
     }
 

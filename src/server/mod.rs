@@ -8,7 +8,7 @@
 //! WAKER              -> shutdown asked by a Handle        (tests, embedders)
 //! TIMER              -> idle timeouts, accept back-off,   (timer.rs)
 //!                       shutdown deadline, watchdog
-//! listener i         -> accept until WouldBlock -> slab   (tcp.rs)
+//! listener i         -> accept until WouldBlock -> slab   (accept.rs)
 //! udp i              -> recv_from, transform, send_to     (udp.rs)
 //! conn_base + key    -> read, transform, write            (conn.rs)
 //! ```
@@ -18,21 +18,27 @@
 //! token is queued for the next turn and the next poll does not wait, so no
 //! work is forgotten. A token is queued at most once and runs at most once
 //! per turn (`turns.rs`), so one busy client cannot starve the rest.
+//!
+//! The files, by idea: this one is the loop (poll, dispatch, the slab of
+//! connections, idle expiry); `accept.rs` the listeners and the accept
+//! policy (connection limit, descriptor back-off, per-address table);
+//! `lifecycle.rs` shutdown, reload and what systemd is told; `conn.rs` one
+//! client; `udp.rs` the datagram sockets, `guard.rs` their policy.
 
+mod accept;
 mod buffers;
 mod conn;
 mod guard;
 mod idle;
+mod lifecycle;
 mod stats;
-mod tcp;
 mod throttle;
 mod timer;
 mod turns;
 mod udp;
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,12 +51,14 @@ use crate::config::Config;
 use crate::signals::{Request, Signals};
 use crate::systemd::ListenFd;
 use crate::transform;
+use accept::{Accepted, Acceptor};
 use buffers::Shared;
 use conn::{Close, Connection, Status};
 use guard::UdpGuard;
 use idle::{IdleList, Link, Linked};
+use lifecycle::Watchdog;
 pub use stats::Counters;
-use throttle::{count, Throttle};
+use throttle::count;
 use timer::Timer;
 use turns::{Mark, Turns};
 
@@ -64,8 +72,6 @@ const FIRST_SOCKET: usize = 3;
 const EVENTS_CAPACITY: usize = 1024;
 /// Connections one listener may accept per turn.
 const ACCEPTS_PER_TURN: usize = 256;
-/// How long accepting pauses when the process is out of file descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -120,18 +126,6 @@ impl Handle {
     }
 }
 
-/// A stretch of time at `max_connections`, from the first client that had
-/// to wait until accepting finds the backlog empty again.
-#[derive(Debug)]
-struct LimitEpisode {
-    /// When it began.
-    since: Instant,
-    /// Clients accepted during it: each had waited in the backlog.
-    waited: u64,
-    /// Its start was logged (so its end is too).
-    reported: bool,
-}
-
 /// A connection and the loop's bookkeeping for it.
 #[derive(Debug)]
 struct Slot {
@@ -156,7 +150,8 @@ impl Linked for Slot {
 pub struct Server {
     poll: Poll,
     config: Config,
-    listeners: Vec<tcp::Listener>,
+    /// The TCP listeners and the accept policy (limits, back-off).
+    acceptor: Acceptor,
     udp: Vec<udp::Endpoint>,
     conns: Slab<Slot>,
     /// Token of the first UDP socket (listeners come before, from `FIRST_SOCKET`).
@@ -175,26 +170,12 @@ pub struct Server {
     turns: Turns,
     /// Every connection, the one idle the longest first.
     idle: IdleList,
-    /// Open connections per client address, while `max_connections_per_ip` is set.
-    per_ip: HashMap<IpAddr, usize>,
-    /// The warning about `max_connections_per_ip` refusals.
-    per_ip_warning: Throttle,
     /// Blocked source ports and per-source rate for UDP.
     guard: UdpGuard,
-    /// The connection limit is reached: accepting waits for a slot.
-    at_limit: bool,
-    /// The time at the connection limit under way, if any.
-    limit_episode: Option<LimitEpisode>,
-    /// The lines about the connection limit.
-    limit_warning: Throttle,
-    /// Out of file descriptors: accepting waits until then.
-    accept_backoff: Option<Instant>,
-    /// The warning about running out of file descriptors.
-    fd_warning: Throttle,
     /// Graceful shutdown is under way; connections are cut at this instant.
     deadline: Option<Instant>,
-    /// systemd's watchdog: its interval, and when the next ping is due.
-    watchdog: Option<(Duration, Instant)>,
+    /// systemd's watchdog, when the service manager asked for one.
+    watchdog: Option<Watchdog>,
 }
 
 impl Server {
@@ -205,7 +186,7 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for &addr in &config.tcp.listen {
-            let listener = tcp::bind(
+            let listener = accept::bind(
                 addr,
                 config.tcp.backlog,
                 config.reuse_port,
@@ -252,7 +233,8 @@ impl Server {
                             "a stream socket that is not listening (Accept=yes is not supported)",
                         )));
                     }
-                    listeners.push(tcp::adopt(socket, config.tcp.socket_buffer).map_err(adopted)?);
+                    listeners
+                        .push(accept::adopt(socket, config.tcp.socket_buffer).map_err(adopted)?);
                 }
                 socket2::Type::DGRAM => udp.push(udp::adopt(socket).map_err(adopted)?),
                 other => {
@@ -277,7 +259,7 @@ impl Server {
 
     fn with_sockets(
         config: Config,
-        mut listeners: Vec<tcp::Listener>,
+        mut listeners: Vec<accept::Listener>,
         mut udp: Vec<udp::Endpoint>,
     ) -> Result<Server, ServerError> {
         let poll = Poll::new().map_err(ServerError::Setup)?;
@@ -301,7 +283,7 @@ impl Server {
         Ok(Server {
             poll,
             config,
-            listeners,
+            acceptor: Acceptor::new(listeners),
             udp,
             conns: Slab::new(),
             first_udp,
@@ -314,16 +296,9 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             turns: Turns::default(),
             idle: IdleList::default(),
-            per_ip: HashMap::new(),
-            per_ip_warning: Throttle::default(),
             guard,
-            at_limit: false,
-            limit_episode: None,
-            limit_warning: Throttle::default(),
-            accept_backoff: None,
-            fd_warning: Throttle::default(),
             deadline: None,
-            watchdog: crate::systemd::watchdog_interval().map(|i| (i, Instant::now())),
+            watchdog: Watchdog::from_environment(),
         })
     }
 
@@ -353,7 +328,7 @@ impl Server {
 
     /// The bound TCP addresses (port 0 resolved).
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.addr).collect()
+        self.acceptor.listeners.iter().map(|l| l.addr).collect()
     }
 
     /// The bound UDP addresses (port 0 resolved).
@@ -369,7 +344,7 @@ impl Server {
     /// script, systemd) can already signal the daemon safely.
     pub fn run(mut self) -> Result<Counters, ServerError> {
         transform::warm_up(self.config.mode);
-        for l in &self.listeners {
+        for l in &self.acceptor.listeners {
             info!("listening on tcp://{}", l.addr);
         }
         for u in &self.udp {
@@ -406,14 +381,7 @@ impl Server {
                 self.dispatch(token, false, false, now)?;
             }
             self.expire(now);
-            if let Some((interval, next)) = self.watchdog {
-                if now >= next {
-                    self.notify(&format!("WATCHDOG=1\nSTATUS={}", self.status()));
-                    // Twice per interval, as systemd recommends: a late
-                    // wake-up must not cost us the service.
-                    self.watchdog = Some((interval, now + interval / 2));
-                }
-            }
+            self.tick_watchdog(now);
             if let Some(deadline) = self.deadline {
                 if !self.conns.is_empty() && now >= deadline {
                     self.cut_all();
@@ -433,10 +401,10 @@ impl Server {
         if self.turns.has_queued() {
             return Ok(Some(Duration::ZERO));
         }
-        let watchdog = self.watchdog.map(|(_, next)| next);
+        let watchdog = self.watchdog.as_ref().map(Watchdog::due);
         let nearest = [
             self.idle_deadline(),
-            self.accept_backoff,
+            self.acceptor.backoff_until(),
             self.deadline,
             watchdog,
         ]
@@ -455,6 +423,7 @@ impl Server {
             t if t >= self.conn_base => self.conns.get_mut(t - self.conn_base).map(|s| &mut s.mark),
             t if t >= self.first_udp => self.udp.get_mut(t - self.first_udp).map(|u| &mut u.mark),
             t if t >= FIRST_SOCKET => self
+                .acceptor
                 .listeners
                 .get_mut(t - FIRST_SOCKET)
                 .map(|l| &mut l.mark),
@@ -497,7 +466,7 @@ impl Server {
             }
             Token(t) => {
                 let i = t - FIRST_SOCKET;
-                if let Some(listener) = self.listeners.get_mut(i) {
+                if let Some(listener) = self.acceptor.listeners.get_mut(i) {
                     if readable {
                         listener.pending = true;
                     }
@@ -536,87 +505,40 @@ impl Server {
     /// Accepts waiting clients until `WouldBlock`, the per-turn budget, the
     /// connection limit or the file-descriptor limit.
     fn accept(&mut self, i: usize, now: Instant) {
-        if self.deadline.is_some() || self.at_limit || self.accept_backoff.is_some() {
+        if self.deadline.is_some() || self.acceptor.paused() {
             // `pending` stays set: accepting resumes when the pause ends.
             return;
         }
         for _ in 0..ACCEPTS_PER_TURN {
-            if self.conns.len() >= self.config.tcp.max_connections.get() {
-                self.at_limit = true;
-                self.shared.counters.accept_pauses += 1;
-                self.enter_limit(now);
-                return;
-            }
-            let listener = &mut self.listeners[i];
-            match listener.socket.accept() {
-                Ok((stream, peer)) => {
-                    if let Some(episode) = &mut self.limit_episode {
-                        episode.waited += 1;
-                    }
-                    self.add_connection(stream, peer, now)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    listener.pending = false;
-                    // Below the limit with nobody waiting: accepting keeps up.
-                    self.leave_limit(now);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if tcp::is_resource_exhaustion(&e) => {
-                    // The client stays queued and no new event will come for
-                    // it: retry after a pause driven by the poll timeout,
-                    // instead of spinning on a descriptor we cannot get.
-                    self.accept_backoff = Some(now + ACCEPT_BACKOFF);
-                    self.shared.counters.accept_pauses += 1;
-                    if let Some(quiet) = self.fd_warning.ready(now) {
-                        let since = if quiet > 0 {
-                            format!("; {} since the last warning", count(quiet, "more pause"))
-                        } else {
-                            String::new()
-                        };
-                        warn!(
-                            "accept on tcp://{}: {e}; pausing accepts for {} ms ({} open){since}",
-                            listener.addr,
-                            ACCEPT_BACKOFF.as_millis(),
-                            count(self.conns.len() as u64, "connection")
-                        );
-                    }
-                    return;
-                }
-                Err(e) => {
-                    // ECONNABORTED and the like: that client is gone, the
-                    // next one may be fine.
-                    self.shared.counters.errors += 1;
-                    debug!("accept on tcp://{}: {e}", listener.addr);
-                }
+            let open = self.conns.len();
+            let tcp = &self.config.tcp;
+            match self
+                .acceptor
+                .accept_one(i, open, tcp, &mut self.shared, now)
+            {
+                Accepted::Client {
+                    stream,
+                    peer,
+                    ip_counted,
+                } => self.add_connection(stream, peer, ip_counted, now),
+                Accepted::Nothing => {}
+                Accepted::Stop => return,
             }
         }
         // Budget spent with clients possibly still queued.
-        let listener = &mut self.listeners[i];
+        let listener = &mut self.acceptor.listeners[i];
         self.turns
             .requeue(Token(FIRST_SOCKET + i), &mut listener.mark);
     }
 
-    fn add_connection(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
-        // Counted accepted whatever happens next: every accepted connection
-        // ends in exactly one `closed` reason, so accepted = open + closed.
-        self.shared.counters.conns_accepted += 1;
-        let ip_counted = match self.config.tcp.max_connections_per_ip {
-            None => false,
-            Some(limit) => {
-                let open = self.per_ip.entry(udp::canonical_ip(peer.ip())).or_insert(0);
-                if *open >= limit.get() {
-                    // Its address is at the limit. The client is already
-                    // accepted (the address is known only then): closing it
-                    // now is the refusal, counted and reported.
-                    self.refuse_per_ip(peer, limit.get(), now);
-                    conn::refuse(stream, &mut self.shared);
-                    return;
-                }
-                *open += 1;
-                true
-            }
-        };
+    /// Takes an accepted client into the slab and the poll.
+    fn add_connection(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        ip_counted: bool,
+        now: Instant,
+    ) {
         // Replies are written whole as soon as they are made; Nagle's
         // algorithm would only hold small ones back waiting for an ACK.
         if let Err(e) = stream.set_nodelay(true) {
@@ -647,7 +569,7 @@ impl Server {
             self.shared.counters.closed_error += 1;
             warn!("{peer}: cannot register connection: {e}");
             if ip_counted {
-                self.uncount_ip(peer.ip());
+                self.acceptor.closed(peer.ip());
             }
             return;
         }
@@ -705,90 +627,19 @@ impl Server {
         let slot = self.conns.remove(key);
         debug!("{}: closed", slot.conn.peer());
         if slot.ip_counted {
-            self.uncount_ip(slot.conn.peer().ip());
+            self.acceptor.closed(slot.conn.peer().ip());
         }
         self.shared.counters.conns_open -= 1;
-        if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
-            self.at_limit = false;
-            debug!("below the connection limit again: accepting resumed");
+        let max = self.config.tcp.max_connections.get();
+        if self.acceptor.below_limit(self.conns.len(), max) {
             self.resume_accepting();
-        }
-    }
-
-    /// Accepting stopped at `max_connections`. The first stop of an episode
-    /// is reported (at most once per `Throttle::EVERY`, however often a
-    /// slot frees and fills again); the episode lasts until accepting finds
-    /// the backlog empty.
-    fn enter_limit(&mut self, now: Instant) {
-        if self.limit_episode.is_some() {
-            return;
-        }
-        let reported = match self.limit_warning.ready(now) {
-            None => false,
-            Some(quiet) => {
-                let since = if quiet > 0 {
-                    format!(
-                        "; {} since the last report",
-                        count(quiet, "shorter episode")
-                    )
-                } else {
-                    String::new()
-                };
-                warn!(
-                    "connection limit reached ({} open): new clients wait in the listen backlog{since}",
-                    self.conns.len()
-                );
-                true
-            }
-        };
-        self.limit_episode = Some(LimitEpisode {
-            since: now,
-            waited: 0,
-            reported,
-        });
-    }
-
-    /// Accepting found the backlog empty: an episode at the limit is over.
-    fn leave_limit(&mut self, now: Instant) {
-        let Some(episode) = self.limit_episode.take() else {
-            return;
-        };
-        if episode.reported {
-            info!(
-                "connection limit left after {}: {} waited in the listen backlog",
-                throttle::elapsed(now.saturating_duration_since(episode.since)),
-                count(episode.waited, "client")
-            );
-        }
-    }
-
-    fn uncount_ip(&mut self, ip: IpAddr) {
-        let ip = udp::canonical_ip(ip);
-        if let Some(open) = self.per_ip.get_mut(&ip) {
-            *open -= 1;
-            if *open == 0 {
-                self.per_ip.remove(&ip);
-            }
-        }
-    }
-
-    /// Closes a client whose address is at `max_connections_per_ip`; warns
-    /// at most every ten seconds, with the count since the last warning.
-    fn refuse_per_ip(&mut self, peer: SocketAddr, limit: usize, now: Instant) {
-        self.shared.counters.closed_limit += 1;
-        if let Some(quiet) = self.per_ip_warning.ready(now) {
-            warn!(
-                "max_connections_per_ip ({limit}) reached: refused {}, latest from {}",
-                count(quiet + 1, "connection"),
-                peer.ip()
-            );
         }
     }
 
     /// Queues every listener that may hold waiting clients: no event will
     /// come for them on its own.
     fn resume_accepting(&mut self) {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
+        for (i, l) in self.acceptor.listeners.iter_mut().enumerate() {
             if l.pending {
                 self.turns.requeue(Token(FIRST_SOCKET + i), &mut l.mark);
             }
@@ -797,8 +648,7 @@ impl Server {
 
     /// Timers: idle connections and the end of an accept back-off.
     fn expire(&mut self, now: Instant) {
-        if self.accept_backoff.is_some_and(|at| at <= now) {
-            self.accept_backoff = None;
+        if self.acceptor.backoff_over(now) {
             self.resume_accepting();
         }
         let Some(timeout) = self.config.tcp.idle_timeout else {
@@ -823,174 +673,5 @@ impl Server {
         let timeout = self.config.tcp.idle_timeout?;
         let key = self.idle.front()?;
         Some(self.conns[key].last_active + timeout)
-    }
-
-    /// SIGTERM/SIGINT: stop accepting, answer everything already received,
-    /// flush, half-close, and wait (up to the deadline) for clients to finish.
-    fn begin_shutdown(&mut self, now: Instant) -> Result<(), ServerError> {
-        if self.deadline.is_some() {
-            return Ok(());
-        }
-        let timeout = self.config.shutdown_timeout;
-        self.deadline = Some(now + timeout);
-        self.notify(&format!(
-            "STOPPING=1\nSTATUS=shutting down: {} to finish",
-            count(self.conns.len() as u64, "connection")
-        ));
-        info!(
-            "shutting down: {} to finish (deadline {})",
-            count(self.conns.len() as u64, "connection"),
-            crate::config::format_duration(timeout)
-        );
-        // Clients already in the accept queue may have sent requests too:
-        // take them in before closing the listeners (which would reset them),
-        // as many as `max_connections` allows; the rest are closed cleanly
-        // unserved. Bounded by the backlog (plus what arrives meanwhile), so
-        // a connect flood cannot hold the shutdown here.
-        let max = self.config.tcp.max_connections.get();
-        for i in 0..self.listeners.len() {
-            for _ in 0..self.config.tcp.backlog as usize + ACCEPTS_PER_TURN {
-                match self.listeners[i].socket.accept() {
-                    Ok((stream, peer)) if self.conns.len() < max => {
-                        self.add_connection(stream, peer, now)
-                    }
-                    Ok((stream, peer)) => {
-                        self.shared.counters.conns_accepted += 1;
-                        self.shared.counters.closed_limit += 1;
-                        debug!("{peer}: shutting down at max_connections: closed unserved");
-                        conn::refuse(stream, &mut self.shared);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                    Err(_) => break,
-                }
-            }
-        }
-        for mut l in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut l.socket);
-        }
-        self.at_limit = false;
-        // Datagrams already queued get their answers; then the sockets close.
-        for mut endpoint in self.udp.drain(..) {
-            let mode = self.config.mode;
-            let budget = udp::SHUTDOWN_BUDGET;
-            endpoint.serve(mode, &mut self.guard, &mut self.shared, budget, now);
-            let _ = self.poll.registry().deregister(&mut endpoint.socket);
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            let status = self.conns[key].conn.begin_shutdown(&mut self.shared);
-            self.after(key, status);
-        }
-        Ok(())
-    }
-
-    /// The shutdown deadline passed: close what is left and say what was cut.
-    fn cut_all(&mut self) {
-        let n = self.conns.len();
-        let unsent: usize = self
-            .conns
-            .iter()
-            .map(|(_, s)| s.conn.pending_output())
-            .sum();
-        warn!(
-            "shutdown deadline passed: cut {} with {} of replies unsent",
-            count(n as u64, "connection"),
-            count(unsent as u64, "byte")
-        );
-        self.shared.counters.closed_cut += n as u64;
-        self.shared.counters.conns_open -= n as u64;
-        self.conns.clear();
-        self.idle = IdleList::default();
-    }
-
-    /// Tells systemd (if it is listening) about our state.
-    fn notify(&self, message: &str) {
-        if let Err(e) = crate::systemd::notify(message) {
-            warn!("cannot notify the service manager: {e}");
-        }
-    }
-
-    /// A one-line summary for systemd's `STATUS=`.
-    fn status(&self) -> String {
-        let sockets: Vec<String> = (self.listeners.iter().map(|l| format!("tcp://{}", l.addr)))
-            .chain(self.udp.iter().map(|u| format!("udp://{}", u.addr)))
-            .collect();
-        format!(
-            "serving {} ({} connections open)",
-            sockets.join(" "),
-            self.conns.len()
-        )
-    }
-
-    /// SIGHUP: apply what can change live; report what cannot. systemd
-    /// hears RELOADING=1 before and READY=1 after, whatever the outcome.
-    fn reload(&mut self) {
-        self.notify(&crate::systemd::reloading_message());
-        self.apply_reload();
-        self.notify(&format!("READY=1\nSTATUS={}", self.status()));
-    }
-
-    fn apply_reload(&mut self) {
-        let Some(reloader) = self.reloader.as_mut() else {
-            info!("SIGHUP: no configuration source to reload");
-            return;
-        };
-        let new = match reloader() {
-            Ok(config) => config,
-            Err(message) => {
-                error!("reload failed, keeping the current configuration: {message}");
-                return;
-            }
-        };
-        let old = std::mem::replace(&mut self.config, new);
-        let new = &self.config;
-        if new.tcp.listen != old.tcp.listen
-            || new.udp.listen != old.udp.listen
-            || new.tcp.backlog != old.tcp.backlog
-            || new.reuse_port != old.reuse_port
-        {
-            warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
-        }
-        transform::warm_up(new.mode);
-        if new.tcp.socket_buffer != old.tcp.socket_buffer {
-            // Handshakes from now on get windows that fit the new size.
-            match new.tcp.socket_buffer {
-                Some(size) => {
-                    for l in &self.listeners {
-                        if let Err(e) = tcp::set_buffers(socket2::SockRef::from(&l.socket), size) {
-                            warn!("reload: tcp://{}: socket_buffer: {e}", l.addr);
-                        }
-                    }
-                }
-                // A buffer size once set stays locked on the listener
-                // (Linux has no way back to autotuning), and accepted
-                // sockets inherit it.
-                None => warn!("reload: socket_buffer = 0 (autotuning) needs a restart; new connections keep the old size"),
-            }
-        }
-        self.shared.max_pending_output = new.tcp.max_pending_output.get();
-        self.guard.reconfigure(&new.udp);
-        if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
-            // Counting starts (or stops) with connections accepted from now
-            // on; those already open are not counted against the new limit.
-            warn!("reload: max_connections_per_ip applies to connections accepted from now on");
-        }
-        info!(
-            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {}, max_pending_output {}, socket_buffer {}, shutdown_timeout {}",
-            new.mode,
-            new.tcp.telnet,
-            new.tcp.max_connections,
-            new.tcp.idle_timeout.map_or("off".to_owned(), crate::config::format_duration),
-            count(new.tcp.max_pending_output.get() as u64, "byte"),
-            new.tcp
-                .socket_buffer
-                .map_or("autotuned".to_owned(), |n| count(n.get() as u64, "byte")),
-            crate::config::format_duration(new.shutdown_timeout)
-        );
-        if self.at_limit && self.conns.len() < self.config.tcp.max_connections.get() {
-            self.at_limit = false;
-            self.resume_accepting();
-        }
     }
 }

@@ -1,0 +1,214 @@
+//! The daemon's lifecycle beside serving: graceful shutdown (and cutting
+//! what is left at its deadline), reload on SIGHUP, and what systemd is
+//! told (readiness, status, stopping, the watchdog).
+
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use super::accept::{self, Accepted};
+use super::idle::IdleList;
+use super::throttle::count;
+use super::{udp, Server, ServerError};
+use crate::transform;
+
+/// systemd's watchdog: pinged twice per interval, as systemd recommends, so
+/// that a late wake-up does not cost us the service.
+#[derive(Debug)]
+pub struct Watchdog {
+    /// `WATCHDOG_USEC`: how long systemd waits for a ping.
+    interval: Duration,
+    /// When the next ping is due.
+    next: Instant,
+}
+
+impl Watchdog {
+    /// The watchdog systemd asked for (`WATCHDOG_USEC` for this process),
+    /// its first ping due at once.
+    pub fn from_environment() -> Option<Watchdog> {
+        crate::systemd::watchdog_interval().map(|interval| Watchdog {
+            interval,
+            next: Instant::now(),
+        })
+    }
+
+    /// When the next ping is due.
+    pub fn due(&self) -> Instant {
+        self.next
+    }
+}
+
+impl Server {
+    /// Pings the watchdog if a ping is due.
+    pub(super) fn tick_watchdog(&mut self, now: Instant) {
+        let Some(watchdog) = &mut self.watchdog else {
+            return;
+        };
+        if now < watchdog.next {
+            return;
+        }
+        watchdog.next = now + watchdog.interval / 2;
+        self.notify(&format!("WATCHDOG=1\nSTATUS={}", self.status()));
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, answer everything already received,
+    /// flush, half-close, and wait (up to the deadline) for clients to finish.
+    pub(super) fn begin_shutdown(&mut self, now: Instant) -> Result<(), ServerError> {
+        if self.deadline.is_some() {
+            return Ok(());
+        }
+        let timeout = self.config.shutdown_timeout;
+        self.deadline = Some(now + timeout);
+        self.notify(&format!(
+            "STOPPING=1\nSTATUS=shutting down: {} to finish",
+            count(self.conns.len() as u64, "connection")
+        ));
+        info!(
+            "shutting down: {} to finish (deadline {})",
+            count(self.conns.len() as u64, "connection"),
+            crate::config::format_duration(timeout)
+        );
+        let open = self.conns.len();
+        let registry = self.poll.registry();
+        let queued = self.acceptor.drain_at_shutdown(
+            open,
+            &self.config.tcp,
+            &mut self.shared,
+            now,
+            registry,
+        );
+        for accepted in queued {
+            if let Accepted::Client {
+                stream,
+                peer,
+                ip_counted,
+            } = accepted
+            {
+                self.add_connection(stream, peer, ip_counted, now);
+            }
+        }
+        // Datagrams already queued get their answers; then the sockets close.
+        for mut endpoint in self.udp.drain(..) {
+            let mode = self.config.mode;
+            let budget = udp::SHUTDOWN_BUDGET;
+            endpoint.serve(mode, &mut self.guard, &mut self.shared, budget, now);
+            let _ = self.poll.registry().deregister(&mut endpoint.socket);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let status = self.conns[key].conn.begin_shutdown(&mut self.shared);
+            self.after(key, status);
+        }
+        Ok(())
+    }
+
+    /// The shutdown deadline passed: close what is left and say what was cut.
+    pub(super) fn cut_all(&mut self) {
+        let n = self.conns.len();
+        let unsent: usize = self
+            .conns
+            .iter()
+            .map(|(_, s)| s.conn.pending_output())
+            .sum();
+        warn!(
+            "shutdown deadline passed: cut {} with {} of replies unsent",
+            count(n as u64, "connection"),
+            count(unsent as u64, "byte")
+        );
+        self.shared.counters.closed_cut += n as u64;
+        self.shared.counters.conns_open -= n as u64;
+        self.conns.clear();
+        self.idle = IdleList::default();
+    }
+
+    /// Tells systemd (if it is listening) about our state.
+    pub(super) fn notify(&self, message: &str) {
+        if let Err(e) = crate::systemd::notify(message) {
+            warn!("cannot notify the service manager: {e}");
+        }
+    }
+
+    /// A one-line summary for systemd's `STATUS=`.
+    pub(super) fn status(&self) -> String {
+        let sockets: Vec<String> = (self.acceptor.listeners.iter())
+            .map(|l| format!("tcp://{}", l.addr))
+            .chain(self.udp.iter().map(|u| format!("udp://{}", u.addr)))
+            .collect();
+        format!(
+            "serving {} ({} connections open)",
+            sockets.join(" "),
+            self.conns.len()
+        )
+    }
+
+    /// SIGHUP: apply what can change live; report what cannot. systemd
+    /// hears RELOADING=1 before and READY=1 after, whatever the outcome.
+    pub(super) fn reload(&mut self) {
+        self.notify(&crate::systemd::reloading_message());
+        self.apply_reload();
+        self.notify(&format!("READY=1\nSTATUS={}", self.status()));
+    }
+
+    fn apply_reload(&mut self) {
+        let Some(reloader) = self.reloader.as_mut() else {
+            info!("SIGHUP: no configuration source to reload");
+            return;
+        };
+        let new = match reloader() {
+            Ok(config) => config,
+            Err(message) => {
+                error!("reload failed, keeping the current configuration: {message}");
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.config, new);
+        let new = &self.config;
+        if new.tcp.listen != old.tcp.listen
+            || new.udp.listen != old.udp.listen
+            || new.tcp.backlog != old.tcp.backlog
+            || new.reuse_port != old.reuse_port
+        {
+            warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
+        }
+        transform::warm_up(new.mode);
+        if new.tcp.socket_buffer != old.tcp.socket_buffer {
+            // Handshakes from now on get windows that fit the new size.
+            match new.tcp.socket_buffer {
+                Some(size) => {
+                    for l in &self.acceptor.listeners {
+                        if let Err(e) = accept::set_buffers(socket2::SockRef::from(&l.socket), size) {
+                            warn!("reload: tcp://{}: socket_buffer: {e}", l.addr);
+                        }
+                    }
+                }
+                // A buffer size once set stays locked on the listener
+                // (Linux has no way back to autotuning), and accepted
+                // sockets inherit it.
+                None => warn!("reload: socket_buffer = 0 (autotuning) needs a restart; new connections keep the old size"),
+            }
+        }
+        self.shared.max_pending_output = new.tcp.max_pending_output.get();
+        self.guard.reconfigure(&new.udp);
+        if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
+            // Counting starts (or stops) with connections accepted from now
+            // on; those already open are not counted against the new limit.
+            warn!("reload: max_connections_per_ip applies to connections accepted from now on");
+        }
+        info!(
+            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {}, max_pending_output {}, socket_buffer {}, shutdown_timeout {}",
+            new.mode,
+            new.tcp.telnet,
+            new.tcp.max_connections,
+            new.tcp.idle_timeout.map_or("off".to_owned(), crate::config::format_duration),
+            count(new.tcp.max_pending_output.get() as u64, "byte"),
+            new.tcp
+                .socket_buffer
+                .map_or("autotuned".to_owned(), |n| count(n.get() as u64, "byte")),
+            crate::config::format_duration(new.shutdown_timeout)
+        );
+        let max = self.config.tcp.max_connections.get();
+        if self.acceptor.below_limit(self.conns.len(), max) {
+            self.resume_accepting();
+        }
+    }
+}
