@@ -7,7 +7,8 @@
 //!   byte for byte (its own layout is in its module docs).
 //! - [`transform`]: the uppercase transform, pure (bytes in, bytes out); the
 //!   streaming form carries a UTF-8 character split across reads.
-//! - [`config`]: the TOML file parsed into a file type, then validated into
+//! - [`config`]: the TOML file read key by key (toml's spanned tree) and
+//!   validated into
 //!   [`config::Config`], whose fields are already-checked types.
 //! - [`cli`]: the command-line definitions (clap), shared by the binary and
 //!   the man pages.
@@ -38,6 +39,14 @@
 //!
 //! Binaries in `src/bin/` stay thin: parse arguments, set up logging, run,
 //! map errors to exit codes.
+
+// Linux only, on purpose: the loop relies on Linux raising a new readiness
+// edge for data that arrives after a short read (it saves one read per
+// request), on recvmmsg/sendmmsg, timerfd, SO_OOBINLINE's behaviour at the
+// urgent mark, and on systemd's protocols. Elsewhere it would build and
+// then misbehave, so it does not build.
+#[cfg(not(target_os = "linux"))]
+compile_error!("upcase runs on Linux only (see the comment above this line in src/lib.rs)");
 
 pub mod bench;
 pub mod cli;

@@ -2,10 +2,11 @@
 //!
 //! # Data flow
 //!
-//! The server hands every received TCP segment to the connection's
-//! [`Upcaser::feed`] and every UDP datagram to [`upcase_into`]; both append the
-//! transformed bytes to a caller-owned `Vec<u8>` (the connection's or socket's
-//! write buffer), so the transform itself never allocates anything but growth
+//! The server hands every TCP read to the connection's [`Upcaser::feed`] and
+//! every UDP datagram to [`upcase_into`]; both append the transformed bytes
+//! to a caller-owned `Vec<u8>`: the loop's shared scratch buffer, written to
+//! the socket at once, or a connection's queue of replies the kernel has
+//! not taken yet. The transform itself never allocates anything but growth
 //! of that buffer.
 //!
 //! In [`Mode::Ascii`] each byte is handled on its own, so pieces can be

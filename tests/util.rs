@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use upcase::config::Config;
 use upcase::server::{Counters, Handle, Server};
 
-/// How long any single wait in a test may take before it fails.
 /// upcased's flags for TCP and UDP on loopback, ports chosen by the kernel.
 pub const LOOPBACK: [&str; 4] = ["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"];
 
+/// How long any single wait in a test may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A config serving TCP and UDP on 127.0.0.1 with kernel-chosen ports.

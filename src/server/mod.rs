@@ -659,8 +659,11 @@ impl Server {
             if slot.last_active + timeout > now {
                 break;
             }
-            // No bytes either way for the whole timeout, so none are
-            // waiting to be read: closing sends a plain FIN.
+            // No bytes either way for the whole timeout. Usually none are
+            // waiting to be read and closing sends a FIN; a client held back
+            // by back-pressure (it stopped reading its replies) may still
+            // have input in the kernel, and then the close resets it: the
+            // replies it never read go with it.
             debug!("{}: idle for {timeout:?}, closing", slot.conn.peer());
             self.conns[key].conn.close_idle(&mut self.shared);
             self.shared.counters.closed_idle += 1;
