@@ -130,8 +130,9 @@ impl OutBuf {
     /// is answered) plus the largest reply one read can produce (a read
     /// takes at most `READ_BUF_SIZE` and at most `max_pending_output`
     /// bytes; the transform's growth applies to them and to the up to 3
-    /// bytes it carried over). Telnet refusals are 3 bytes for the 3 of a
-    /// request, within the same growth.
+    /// bytes it carried over). For a telnet client pass
+    /// `telnet::max_growth()` and add one `telnet::AYT_ANSWER`: escaped
+    /// 0xFF bytes and answers to AYT grow more than the transform does.
     pub fn bound(max_pending_output: usize, growth: usize) -> usize {
         max_pending_output + OutBuf::reply_bound(max_pending_output, growth)
     }

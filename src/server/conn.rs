@@ -375,8 +375,14 @@ impl Connection {
             // Room for the largest reply first, within the buffer's bound:
             // the bytes already sent are dropped rather than the buffer grown.
             let cap = shared.max_pending_output;
-            let growth = transform::max_growth(self.upcaser.mode());
-            out.make_room(OutBuf::reply_bound(cap, growth), OutBuf::bound(cap, growth));
+            // A telnet client's replies grow more: 0xFF is doubled, an
+            // AYT answered (telnet::max_growth, plus one AYT answer).
+            let (growth, extra) = match self.telnet {
+                Some(_) => (telnet::max_growth(), telnet::AYT_ANSWER.len()),
+                None => (transform::max_growth(self.upcaser.mode()), 0),
+            };
+            let bound = OutBuf::bound(cap, growth) + extra;
+            out.make_room(OutBuf::reply_bound(cap, growth) + extra, bound);
             produce(&mut self.upcaser, &shared.read_buf, &mut out.data);
             return self.flush(shared);
         }
