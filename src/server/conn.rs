@@ -20,6 +20,11 @@
 //! 0xFF in the replies is escaped. Other connections take the plain path
 //! (one check per read, none per byte); an `auto` connection that turns out
 //! not to be telnet drops its filter and takes it too.
+//!
+//! The socket is anything that implements [`Socket`] (read, write, FIN,
+//! the kernel's count of unread bytes): the daemon's is a `TcpStream`, the
+//! unit tests' a scripted fake that says `WouldBlock`, takes short writes,
+//! resets or ends anywhere they choose.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -35,6 +40,22 @@ use crate::transform::{self, Mode, Upcaser};
 /// bulk transfer costs few wake-ups, small enough that one fast client cannot
 /// starve thousands of others.
 const READS_PER_TURN: usize = 4;
+
+/// What a connection needs of its socket: non-blocking reads and writes
+/// (`WouldBlock` when the kernel has nothing to give or no room to take),
+/// our FIN, and how much input the kernel holds that was not read yet.
+///
+/// The daemon's only implementation is [`TcpStream`]; the unit tests drive
+/// the state machine with a scripted fake. Generic, not `dyn`: the daemon's
+/// `Connection` is compiled for `TcpStream` alone, at no cost.
+pub trait Socket: Read + Write {
+    /// Shuts down the sending side (`shutdown(SHUT_WR)`): the kernel sends
+    /// our FIN after the bytes it has already accepted.
+    fn shutdown_write(&self) -> io::Result<()>;
+
+    /// Bytes the kernel has received on this socket that were not read yet.
+    fn received_unread(&self) -> io::Result<usize>;
+}
 
 /// What the loop should do with a connection after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,11 +99,12 @@ enum Input {
     Eof,
 }
 
-/// One accepted client.
+/// One accepted client, on a socket of type `S` (in the daemon always a
+/// [`TcpStream`]).
 #[derive(Debug)]
-pub struct Connection {
+pub struct Connection<S = TcpStream> {
     /// The socket, registered once for READABLE | WRITABLE (edge-triggered).
-    stream: TcpStream,
+    stream: S,
     /// The client's address, for logs.
     peer: SocketAddr,
     /// The streaming transform; carries at most 3 bytes of a split UTF-8 character.
@@ -107,16 +129,18 @@ pub struct Connection {
     hup: bool,
 }
 
-impl Connection {
+impl Connection<TcpStream> {
+    /// The socket, for (de)registration by the loop.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+impl<S: Socket> Connection<S> {
     /// Wraps a freshly accepted socket; `telnet` says whether it gets the
     /// telnet command filter (decided now for its whole life, or by its
     /// first bytes with `auto`).
-    pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        mode: Mode,
-        telnet: telnet::Setting,
-    ) -> Connection {
+    pub fn new(stream: S, peer: SocketAddr, mode: Mode, telnet: telnet::Setting) -> Connection<S> {
         Connection {
             stream,
             peer,
@@ -131,11 +155,6 @@ impl Connection {
             input: Input::Open,
             hup: false,
         }
-    }
-
-    /// The socket, for (de)registration by the loop.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
     }
 
     /// The client's address.
@@ -168,7 +187,7 @@ impl Connection {
     /// then stop reading it, flush, and half-close.
     pub fn begin_shutdown(&mut self, shared: &mut Shared) -> Status {
         if self.input == Input::Open {
-            match received_unread(&self.stream) {
+            match self.stream.received_unread() {
                 Ok(0) => self.input = Input::Draining(0),
                 Ok(n) => {
                     self.input = Input::Draining(n);
@@ -187,7 +206,7 @@ impl Connection {
     /// The loop drops the connection next; errors no longer matter.
     pub fn close_idle(&mut self, shared: &mut Shared) {
         let _ = self.finish(shared);
-        let _ = shutdown_write(&self.stream);
+        let _ = send_fin(&self.stream);
     }
 
     /// One turn of work: flush, read and reply within the budget, then see
@@ -273,13 +292,13 @@ impl Connection {
                     // Half-close done right: every reply is with the kernel,
                     // which delivers it before the FIN. The client's input is
                     // fully read, so closing sends no RST.
-                    shutdown_write(&self.stream)?;
+                    send_fin(&self.stream)?;
                     return Ok(Status::Closed(Close::Done));
                 }
                 Input::Discarding(false) => {
                     // Our FIN tells the client we are done; we keep reading
                     // (and dropping) until its EOF or the shutdown deadline.
-                    shutdown_write(&self.stream)?;
+                    send_fin(&self.stream)?;
                     self.input = Input::Discarding(true);
                 }
                 Input::Open | Input::Draining(_) | Input::Discarding(true) => {}
@@ -410,6 +429,21 @@ impl Connection {
     }
 }
 
+// The production socket: the trait's implementation for `TcpStream`, and
+// what the loop does with a `TcpStream` it will not serve.
+
+/// The daemon's socket. `received_unread` is the kernel's count
+/// (`FIONREAD`); `shutdown_write` is `shutdown(SHUT_WR)`.
+impl Socket for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+
+    fn received_unread(&self) -> io::Result<usize> {
+        received_unread(self)
+    }
+}
+
 /// Reads a refused client may cost before its socket is closed.
 const REFUSE_READS: usize = 4;
 
@@ -420,7 +454,7 @@ const REFUSE_READS: usize = 4;
 /// Bounded: a client still sending after that meets a closed socket.
 pub fn refuse(stream: TcpStream, shared: &mut Shared) {
     let mut stream = stream;
-    let _ = shutdown_write(&stream);
+    let _ = send_fin(&stream);
     for _ in 0..REFUSE_READS {
         match stream.read(&mut shared.read_buf) {
             Ok(0) | Err(_) => break,
@@ -431,7 +465,7 @@ pub fn refuse(stream: TcpStream, shared: &mut Shared) {
 
 /// Writes as much of `data` as the kernel takes without blocking; returns how
 /// much that was. Stops at `WouldBlock`, retries `Interrupted`.
-fn write_all_nonblocking(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+fn write_all_nonblocking<S: Write>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
         match stream.write(&data[written..]) {
@@ -461,8 +495,8 @@ fn received_unread(stream: &TcpStream) -> io::Result<usize> {
 
 /// Sends our FIN. `NotConnected` means the peer is already gone, which is
 /// no reason to count an error.
-fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
-    match stream.shutdown(Shutdown::Write) {
+fn send_fin<S: Socket>(stream: &S) -> io::Result<()> {
+    match stream.shutdown_write() {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
         _ => Ok(()),
     }
