@@ -25,6 +25,79 @@
 //! the kernel's count of unread bytes): the daemon's is a `TcpStream`, the
 //! unit tests' a scripted fake that says `WouldBlock`, takes short writes,
 //! resets or ends anywhere they choose.
+//!
+//! # Lifecycle
+//!
+//! Two sides, each with its own state; a connection is finished when its
+//! input has ended and its output is empty.
+//!
+//! ## Input: what is done with the client's bytes (`Input`)
+//!
+//! ```text
+//!                     +------+
+//!        +------------| Open |-------------+----------------------------+
+//!        |            +------+             |                            |
+//!        | begin_shutdown:                 | telnet IAC EOF [h]         | read 0 (EOF) [h]
+//!        | n = received_unread()           |                            |
+//!        v                                 |                            |
+//!  +-------------+                         |                            |
+//!  | Draining(n) |-------------------------)---- read 0 (EOF) [h] ----->|
+//!  +-------------+                         |                            |
+//!   answered; each read asks <= n          |                            |
+//!   bytes and takes what it got off n      |                            |
+//!        |                                 |                            |
+//!        | n = 0, or WouldBlock [h]        |                            |
+//!        v                                 |                            |
+//!  +-------------------+                   |                            |
+//!  | Discarding(false) |<------------------+                            |
+//!  +-------------------+--------------------------- read 0 (EOF) ------>|
+//!   read and dropped                                                    |
+//!        |                                                              |
+//!        | no output pending: our FIN                                   |
+//!        v                                                              |
+//!  +------------------+                                                 |
+//!  | Discarding(true) |--------------------------- read 0 (EOF) ------->|
+//!  +------------------+                                                 v
+//!   read and dropped                                                 +-----+
+//!                                                                    | Eof |
+//!                                                                    +-----+
+//!                                          no output pending: our FIN   |
+//!                                          Closed(Done)  <--------------+
+//! ```
+//!
+//! `[h]`: what the telnet filter and the transform still hold (a lone
+//! `IAC`, a character cut short) is answered as it is. Any socket error, in
+//! any state, ends the connection: `Closed(Reset)` when the peer reset or
+//! vanished, `Closed(Error)` otherwise. The idle timeout (`close_idle`)
+//! answers what is held and sends our FIN from any state; the loop then
+//! drops the connection.
+//!
+//! Whether to read at all is a flag beside the state (`readable`): set by a
+//! READABLE event, cleared by `WouldBlock`, by EOF and, in `Open` only, by
+//! a read shorter than asked for, unless an event reported hup or urgent
+//! data (the short-read shortcut: on Linux, data arriving after a short
+//! read raises a new edge). Reading pauses, the flag kept, while the output
+//! backlog is at `max_pending_output`, and after `READS_PER_TURN` reads in
+//! one call (`Status::Yielded`: the loop calls `run` again next turn).
+//!
+//! ## Output: replies the kernel has not taken (`out`)
+//!
+//! ```text
+//!               the kernel takes a reply in part: the rest is copied
+//!               into a buffer from the pool
+//!  +-----------+ ------------------------------------> +--------------+
+//!  | no buffer |                                       | Some(OutBuf) |
+//!  +-----------+ <------------------------------------ +--------------+
+//!   replies are written      a flush empties it:        replies queue behind the
+//!   from the shared scratch  the buffer goes back       backlog; every call starts
+//!   buffer as they are made  to the pool                with a flush; at
+//!                                                       max_pending_output bytes
+//!                                                       reading pauses until a
+//!                                                       WRITABLE edge drains it
+//! ```
+//!
+//! Our FIN (`shutdown_write`) is sent only with no buffer: the kernel then
+//! holds every reply and sends them before it.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
