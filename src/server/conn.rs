@@ -20,6 +20,84 @@
 //! 0xFF in the replies is escaped. Other connections take the plain path
 //! (one check per read, none per byte); an `auto` connection that turns out
 //! not to be telnet drops its filter and takes it too.
+//!
+//! The socket is anything that implements [`Socket`] (read, write, FIN,
+//! the kernel's count of unread bytes): the daemon's is a `TcpStream`, the
+//! unit tests' a scripted fake that says `WouldBlock`, takes short writes,
+//! resets or ends anywhere they choose.
+//!
+//! # Lifecycle
+//!
+//! Two sides, each with its own state; a connection is finished when its
+//! input has ended and its output is empty.
+//!
+//! ## Input: what is done with the client's bytes (`Input`)
+//!
+//! ```text
+//!                     +------+
+//!        +------------| Open |-------------+----------------------------+
+//!        |            +------+             |                            |
+//!        | begin_shutdown:                 | telnet IAC EOF [h]         | read 0 (EOF) [h]
+//!        | n = received_unread()           |                            |
+//!        v                                 |                            |
+//!  +-------------+                         |                            |
+//!  | Draining(n) |-------------------------)---- read 0 (EOF) [h] ----->|
+//!  +-------------+                         |                            |
+//!   answered; each read asks <= n          |                            |
+//!   bytes and takes what it got off n      |                            |
+//!        |                                 |                            |
+//!        | n = 0, or WouldBlock [h]        |                            |
+//!        v                                 |                            |
+//!  +-------------------+                   |                            |
+//!  | Discarding(false) |<------------------+                            |
+//!  +-------------------+--------------------------- read 0 (EOF) ------>|
+//!   read and dropped                                                    |
+//!        |                                                              |
+//!        | no output pending: our FIN                                   |
+//!        v                                                              |
+//!  +------------------+                                                 |
+//!  | Discarding(true) |--------------------------- read 0 (EOF) ------->|
+//!  +------------------+                                                 v
+//!   read and dropped                                                 +-----+
+//!                                                                    | Eof |
+//!                                                                    +-----+
+//!                                          no output pending: our FIN   |
+//!                                          Closed(Done)  <--------------+
+//! ```
+//!
+//! `[h]`: what the telnet filter and the transform still hold (a lone
+//! `IAC`, a character cut short) is answered as it is. Any socket error, in
+//! any state, ends the connection: `Closed(Reset)` when the peer reset or
+//! vanished, `Closed(Error)` otherwise. The idle timeout (`close_idle`)
+//! answers what is held and sends our FIN from any state; the loop then
+//! drops the connection.
+//!
+//! Whether to read at all is a flag beside the state (`readable`): set by a
+//! READABLE event, cleared by `WouldBlock`, by EOF and, in `Open` only, by
+//! a read shorter than asked for, unless an event reported hup or urgent
+//! data (the short-read shortcut: on Linux, data arriving after a short
+//! read raises a new edge). Reading pauses, the flag kept, while the output
+//! backlog is at `max_pending_output`, and after `READS_PER_TURN` reads in
+//! one call (`Status::Yielded`: the loop calls `run` again next turn).
+//!
+//! ## Output: replies the kernel has not taken (`out`)
+//!
+//! ```text
+//!               the kernel takes a reply in part: the rest is copied
+//!               into a buffer from the pool
+//!  +-----------+ ------------------------------------> +--------------+
+//!  | no buffer |                                       | Some(OutBuf) |
+//!  +-----------+ <------------------------------------ +--------------+
+//!   replies are written      a flush empties it:        replies queue behind the
+//!   from the shared scratch  the buffer goes back       backlog; every call starts
+//!   buffer as they are made  to the pool                with a flush; at
+//!                                                       max_pending_output bytes
+//!                                                       reading pauses until a
+//!                                                       WRITABLE edge drains it
+//! ```
+//!
+//! Our FIN (`shutdown_write`) is sent only with no buffer: the kernel then
+//! holds every reply and sends them before it.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -35,6 +113,22 @@ use crate::transform::{self, Mode, Upcaser};
 /// bulk transfer costs few wake-ups, small enough that one fast client cannot
 /// starve thousands of others.
 const READS_PER_TURN: usize = 4;
+
+/// What a connection needs of its socket: non-blocking reads and writes
+/// (`WouldBlock` when the kernel has nothing to give or no room to take),
+/// our FIN, and how much input the kernel holds that was not read yet.
+///
+/// The daemon's only implementation is [`TcpStream`]; the unit tests drive
+/// the state machine with a scripted fake. Generic, not `dyn`: the daemon's
+/// `Connection` is compiled for `TcpStream` alone, at no cost.
+pub trait Socket: Read + Write {
+    /// Shuts down the sending side (`shutdown(SHUT_WR)`): the kernel sends
+    /// our FIN after the bytes it has already accepted.
+    fn shutdown_write(&self) -> io::Result<()>;
+
+    /// Bytes the kernel has received on this socket that were not read yet.
+    fn received_unread(&self) -> io::Result<usize>;
+}
 
 /// What the loop should do with a connection after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,11 +172,12 @@ enum Input {
     Eof,
 }
 
-/// One accepted client.
+/// One accepted client, on a socket of type `S` (in the daemon always a
+/// [`TcpStream`]).
 #[derive(Debug)]
-pub struct Connection {
+pub struct Connection<S = TcpStream> {
     /// The socket, registered once for READABLE | WRITABLE (edge-triggered).
-    stream: TcpStream,
+    stream: S,
     /// The client's address, for logs.
     peer: SocketAddr,
     /// The streaming transform; carries at most 3 bytes of a split UTF-8 character.
@@ -107,16 +202,18 @@ pub struct Connection {
     hup: bool,
 }
 
-impl Connection {
+impl Connection<TcpStream> {
+    /// The socket, for (de)registration by the loop.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+impl<S: Socket> Connection<S> {
     /// Wraps a freshly accepted socket; `telnet` says whether it gets the
     /// telnet command filter (decided now for its whole life, or by its
     /// first bytes with `auto`).
-    pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        mode: Mode,
-        telnet: telnet::Setting,
-    ) -> Connection {
+    pub fn new(stream: S, peer: SocketAddr, mode: Mode, telnet: telnet::Setting) -> Connection<S> {
         Connection {
             stream,
             peer,
@@ -131,11 +228,6 @@ impl Connection {
             input: Input::Open,
             hup: false,
         }
-    }
-
-    /// The socket, for (de)registration by the loop.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
     }
 
     /// The client's address.
@@ -168,7 +260,7 @@ impl Connection {
     /// then stop reading it, flush, and half-close.
     pub fn begin_shutdown(&mut self, shared: &mut Shared) -> Status {
         if self.input == Input::Open {
-            match received_unread(&self.stream) {
+            match self.stream.received_unread() {
                 Ok(0) => self.input = Input::Draining(0),
                 Ok(n) => {
                     self.input = Input::Draining(n);
@@ -187,7 +279,7 @@ impl Connection {
     /// The loop drops the connection next; errors no longer matter.
     pub fn close_idle(&mut self, shared: &mut Shared) {
         let _ = self.finish(shared);
-        let _ = shutdown_write(&self.stream);
+        let _ = send_fin(&self.stream);
     }
 
     /// One turn of work: flush, read and reply within the budget, then see
@@ -273,13 +365,13 @@ impl Connection {
                     // Half-close done right: every reply is with the kernel,
                     // which delivers it before the FIN. The client's input is
                     // fully read, so closing sends no RST.
-                    shutdown_write(&self.stream)?;
+                    send_fin(&self.stream)?;
                     return Ok(Status::Closed(Close::Done));
                 }
                 Input::Discarding(false) => {
                     // Our FIN tells the client we are done; we keep reading
                     // (and dropping) until its EOF or the shutdown deadline.
-                    shutdown_write(&self.stream)?;
+                    send_fin(&self.stream)?;
                     self.input = Input::Discarding(true);
                 }
                 Input::Open | Input::Draining(_) | Input::Discarding(true) => {}
@@ -416,6 +508,21 @@ impl Connection {
     }
 }
 
+// The production socket: the trait's implementation for `TcpStream`, and
+// what the loop does with a `TcpStream` it will not serve.
+
+/// The daemon's socket. `received_unread` is the kernel's count
+/// (`FIONREAD`); `shutdown_write` is `shutdown(SHUT_WR)`.
+impl Socket for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+
+    fn received_unread(&self) -> io::Result<usize> {
+        received_unread(self)
+    }
+}
+
 /// Reads a refused client may cost before its socket is closed.
 const REFUSE_READS: usize = 4;
 
@@ -426,7 +533,7 @@ const REFUSE_READS: usize = 4;
 /// Bounded: a client still sending after that meets a closed socket.
 pub fn refuse(stream: TcpStream, shared: &mut Shared) {
     let mut stream = stream;
-    let _ = shutdown_write(&stream);
+    let _ = send_fin(&stream);
     for _ in 0..REFUSE_READS {
         match stream.read(&mut shared.read_buf) {
             Ok(0) | Err(_) => break,
@@ -437,7 +544,7 @@ pub fn refuse(stream: TcpStream, shared: &mut Shared) {
 
 /// Writes as much of `data` as the kernel takes without blocking; returns how
 /// much that was. Stops at `WouldBlock`, retries `Interrupted`.
-fn write_all_nonblocking(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+fn write_all_nonblocking<S: Write>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
         match stream.write(&data[written..]) {
@@ -467,8 +574,8 @@ fn received_unread(stream: &TcpStream) -> io::Result<usize> {
 
 /// Sends our FIN. `NotConnected` means the peer is already gone, which is
 /// no reason to count an error.
-fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
-    match stream.shutdown(Shutdown::Write) {
+fn send_fin<S: Socket>(stream: &S) -> io::Result<()> {
+    match stream.shutdown_write() {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
         _ => Ok(()),
     }
@@ -571,4 +678,709 @@ mod tests {
     /// One read's worth of replies in ascii mode, plus what the allocator
     /// may round a request up to.
     const READ_BUF_BOUND: usize = crate::server::buffers::READ_BUF_SIZE + 4096;
+
+    // ---- The state machine against a scripted socket ----
+    //
+    // `Fake` stands for the kernel's side of one TCP socket: a queue of what
+    // successive reads return, a send buffer with room for so many bytes,
+    // and a record of every byte written and every FIN. Each test scripts
+    // one situation and checks the exact bytes written and the exact Status.
+
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// What the next read returns.
+    #[derive(Debug)]
+    enum Rd {
+        /// Bytes in the receive queue. A read given less room takes what
+        /// fits and leaves the rest at the front; a read never runs past one
+        /// `Data` into the next, so two in a row make a short read with more
+        /// data queued behind it (what Linux does at the urgent mark, or
+        /// when a segment arrives between the read and the next).
+        Data(Vec<u8>),
+        /// The receive queue is empty for now: `WouldBlock`, then on.
+        WouldBlock,
+        /// The client's FIN: every read from now on returns 0.
+        Eof,
+        /// One read fails with this error (ECONNRESET, EINTR...).
+        Err(io::ErrorKind),
+    }
+
+    /// What the next write does, before the send buffer's `room` decides.
+    #[derive(Debug)]
+    enum Wr {
+        /// Takes at most this many bytes (0: `Ok(0)`).
+        Take(usize),
+        /// Fails with this error.
+        Err(io::ErrorKind),
+    }
+
+    /// A scripted socket (see above).
+    #[derive(Debug)]
+    struct Fake {
+        /// What the next reads return, in order.
+        reads: VecDeque<Rd>,
+        /// Read calls made.
+        read_calls: usize,
+        /// What the next writes do; once it is empty, `room` and
+        /// `per_write` decide.
+        writes: VecDeque<Wr>,
+        /// Room left in the send buffer: writes beyond it get WouldBlock.
+        /// The client reading its replies is the test raising it.
+        room: usize,
+        /// The most one write call takes (short writes below `room`).
+        per_write: usize,
+        /// Every byte the kernel took, in order.
+        written: Vec<u8>,
+        /// `written.len()` at each `shutdown_write` (FIN) call.
+        fins: RefCell<Vec<usize>>,
+        /// What `received_unread` says instead of counting the queue.
+        unread: Option<Result<usize, io::ErrorKind>>,
+    }
+
+    impl Fake {
+        /// An empty receive queue and a send buffer that takes everything.
+        fn new() -> Fake {
+            Fake {
+                reads: VecDeque::new(),
+                read_calls: 0,
+                writes: VecDeque::new(),
+                room: usize::MAX,
+                per_write: usize::MAX,
+                written: Vec::new(),
+                fins: RefCell::new(Vec::new()),
+                unread: None,
+            }
+        }
+
+        /// Queues reads.
+        fn with(mut self, reads: impl IntoIterator<Item = Rd>) -> Fake {
+            self.reads.extend(reads);
+            self
+        }
+
+        fn fins(&self) -> Vec<usize> {
+            self.fins.borrow().clone()
+        }
+    }
+
+    /// `Rd::Data` from text.
+    fn data(bytes: &[u8]) -> Rd {
+        Rd::Data(bytes.to_vec())
+    }
+
+    impl Read for Fake {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.read_calls += 1;
+            match self.reads.pop_front() {
+                None | Some(Rd::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+                Some(Rd::Eof) => {
+                    self.reads.push_front(Rd::Eof);
+                    Ok(0)
+                }
+                Some(Rd::Err(kind)) => Err(kind.into()),
+                Some(Rd::Data(mut bytes)) => {
+                    let n = bytes.len().min(buf.len());
+                    buf[..n].copy_from_slice(&bytes[..n]);
+                    if n < bytes.len() {
+                        self.reads.push_front(Rd::Data(bytes.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    impl Write for Fake {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self.fins.borrow().is_empty() {
+                // Linux: writing after SHUT_WR is EPIPE.
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let n = match self.writes.pop_front() {
+                Some(Wr::Err(kind)) => return Err(kind.into()),
+                Some(Wr::Take(n)) => n.min(buf.len()),
+                None if self.room == 0 => return Err(io::ErrorKind::WouldBlock.into()),
+                None => {
+                    let n = buf.len().min(self.room).min(self.per_write);
+                    self.room -= n;
+                    n
+                }
+            };
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for Fake {
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.fins.borrow_mut().push(self.written.len());
+            Ok(())
+        }
+
+        /// What has arrived: the queued bytes before the first `WouldBlock`
+        /// or EOF (what lies after a `WouldBlock` arrives later).
+        fn received_unread(&self) -> io::Result<usize> {
+            if let Some(unread) = self.unread {
+                return unread.map_err(io::Error::from);
+            }
+            let mut n = 0;
+            for rd in &self.reads {
+                match rd {
+                    Rd::Data(bytes) => n += bytes.len(),
+                    Rd::WouldBlock | Rd::Eof => break,
+                    Rd::Err(_) => {}
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    /// A connection on `fake`, without telnet.
+    fn on(fake: Fake, mode: Mode) -> Connection<Fake> {
+        on_telnet(fake, mode, telnet::Setting::Off)
+    }
+
+    fn on_telnet(fake: Fake, mode: Mode, setting: telnet::Setting) -> Connection<Fake> {
+        let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
+        Connection::new(fake, peer, mode, setting)
+    }
+
+    /// Shared buffers with the daemon's default output cap.
+    fn shared() -> Shared {
+        Shared::new(
+            crate::config::Config::default()
+                .tcp
+                .max_pending_output
+                .get(),
+        )
+    }
+
+    const WAITING: Status = Status::Waiting;
+    const DONE: Status = Status::Closed(Close::Done);
+    const RESET: Status = Status::Closed(Close::Reset);
+    const ERROR: Status = Status::Closed(Close::Error);
+
+    /// The reply std's own upper-casing gives for the complete characters of
+    /// `input` (what must have been written once `input` is read, a split
+    /// character still held back).
+    fn upper_of_complete(input: &[u8]) -> Vec<u8> {
+        let valid = match std::str::from_utf8(input) {
+            Ok(s) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let text = std::str::from_utf8(&input[..valid]).expect("valid prefix");
+        text.to_uppercase().into_bytes()
+    }
+
+    /// A request cut in two at every byte (inside `ß` and `ä` too), with a
+    /// `WouldBlock` after each part, then EOF: what is written after each
+    /// read is the reply to every complete character so far, nothing is
+    /// lost or doubled, and the FIN follows the last byte.
+    #[test]
+    fn a_request_cut_anywhere_with_would_block_between_is_answered_whole() {
+        let request = "straße ä\n".as_bytes();
+        let reply = b"STRASSE \xC3\x84\n";
+        for cut in 0..=request.len() {
+            let (first, second) = request.split_at(cut);
+            let mut fake = Fake::new();
+            for part in [first, second] {
+                // (An empty part is no read at all: a read of 0 is EOF.)
+                if !part.is_empty() {
+                    fake.reads.push_back(data(part));
+                }
+                fake.reads.push_back(Rd::WouldBlock);
+            }
+            fake.reads.push_back(Rd::Eof);
+            let mut conn = on(fake, Mode::Unicode);
+            let mut shared = shared();
+            // Each edge is served until WouldBlock (hup makes a short read
+            // no proof of a drained queue).
+            assert_eq!(conn.ready(true, true, &mut shared), WAITING, "cut {cut}");
+            assert_eq!(conn.stream.written, upper_of_complete(first), "cut {cut}");
+            assert_eq!(
+                conn.stream.read_calls,
+                1 + usize::from(cut > 0),
+                "cut {cut}"
+            );
+            assert_eq!(conn.ready(true, true, &mut shared), WAITING, "cut {cut}");
+            assert_eq!(conn.stream.written, reply, "cut {cut}");
+            assert_eq!(conn.ready(true, true, &mut shared), DONE, "cut {cut}");
+            assert_eq!(conn.stream.written, reply, "cut {cut}");
+            assert_eq!(conn.stream.fins(), [reply.len()], "cut {cut}");
+            assert_eq!(shared.counters.bytes_in, request.len() as u64, "cut {cut}");
+            assert_eq!(shared.counters.bytes_out, reply.len() as u64, "cut {cut}");
+        }
+    }
+
+    /// The kernel takes any number of the reply's bytes, then says
+    /// `WouldBlock`: the rest waits in the connection's buffer and goes out
+    /// on the WRITABLE edge; only then, EOF seen, comes the FIN.
+    #[test]
+    fn a_reply_the_kernel_takes_in_part_is_finished_on_writable() {
+        let reply = b"HELLO, WORLD\n";
+        for room in 0..=reply.len() {
+            let mut fake = Fake::new().with([data(b"hello, world\n"), Rd::Eof]);
+            fake.room = room;
+            let mut conn = on(fake, Mode::Ascii);
+            let mut shared = shared();
+            let status = conn.ready(true, true, &mut shared);
+            assert_eq!(conn.stream.written, reply[..room], "room {room}");
+            if room < reply.len() {
+                assert_eq!(status, WAITING, "room {room}");
+                assert_eq!(conn.pending_output(), reply.len() - room, "room {room}");
+                assert!(
+                    conn.stream.fins().is_empty(),
+                    "FIN before the reply, room {room}"
+                );
+                // A WRITABLE edge with no room yet changes nothing.
+                assert_eq!(
+                    conn.ready(false, false, &mut shared),
+                    WAITING,
+                    "room {room}"
+                );
+                assert_eq!(conn.stream.written, reply[..room], "room {room}");
+                conn.stream.room = usize::MAX;
+                assert_eq!(conn.ready(false, false, &mut shared), DONE, "room {room}");
+            } else {
+                assert_eq!(status, DONE, "room {room}");
+            }
+            assert_eq!(conn.stream.written, reply, "room {room}");
+            assert_eq!(conn.stream.fins(), [reply.len()], "room {room}");
+            assert_eq!(conn.pending_output(), 0, "room {room}");
+            assert!(conn.out.is_none(), "buffer kept, room {room}");
+            assert_eq!(shared.counters.bytes_out, reply.len() as u64, "room {room}");
+        }
+    }
+
+    /// EINTR is no error: the read and the write are tried again.
+    #[test]
+    fn interrupted_reads_and_writes_are_retried() {
+        let mut fake = Fake::new().with([
+            Rd::Err(io::ErrorKind::Interrupted),
+            data(b"abc"),
+            Rd::Err(io::ErrorKind::Interrupted),
+            Rd::WouldBlock,
+        ]);
+        fake.writes
+            .extend([Wr::Err(io::ErrorKind::Interrupted), Wr::Take(1)]);
+        let mut conn = on(fake, Mode::Ascii);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, true, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABC");
+        assert_eq!(conn.stream.read_calls, 4);
+        assert_eq!(conn.pending_output(), 0);
+    }
+
+    /// A client that does not read its replies: once `max_pending_output`
+    /// bytes wait, reading stops and the rest of its input stays in the
+    /// kernel (TCP flow control then slows the client); each WRITABLE edge
+    /// writes what the kernel takes, in short writes, and reading resumes
+    /// as soon as the backlog is below the cap.
+    #[test]
+    fn back_pressure_pauses_reading_at_the_cap_and_resumes_as_writes_drain() {
+        let mut fake = Fake::new().with([data(b"abcdefghijklmnopqrstuvwx"), Rd::WouldBlock]);
+        fake.room = 0;
+        let mut conn = on(fake, Mode::Ascii);
+        // A cap of 8: every read asks for at most 8 bytes.
+        let mut shared = Shared::new(8);
+
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"");
+        assert_eq!(conn.pending_output(), 8);
+        assert_eq!(conn.stream.read_calls, 1, "read past the cap");
+
+        // An event with the send buffer still full: nothing moves, and
+        // nothing more is read.
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"");
+        assert_eq!(conn.stream.read_calls, 1, "read past the cap");
+
+        // The client read 5 bytes; the kernel takes at most 2 per write.
+        conn.stream.room = 5;
+        conn.stream.per_write = 2;
+        assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABCDE");
+        // 3 left, below the cap: one more read, whose reply queues behind
+        // them, and the cap is reached again.
+        assert_eq!(conn.stream.read_calls, 2);
+        assert_eq!(conn.pending_output(), 3 + 8);
+
+        // The client reads everything.
+        conn.stream.room = usize::MAX;
+        assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABCDEFGHIJKLMNOPQRSTUVWX");
+        assert_eq!(conn.pending_output(), 0);
+        assert!(conn.out.is_none(), "drained buffer not given back");
+        // The backlog went out, the last 8 were read (and answered straight
+        // from the scratch buffer), then WouldBlock.
+        assert_eq!(conn.stream.read_calls, 4);
+        assert_eq!(shared.counters.bytes_in, 24);
+        assert_eq!(shared.counters.bytes_out, 24);
+
+        conn.stream.reads.push_back(Rd::Eof);
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.fins(), [24]);
+    }
+
+    /// The client resets the connection while its reply is being written
+    /// (the kernel took part of it), or while the backlog is flushed: a
+    /// normal end, counted as a reset.
+    #[test]
+    fn a_reset_in_the_middle_of_a_write_closes_as_reset() {
+        let mut fake = Fake::new().with([data(b"hello\n"), Rd::WouldBlock]);
+        fake.writes
+            .extend([Wr::Take(3), Wr::Err(io::ErrorKind::ConnectionReset)]);
+        let mut conn = on(fake, Mode::Ascii);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, false, &mut shared), RESET);
+        assert_eq!(conn.stream.written, b"HEL");
+        assert!(conn.stream.fins().is_empty());
+
+        let mut fake = Fake::new().with([data(b"hello\n"), Rd::WouldBlock]);
+        fake.room = 2;
+        let mut conn = on(fake, Mode::Ascii);
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"HE");
+        conn.stream
+            .writes
+            .push_back(Wr::Err(io::ErrorKind::ConnectionReset));
+        assert_eq!(conn.ready(false, false, &mut shared), RESET);
+        assert_eq!(conn.stream.written, b"HE");
+        assert!(conn.stream.fins().is_empty());
+    }
+
+    /// A peer that resets or vanishes (on a read or a write) is a reset;
+    /// anything else, a kernel that takes 0 bytes included, is an error.
+    #[test]
+    fn socket_errors_close_as_reset_or_error() {
+        use io::ErrorKind::*;
+        for (kind, status) in [
+            (ConnectionReset, RESET),
+            (ConnectionAborted, RESET),
+            (BrokenPipe, RESET),
+            (NotConnected, RESET),
+            (TimedOut, ERROR),
+            (PermissionDenied, ERROR),
+            (Other, ERROR),
+        ] {
+            let mut conn = on(Fake::new().with([data(b"ab"), Rd::Err(kind)]), Mode::Ascii);
+            let mut shared = shared();
+            assert_eq!(
+                conn.ready(true, true, &mut shared),
+                status,
+                "read: {kind:?}"
+            );
+            assert_eq!(conn.stream.written, b"AB", "read: {kind:?}");
+
+            let mut fake = Fake::new().with([data(b"ab"), Rd::WouldBlock]);
+            fake.writes.push_back(Wr::Err(kind));
+            let mut conn = on(fake, Mode::Ascii);
+            assert_eq!(
+                conn.ready(true, true, &mut shared),
+                status,
+                "write: {kind:?}"
+            );
+            assert_eq!(conn.stream.written, b"", "write: {kind:?}");
+        }
+        let mut fake = Fake::new().with([data(b"ab"), Rd::WouldBlock]);
+        fake.writes.push_back(Wr::Take(0));
+        let mut conn = on(fake, Mode::Ascii);
+        assert_eq!(
+            conn.ready(true, true, &mut shared()),
+            ERROR,
+            "write returned 0"
+        );
+    }
+
+    /// EOF after the first byte of `ä` (C3 A4): that byte comes back as it
+    /// is, then the FIN. Without hup the short read is taken for drained and
+    /// the byte is held until the event that brings the EOF.
+    #[test]
+    fn eof_in_the_middle_of_a_character_returns_it_raw_then_fin() {
+        let mut conn = on(Fake::new().with([data(b"ab\xC3"), Rd::Eof]), Mode::Unicode);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"AB\xC3");
+        assert_eq!(conn.stream.fins(), [3]);
+
+        let mut conn = on(Fake::new().with([data(b"ab\xC3"), Rd::Eof]), Mode::Unicode);
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"AB");
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"AB\xC3");
+        assert_eq!(conn.stream.fins(), [3]);
+    }
+
+    /// The client sends its EOF while replies still wait for room: no FIN
+    /// until the last of them is with the kernel (a FIN first would cut
+    /// them off), then FIN and a clean close.
+    #[test]
+    fn half_close_flushes_every_reply_before_the_fin() {
+        let mut fake = Fake::new().with([data(b"hello\n"), Rd::Eof]);
+        fake.room = 2;
+        let mut conn = on(fake, Mode::Ascii);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, true, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"HE");
+        assert!(conn.stream.fins().is_empty(), "FIN with replies pending");
+        assert_eq!(conn.input, Input::Eof);
+
+        conn.stream.room = 3;
+        assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"HELLO");
+        assert!(conn.stream.fins().is_empty(), "FIN with replies pending");
+
+        conn.stream.room = usize::MAX;
+        assert_eq!(conn.ready(false, false, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"HELLO\n");
+        assert_eq!(conn.stream.fins(), [6]);
+        // EOF was read once: no read after it.
+        assert_eq!(conn.stream.read_calls, 2);
+    }
+
+    /// Graceful shutdown: the 8 bytes the kernel holds when it begins are
+    /// answered (read in pieces that never ask for more than is left), then
+    /// our FIN; what arrives later is read and dropped until the client's
+    /// EOF, so that closing never meets unread data.
+    #[test]
+    fn graceful_shutdown_answers_the_unread_bytes_then_discards_until_eof() {
+        let fake = Fake::new().with([
+            data(b"abc\n"),
+            data(b"def\n"),
+            Rd::WouldBlock,
+            data(b"late\n"),
+            Rd::WouldBlock,
+            Rd::Eof,
+        ]);
+        let mut conn = on(fake, Mode::Ascii);
+        let mut shared = shared();
+        // No event has reported the 8 bytes yet.
+        assert_eq!(conn.begin_shutdown(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABC\nDEF\n");
+        assert_eq!(conn.stream.fins(), [8]);
+        assert_eq!(conn.input, Input::Discarding(true));
+        // Two reads for the 8 bytes, one WouldBlock.
+        assert_eq!(conn.stream.read_calls, 3);
+
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(
+            conn.stream.written, b"ABC\nDEF\n",
+            "answered after shutdown"
+        );
+        // While discarding a short read is no proof of a drained queue.
+        assert_eq!(conn.stream.read_calls, 5);
+        assert_eq!(shared.counters.bytes_in, 13);
+
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"ABC\nDEF\n");
+        // The second shutdown(SHUT_WR), at the close, is a no-op.
+        assert_eq!(conn.stream.fins(), [8, 8]);
+    }
+
+    /// Bytes that arrive between the count and the read are not answered:
+    /// the read asks for the count, no more.
+    #[test]
+    fn graceful_shutdown_reads_no_further_than_the_count() {
+        let mut fake = Fake::new().with([data(b"abc\ndef\n"), Rd::WouldBlock, Rd::Eof]);
+        fake.unread = Some(Ok(4));
+        let mut conn = on(fake, Mode::Ascii);
+        let mut shared = shared();
+        assert_eq!(conn.begin_shutdown(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABC\n");
+        assert_eq!(conn.stream.fins(), [4]);
+        assert_eq!(shared.counters.bytes_in, 8, "the rest read and dropped");
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"ABC\n");
+    }
+
+    /// The count ends inside `ä`: its first byte comes back raw (as at an
+    /// EOF) and the second, arriving later, is dropped.
+    #[test]
+    fn graceful_shutdown_returns_a_character_cut_by_the_count_raw() {
+        let fake = Fake::new().with([
+            data(b"ab\xC3"),
+            Rd::WouldBlock,
+            data(b"\xA4c"),
+            Rd::WouldBlock,
+            Rd::Eof,
+        ]);
+        let mut conn = on(fake, Mode::Unicode);
+        let mut shared = shared();
+        assert_eq!(conn.begin_shutdown(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"AB\xC3");
+        assert_eq!(conn.stream.fins(), [3]);
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"AB\xC3");
+    }
+
+    /// Nothing unread when shutdown begins: a character held from an
+    /// earlier read comes back raw, then the FIN at once, without a read.
+    #[test]
+    fn graceful_shutdown_with_nothing_unread_sends_what_is_held_and_fin() {
+        let mut conn = on(Fake::new().with([data(b"x\xC3")]), Mode::Unicode);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"X");
+        assert_eq!(conn.begin_shutdown(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"X\xC3");
+        assert_eq!(conn.stream.fins(), [2]);
+        assert_eq!(conn.input, Input::Discarding(true));
+        assert_eq!(conn.stream.read_calls, 1);
+    }
+
+    /// Shutdown begins while replies wait for room: the count is answered
+    /// behind them and the FIN waits for all of it.
+    #[test]
+    fn graceful_shutdown_under_back_pressure_sends_the_fin_after_the_backlog() {
+        let mut fake = Fake::new().with([data(b"abc\n"), Rd::WouldBlock, data(b"def\n")]);
+        fake.room = 2;
+        let mut conn = on(fake, Mode::Ascii);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, true, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"AB");
+        assert_eq!(conn.begin_shutdown(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"AB");
+        assert_eq!(conn.input, Input::Discarding(false));
+        assert!(conn.stream.fins().is_empty(), "FIN with replies pending");
+        conn.stream.room = usize::MAX;
+        assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABC\nDEF\n");
+        assert_eq!(conn.stream.fins(), [8]);
+        assert_eq!(conn.input, Input::Discarding(true));
+    }
+
+    /// The kernel's count fails: the connection closes, classified.
+    #[test]
+    fn graceful_shutdown_closes_when_the_count_fails() {
+        let mut fake = Fake::new().with([data(b"abc")]);
+        fake.unread = Some(Err(io::ErrorKind::Other));
+        let mut conn = on(fake, Mode::Ascii);
+        assert_eq!(conn.begin_shutdown(&mut shared()), ERROR);
+        assert_eq!(conn.stream.written, b"");
+        assert_eq!(conn.stream.read_calls, 0);
+    }
+
+    /// Telnet `IAC EOF` is the client's end of input: what came before it
+    /// is answered, nothing after it (in the same read or later), then our
+    /// FIN while the connection reads and drops until the client's own.
+    #[test]
+    fn telnet_eof_answers_what_came_before_then_discards_until_the_fin() {
+        let fake = Fake::new().with([
+            data(b"hi\r\n\xFF\xECmore"),
+            data(b"after"),
+            Rd::WouldBlock,
+            Rd::Eof,
+        ]);
+        let mut conn = on_telnet(fake, Mode::Ascii, telnet::Setting::On);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"HI\r\n");
+        assert_eq!(conn.stream.fins(), [4]);
+        assert_eq!(conn.input, Input::Discarding(true));
+
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"HI\r\n");
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"HI\r\n");
+        assert_eq!(shared.counters.bytes_in, 15);
+    }
+
+    /// After `READS_PER_TURN` full reads the connection yields, even when
+    /// the queue turns out to be empty (only a read would tell); the loop
+    /// calls `run` on the next turn, which carries on where it stopped.
+    #[test]
+    fn a_turn_yields_after_reads_per_turn_full_reads() {
+        let chunk = b"abcdefghijklmnop";
+        let mut fake = Fake::new();
+        for _ in 0..READS_PER_TURN + 2 {
+            fake.reads.push_back(data(chunk));
+        }
+        let mut conn = on(fake, Mode::Ascii);
+        // A cap of 16: every read asks for 16 bytes, and gets them.
+        let mut shared = Shared::new(chunk.len());
+        let upper = chunk.to_ascii_uppercase();
+
+        assert_eq!(conn.ready(true, false, &mut shared), Status::Yielded);
+        assert_eq!(conn.stream.read_calls, READS_PER_TURN);
+        assert_eq!(conn.stream.written, upper.repeat(READS_PER_TURN));
+
+        assert_eq!(conn.run(&mut shared), WAITING);
+        // The last two chunks, then WouldBlock.
+        assert_eq!(conn.stream.read_calls, READS_PER_TURN + 3);
+        assert_eq!(conn.stream.written, upper.repeat(READS_PER_TURN + 2));
+
+        let mut fake = Fake::new();
+        for _ in 0..READS_PER_TURN {
+            fake.reads.push_back(data(chunk));
+        }
+        let mut conn = on(fake, Mode::Ascii);
+        assert_eq!(conn.ready(true, false, &mut shared), Status::Yielded);
+        assert_eq!(conn.run(&mut shared), WAITING);
+        assert_eq!(conn.stream.read_calls, READS_PER_TURN + 1);
+        assert_eq!(conn.stream.written, upper.repeat(READS_PER_TURN));
+    }
+
+    /// A read shorter than asked is taken for a drained queue (Linux raises
+    /// a new edge for data arriving after it): the read that would say
+    /// `WouldBlock` is saved. Not once an event reported hup or urgent data
+    /// (`note` counts too): Linux ends a read at the urgent mark with more
+    /// behind it, and no new edge would come for a FIN already reported.
+    #[test]
+    fn a_short_read_is_taken_for_drained_unless_hup_was_reported() {
+        let script = || Fake::new().with([data(b"abc"), data(b"def"), Rd::WouldBlock, Rd::Eof]);
+        let mut shared = shared();
+
+        let mut conn = on(script(), Mode::Ascii);
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABC");
+        assert_eq!(conn.stream.read_calls, 1);
+        // No event: nothing is read.
+        assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.read_calls, 1);
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABCDEF");
+        assert_eq!(conn.stream.read_calls, 2);
+
+        let mut conn = on(script(), Mode::Ascii);
+        assert_eq!(conn.ready(true, true, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABCDEF");
+        assert_eq!(conn.stream.read_calls, 3);
+        assert_eq!(conn.ready(true, false, &mut shared), DONE);
+        assert_eq!(conn.stream.fins(), [6]);
+
+        let mut conn = on(script(), Mode::Ascii);
+        conn.note(true, true);
+        assert_eq!(conn.stream.read_calls, 0, "note read");
+        assert_eq!(conn.run(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"ABCDEF");
+        assert_eq!(conn.stream.read_calls, 3);
+    }
+
+    /// The idle timeout: a character the client left half-sent comes back
+    /// raw, then the FIN, even with replies still waiting for room (the
+    /// kernel sends the FIN after what it took).
+    #[test]
+    fn close_idle_sends_what_is_held_then_fin() {
+        let mut conn = on(Fake::new().with([data(b"x\xC3")]), Mode::Unicode);
+        let mut shared = shared();
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        conn.close_idle(&mut shared);
+        assert_eq!(conn.stream.written, b"X\xC3");
+        assert_eq!(conn.stream.fins(), [2]);
+
+        let mut fake = Fake::new().with([data(b"xy\xC3")]);
+        fake.room = 1;
+        let mut conn = on(fake, Mode::Unicode);
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        conn.close_idle(&mut shared);
+        assert_eq!(conn.stream.written, b"X");
+        assert_eq!(conn.pending_output(), 2);
+        assert_eq!(conn.stream.fins(), [1]);
+    }
 }
