@@ -7,13 +7,13 @@
 mod util;
 
 mod bench;
-mod client;
-mod clients;
 mod config;
 mod hostile;
+mod interop;
 mod lifecycle;
 mod memory;
 mod systemd;
 mod tcp;
 mod telnet;
 mod udp;
+mod upcase_client;
