@@ -17,7 +17,9 @@
 //!   request refused, 0xFF escaped in replies (`[tcp] telnet`, `"auto"` by
 //!   default), pure like the transform.
 //! - [`server`]: the event loop. `server/mod.rs` owns the one `mio::Poll`
-//!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams),
+//!   and every registration; `tcp.rs` (listeners), `udp.rs` (datagrams:
+//!   guard, counters, transform), `mmsg.rs` (`recvmmsg`/`sendmmsg` behind a
+//!   safe batch API: the UDP path's only `unsafe`),
 //!   `conn.rs` (one client: read, transform, write, back-pressure,
 //!   half-close), `buffers.rs` (the buffers all clients share), `idle.rs`
 //!   (connections in order of last activity, for idle timeouts), `guard.rs`

@@ -23,6 +23,7 @@ mod buffers;
 mod conn;
 mod guard;
 mod idle;
+mod mmsg;
 mod stats;
 mod tcp;
 mod throttle;
