@@ -21,7 +21,9 @@
 //!   and every registration; `accept.rs` (listeners and the accept policy:
 //!   connection limit, descriptor back-off, per-address limit),
 //!   `lifecycle.rs` (shutdown, reload, systemd status and watchdog),
-//!   `udp.rs` (datagrams),
+//!   `udp.rs` (datagrams: guard, counters, transform), `mmsg.rs`
+//!   (`recvmmsg`/`sendmmsg` behind a safe batch API: the UDP path's only
+//!   `unsafe`),
 //!   `conn.rs` (one client: read, transform, write, back-pressure,
 //!   half-close), `buffers.rs` (the buffers all clients share), `idle.rs`
 //!   (connections in order of last activity, for idle timeouts), `guard.rs`

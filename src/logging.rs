@@ -12,7 +12,6 @@
 //! timestamp, since journald adds its own. Elsewhere: env_logger's format.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 
 use log::{Level, LevelFilter};
 
@@ -82,9 +81,5 @@ fn stderr_is_journal() -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    // SAFETY: fstat fills a stat struct through a valid pointer; a zeroed
-    // libc::stat is a valid initial value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::fstat(std::io::stderr().as_raw_fd(), &mut st) };
-    rc == 0 && st.st_dev == dev && st.st_ino == ino
+    rustix::fs::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }

@@ -43,12 +43,7 @@ pub fn notify(state: &str) -> io::Result<bool> {
 /// The `RELOADING=1` message: systemd wants the moment the reload began on
 /// `CLOCK_MONOTONIC` with it.
 pub fn reloading_message() -> String {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
     format!("RELOADING=1\nMONOTONIC_USEC={usec}")
 }
@@ -93,6 +88,9 @@ pub fn take_listen_fds() -> io::Result<Vec<ListenFd>> {
     for i in 0..count {
         let raw = LISTEN_FDS_START + i;
         // systemd's descriptors must not leak into children either.
+        // This stays libc: it is also the check that the number is an open
+        // descriptor at all, which a safe wrapper (rustix takes `AsFd`)
+        // would have to assume first.
         // SAFETY: fcntl on a descriptor number; failure is reported.
         if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
             return Err(io::Error::new(
@@ -120,4 +118,32 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The monotonic clock in microseconds, read directly.
+    fn monotonic_usec() -> u64 {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+    }
+
+    /// MONOTONIC_USEC is CLOCK_MONOTONIC in microseconds, read at the call:
+    /// between two readings of that clock around it.
+    #[test]
+    fn reloading_carries_the_monotonic_clock_in_microseconds() {
+        let before = monotonic_usec();
+        let message = reloading_message();
+        let after = monotonic_usec();
+        let usec: u64 = message
+            .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected message {message:?}"));
+        assert!(
+            (before..=after).contains(&usec),
+            "{usec} not within {before}..={after}"
+        );
+    }
 }

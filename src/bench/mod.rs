@@ -177,16 +177,20 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
 /// Raises the soft limit on open files to the hard one: each connection is
 /// a descriptor, and the soft limit is often far below the hard one.
 fn raise_nofile_limit() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    let below = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
+    if below {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
     }
 }
 
@@ -385,5 +389,20 @@ impl Recorder {
         report.ok = self.errors.total() == 0;
         report.errors = self.errors;
         report.error_samples = self.samples;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::process::{getrlimit, Resource};
+
+    /// The soft limit on open files ends at the hard one (it can only go
+    /// up: no other test of this process depends on it being low).
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        raise_nofile_limit();
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, limit.maximum, "{limit:?}");
     }
 }

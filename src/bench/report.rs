@@ -290,9 +290,10 @@ impl ProcSample {
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let utime: u64 = fields.get(11)?.parse().ok()?;
         let stime: u64 = fields.get(12)?.parse().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let ticks = if ticks > 0 { ticks as u64 } else { 100 };
+        let ticks = match rustix::param::clock_ticks_per_second() {
+            0 => 100,
+            ticks => ticks,
+        };
         let cpu = Duration::from_nanos((utime + stime) * 1_000_000_000 / ticks);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kib = |key: &str| -> Option<u64> {

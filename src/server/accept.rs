@@ -19,9 +19,9 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::config::TcpConfig;
 use crate::server::buffers::Shared;
+use crate::server::canonical_ip;
 use crate::server::conn;
 use crate::server::throttle::{count, elapsed, Throttle};
-use crate::server::udp::canonical_ip;
 
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -561,14 +561,7 @@ fn write_all_nonblocking<S: Write>(stream: &mut S, data: &[u8]) -> io::Result<us
 /// Bytes the kernel has received on this socket that we have not read yet
 /// (`FIONREAD`, also known as `SIOCINQ`).
 fn received_unread(stream: &TcpStream) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid
-    // for the duration of the call; the descriptor is owned by `stream`.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    let n = rustix::io::ioctl_fionread(stream)?;
     Ok(usize::try_from(n).unwrap_or(0))
 }
 

@@ -23,7 +23,8 @@
 //! connections, idle expiry); `accept.rs` the listeners and the accept
 //! policy (connection limit, descriptor back-off, per-address table);
 //! `lifecycle.rs` shutdown, reload and what systemd is told; `conn.rs` one
-//! client; `udp.rs` the datagram sockets, `guard.rs` their policy.
+//! client; `udp.rs` the datagram sockets (`mmsg.rs` their batch syscalls),
+//! `guard.rs` their policy.
 
 mod accept;
 mod buffers;
@@ -31,6 +32,7 @@ mod conn;
 mod guard;
 mod idle;
 mod lifecycle;
+mod mmsg;
 mod stats;
 mod throttle;
 mod timer;
@@ -676,5 +678,15 @@ impl Server {
         let timeout = self.config.tcp.idle_timeout?;
         let key = self.idle.front()?;
         Some(self.conns[key].last_active + timeout)
+    }
+}
+
+/// The address a client is counted under, by both transports (the per-IP
+/// limit, the UDP rate limit): an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, from a dual-stack socket) is the IPv4 address.
+pub(crate) fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
     }
 }

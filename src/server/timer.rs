@@ -13,11 +13,15 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+    Timespec,
+};
 
 /// A monotonic timerfd and the instant it is set to fire at.
 #[derive(Debug)]
@@ -31,18 +35,11 @@ pub struct Timer {
 impl Timer {
     /// A disarmed timer, registered READABLE under `token`.
     pub fn new(registry: &Registry, token: Token) -> io::Result<Timer> {
-        // SAFETY: plain system call; the result is checked before use.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let fd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        let fd = File::from(fd);
         registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
         Ok(Timer { fd, armed: None })
     }
@@ -59,22 +56,18 @@ impl Timer {
         let after = at
             .saturating_duration_since(Instant::now())
             .max(Duration::from_nanos(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
+        let spec = Itimerspec {
+            it_interval: Timespec {
                 tv_sec: 0,
                 tv_nsec: 0,
             },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::from(after.subsec_nanos()),
+            it_value: Timespec {
+                tv_sec: i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: after.subsec_nanos().into(),
             },
         };
-        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
-        let rc =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
+        // Relative (no TFD_TIMER_ABSTIME); the old value it returns is not needed.
+        timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &spec)?;
         self.armed = Some(at);
         Ok(())
     }
