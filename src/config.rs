@@ -23,7 +23,7 @@
 //! defaults, the serde "file" structs (`#[serde(deny_unknown_fields)]`), the
 //! key lists ([`TOP_KEYS`], [`TCP_KEYS`], [`UDP_KEYS`]) and so the
 //! unknown-key messages, [`Config::to_toml`] (what `--check-config` prints
-//! and `config/upcased.toml` must equal) and the key docs.
+//! and `config/upcased.toml` must equal) and the man page [`man_page`].
 //!
 //! Adding a key is one entry in its table's `config_table!` block (field,
 //! doc comment, type, default, kind, reload, file comment), a kind in
@@ -958,6 +958,95 @@ fn invalid(
 }
 
 // ---------------------------------------------------------------------------
+// The man page.
+
+/// Escapes text for roff: backslashes, and a leading `.` or `'` that would
+/// read as a request.
+fn roff(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    if text.starts_with('.') || text.starts_with('\'') {
+        format!("\\&{text}")
+    } else {
+        text
+    }
+}
+
+/// The man page `upcased.toml(5)`, in roff: every key with what it takes,
+/// its default and whether a reload applies it, from the same declarations
+/// as [`Config::to_toml`] (and so `--check-config` and the example file).
+pub fn man_page() -> String {
+    let defaults = Config::default();
+    let mut out = String::new();
+    let mut line = |s: &str| {
+        out.push_str(s);
+        out.push('\n');
+    };
+    line(&format!(
+        ".TH UPCASED.TOML 5 \"\" \"upcase {}\" \"File Formats\"",
+        env!("CARGO_PKG_VERSION")
+    ));
+    line(".SH NAME");
+    line("upcased.toml \\- configuration file of upcased");
+    line(".SH SYNOPSIS");
+    line("/etc/upcased/upcased.toml");
+    line(".SH DESCRIPTION");
+    line(&roff(
+        "upcased(8) reads its configuration from the TOML file given with -c \
+         (the packaged service uses /etc/upcased/upcased.toml). Every key is optional: \
+         a missing key takes its default. Unknown keys are errors, reported as \
+         FILE:LINE: KEY: message, as are wrong types and invalid values. \
+         Durations are strings with a unit: \"250ms\", \"5s\", \"5m\", \"1h\". \
+         Sizes are integers (bytes) or strings with a unit: \"512B\", \"64KiB\", \"1MiB\", \"1GiB\". \
+         The flags --tcp, --udp and --mode override the file.",
+    ));
+    line(".PP");
+    line(&roff(
+        "upcased --check-config prints the effective configuration in this format, \
+         every key present.",
+    ));
+    let tables = [
+        ("TOP-LEVEL KEYS", defaults.values()),
+        ("[tcp] TABLE", defaults.tcp.values()),
+        ("[udp] TABLE", defaults.udp.values()),
+    ];
+    for (title, values) in tables {
+        line(&format!(".SH {}", roff(title)));
+        for (key, default) in values {
+            line(".TP");
+            line(&format!(".B {}", roff(key.name)));
+            line(&roff(&key.doc.replace('\n', " ")));
+            line(".br");
+            line(&format!("Takes {}.", roff(key.takes)));
+            line(".br");
+            line(&format!("Default: {}", roff(&default)));
+            line(".br");
+            let note = match key.reload_note {
+                "" => String::new(),
+                note => format!("; {note}"),
+            };
+            line(&roff(&format!(
+                "Reloads (SIGHUP): {}{note}.",
+                key.reload.describe()
+            )));
+        }
+    }
+    line(".SH RELOAD");
+    line(&roff(
+        "On SIGHUP upcased reads the file again. A key that reloads takes its new value \
+         at once or, where said, for connections accepted from then on. A key that does \
+         not keeps its old value until a restart, and the reload logs a warning. \
+         An invalid file is reported and the running configuration kept.",
+    ));
+    line(".SH FILES");
+    line(".TP");
+    line("/etc/upcased/upcased.toml");
+    line("The configuration the packaged units use.");
+    line(".SH SEE ALSO");
+    line("upcased(8), upcase(1)");
+    out
+}
+
+// ---------------------------------------------------------------------------
 // Locating errors in the source text.
 
 /// 1-based line number of a byte offset (offsets past the end count as the
@@ -1595,6 +1684,45 @@ rate_limit_loopback = true
             .map(|key| (key.table, key.name))
             .collect();
         assert_eq!(written, declared);
+    }
+
+    #[test]
+    fn man_page_has_every_key_with_its_default_and_reload() {
+        let page = man_page();
+        assert!(page.starts_with(".TH UPCASED.TOML 5 "), "{page}");
+        let defaults = Config::default();
+        let tables = [
+            ("TOP\\-LEVEL KEYS", defaults.values()),
+            ("[tcp] TABLE", defaults.tcp.values()),
+            ("[udp] TABLE", defaults.udp.values()),
+        ];
+        for (title, values) in tables {
+            let start = page
+                .find(&format!(".SH {title}\n"))
+                .unwrap_or_else(|| panic!("no section {title}"));
+            let section = &page[start..];
+            let section = &section[..section[4..]
+                .find(".SH ")
+                .map_or(section.len(), |end| end + 4)];
+            let entries: Vec<&str> = section.split(".TP\n").skip(1).collect();
+            assert_eq!(entries.len(), values.len(), "{section}");
+            for (entry, (key, default)) in entries.iter().zip(values) {
+                assert!(
+                    entry.starts_with(&format!(".B {}\n", roff(key.name))),
+                    "{entry}"
+                );
+                assert!(
+                    entry.contains(&format!("Default: {}\n", roff(&default))),
+                    "{entry}"
+                );
+                let reload = format!("Reloads (SIGHUP): {}", key.reload.describe());
+                assert!(entry.contains(&roff(&reload)), "{entry}");
+            }
+        }
+        let socket_buffer = &TCP_KEYS[7];
+        assert_eq!(socket_buffer.name, "socket_buffer");
+        assert!(page.contains(&roff(socket_buffer.reload_note)));
+        assert!(!socket_buffer.reload_note.is_empty());
     }
 
     #[test]
