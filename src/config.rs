@@ -194,6 +194,9 @@ macro_rules! config_table {
         }
 
         impl $name {
+            /// The table's keys.
+            const KEYS: &'static [Key] = $keys;
+
             /// Every name the table takes, keys then sub-tables (the list an
             /// unknown-key message gives).
             const NAMES: &'static [&'static str] = &[
@@ -209,6 +212,21 @@ macro_rules! config_table {
                     .collect()
             }
         }
+
+        $(impl $name {
+            /// The tables, this one (the top level) first: each one's name,
+            /// keys and the names it takes.
+            const TABLES: &'static [(&'static str, &'static [Key], &'static [&'static str])] = &[
+                ($table, $name::KEYS, $name::NAMES),
+                $( (stringify!($tfield), $tty::KEYS, $tty::NAMES), )*
+            ];
+
+            /// Each table's name with its keys' values as TOML text, in
+            /// file order.
+            fn tables(&self) -> Vec<(&'static str, Vec<(&'static Key, String)>)> {
+                vec![($table, self.values()) $(, (stringify!($tfield), self.$tfield.values()))*]
+            }
+        })?
     };
 }
 
@@ -324,12 +342,10 @@ config_table! {
 
 /// The names a table takes (keys and sub-tables), by its dotted name.
 fn names_of(table: &str) -> Option<&'static [&'static str]> {
-    match table {
-        "" => Some(Config::NAMES),
-        "tcp" => Some(TcpConfig::NAMES),
-        "udp" => Some(UdpConfig::NAMES),
-        _ => None,
-    }
+    Config::TABLES
+        .iter()
+        .find(|(name, _, _)| *name == table)
+        .map(|(_, _, names)| *names)
 }
 
 /// The comment at the top of the file [`Config::to_toml`] writes.
@@ -413,15 +429,10 @@ impl Config {
     /// whole milliseconds, see [`format_duration`]).
     pub fn to_toml(&self) -> String {
         let mut out = String::from(FILE_HEADER);
-        let tables = [
-            (None, self.values()),
-            (Some("tcp"), self.tcp.values()),
-            (Some("udp"), self.udp.values()),
-        ];
-        for (header, values) in tables {
+        for (table, values) in self.tables() {
             out.push('\n');
-            if let Some(header) = header {
-                out.push_str(&format!("[{header}]\n"));
+            if !table.is_empty() {
+                out.push_str(&format!("[{table}]\n"));
             }
             for (key, value) in values {
                 for comment in key.doc.lines() {
@@ -971,6 +982,14 @@ fn roff(text: &str) -> String {
     }
 }
 
+/// The man page's section title for a table.
+fn man_section(table: &str) -> String {
+    match table {
+        "" => "TOP-LEVEL KEYS".to_owned(),
+        table => format!("[{table}] TABLE"),
+    }
+}
+
 /// The man page `upcased.toml(5)`, in roff: every key with what it takes,
 /// its default and whether a reload applies it, from the same declarations
 /// as [`Config::to_toml`] (and so `--check-config` and the example file).
@@ -1004,13 +1023,8 @@ pub fn man_page() -> String {
         "upcased --check-config prints the effective configuration in this format, \
          every key present.",
     ));
-    let tables = [
-        ("TOP-LEVEL KEYS", defaults.values()),
-        ("[tcp] TABLE", defaults.tcp.values()),
-        ("[udp] TABLE", defaults.udp.values()),
-    ];
-    for (title, values) in tables {
-        line(&format!(".SH {}", roff(title)));
+    for (table, values) in defaults.tables() {
+        line(&format!(".SH {}", roff(&man_section(table))));
         for (key, default) in values {
             line(".TP");
             line(&format!(".B {}", roff(key.name)));
@@ -1657,6 +1671,7 @@ rate_limit_loopback = true
             ("tcp", TCP_KEYS, TcpConfig::NAMES),
             ("udp", UDP_KEYS, UdpConfig::NAMES),
         ];
+        assert_eq!(Config::TABLES, tables);
         for (table, keys, names) in tables {
             assert!(keys.iter().all(|key| key.table == table), "{table}");
             let declared: Vec<&str> = keys.iter().map(|key| key.name).collect();
@@ -1696,6 +1711,13 @@ rate_limit_loopback = true
             ("[tcp] TABLE", defaults.tcp.values()),
             ("[udp] TABLE", defaults.udp.values()),
         ];
+        let titles: Vec<String> = defaults
+            .tables()
+            .iter()
+            .map(|(t, _)| roff(&man_section(t)))
+            .collect();
+        let want: Vec<&str> = tables.iter().map(|(title, _)| *title).collect();
+        assert_eq!(titles, want);
         for (title, values) in tables {
             let start = page
                 .find(&format!(".SH {title}\n"))
