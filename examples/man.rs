@@ -33,5 +33,9 @@ fn main() -> std::io::Result<()> {
         std::fs::write(&path, page)?;
         println!("{}", path.display());
     }
+    // upcased.toml(5), from the config module's key declarations.
+    let path = dir.join("upcased.toml.5");
+    std::fs::write(&path, upcase::config::man_page())?;
+    println!("{}", path.display());
     Ok(())
 }

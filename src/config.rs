@@ -14,110 +14,50 @@
 //! config/upcased.toml:7: tcp.idle_timeout: invalid duration "5x": expected a whole number followed by ms, s, m or h (e.g. "250ms", "5s", "5m")
 //! ```
 //!
-//! The file is parsed into toml's spanned document tree
-//! ([`toml::de::DeTable`]), which keeps the byte span of every key and value,
-//! and then checked key by key into [`Config`]; so every error message knows
-//! its exact line and key without guessing from the source text (only TOML
-//! syntax errors fall back to reading the key from the offending line).
+//! # One place per key
+//!
+//! Each table is declared once, by the `config_table!` macro below: every key's
+//! field, type, default, kind of value (which parses and prints it), the
+//! one-line comment it gets in the file and whether a reload (SIGHUP)
+//! applies it. From that declaration come the [`Config`] structs and their
+//! defaults, the serde "file" structs (`#[serde(deny_unknown_fields)]`), the
+//! key lists ([`TOP_KEYS`], [`TCP_KEYS`], [`UDP_KEYS`]) and so the
+//! unknown-key messages, [`Config::to_toml`] (what `--check-config` prints
+//! and `config/upcased.toml` must equal) and the man page [`man_page`].
+//!
+//! Adding a key is one entry in its table's `config_table!` block (field,
+//! doc comment, type, default, kind, reload, file comment), a kind in
+//! `kinds!` if no existing kind fits, and `config/upcased.toml` regenerated
+//! (`upcased --check-config > config/upcased.toml`; a test compares them).
+//! Acting on a reload is `Server::apply_reload`'s business.
+//!
+//! # How a file is checked
+//!
+//! toml parses the text (a syntax error stops there, see `syntax_error`);
+//! then serde, wrapped in `serde_path_to_error`, deserializes it into the file
+//! structs. Every value is read by its kind's `Deserialize` impl, which
+//! produces this module's own messages (`expected an integer, found a
+//! string`, ranges, units); toml attaches the span of the value (or of the
+//! key, for an unknown key) and `serde_path_to_error` the dotted path, so the
+//! line and the key come from the parser, not from guessing at the text.
+//! toml keeps tables in source order (its `preserve_order` feature), so the
+//! first problem in the file is the one reported.
 
+use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use log::LevelFilter;
-use toml::de::{DeString, DeTable, DeValue};
-use toml::Spanned;
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::transform::Mode;
 
 /// The address both transports listen on by default: `127.0.0.1:12000`.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 12000));
-
-/// The checked daemon configuration: every field already holds a valid value.
-///
-/// Build it with [`Config::default`], [`Config::from_toml`] or
-/// [`Config::load`]; command-line flags are applied on top by
-/// `cli::DaemonArgs::apply_overrides`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Config {
-    /// How replies are upper-cased (`mode`; default `unicode`).
-    pub mode: Mode,
-    /// Log verbosity (`log_level`; default `info`). `RUST_LOG`, when set,
-    /// takes precedence; that is up to the logger setup, not this module.
-    pub log_level: LevelFilter,
-    /// How long a graceful shutdown may take before remaining connections are
-    /// dropped (`shutdown_timeout`; default 5 s).
-    pub shutdown_timeout: Duration,
-    /// Bind with `SO_REUSEPORT` (`reuse_port`; default false), so that several
-    /// upcased processes can share one port, the kernel spreading clients
-    /// across them: one process per core.
-    pub reuse_port: bool,
-    /// The `[tcp]` table.
-    pub tcp: TcpConfig,
-    /// The `[udp]` table.
-    pub udp: UdpConfig,
-}
-
-/// The `[tcp]` table: the stream transport.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TcpConfig {
-    /// Addresses to listen on; empty turns TCP off
-    /// (default `[127.0.0.1:12000]`).
-    pub listen: Vec<SocketAddr>,
-    /// Listen backlog passed to `listen(2)`, `1..=65535` (default 1024).
-    pub backlog: u32,
-    /// Most simultaneously open client connections (default 10000).
-    pub max_connections: NonZeroUsize,
-    /// Close a connection after this long without activity; `None` (written
-    /// `"0s"`) means never (default 5 min).
-    pub idle_timeout: Option<Duration>,
-    /// Per connection, most bytes of reply waiting to be sent before the
-    /// daemon stops reading from that client (default 65536).
-    pub max_pending_output: NonZeroUsize,
-    /// Which connections get the telnet filter (commands stripped, option
-    /// requests refused, 0xFF escaped in replies), for clients that
-    /// negotiate on any port (PuTTY): `"auto"` (a client whose first bytes
-    /// are a telnet command; the default), `true` (every client) or `false`
-    /// (none). Applies to connections accepted after it is set.
-    pub telnet: crate::telnet::Setting,
-    /// Most connections open at once from one client address; `None`
-    /// (written `0`) means no such limit (default). IPv4-mapped IPv6
-    /// addresses count as the IPv4 address.
-    pub max_connections_per_ip: Option<NonZeroUsize>,
-    /// Per connection, the kernel's receive and send buffers (`SO_RCVBUF`
-    /// and `SO_SNDBUF`, set on the listeners too so the handshake offers a
-    /// window that fits); `None` (written `0`) leaves them to the kernel's
-    /// autotuning, up to `tcp_rmem`/`tcp_wmem`'s maxima (default 128 KiB).
-    /// Applies to connections accepted after it is set.
-    pub socket_buffer: Option<NonZeroUsize>,
-}
-
-/// The `[udp]` table: the datagram transport.
-#[derive(Clone, Debug, PartialEq)]
-pub struct UdpConfig {
-    /// Addresses to listen on; empty turns UDP off
-    /// (default `[127.0.0.1:12000]`).
-    pub listen: Vec<SocketAddr>,
-    /// Datagrams from these source ports are dropped unanswered: the
-    /// classic services that answer anything (echo 7, daytime 13, chargen
-    /// 19, time 37), so a spoofed datagram cannot make two services bounce
-    /// replies between them forever (default `[7, 13, 19, 37]`).
-    pub blocked_source_ports: Vec<u16>,
-    /// Datagrams answered per second per source address, with a burst of one
-    /// second's worth (a token bucket); excess is dropped and counted. `None`
-    /// (written `0`) turns it off (default 1000: plenty for one honest
-    /// client, and a cap on what a spoofed source can aim at its victim).
-    pub rate_limit: Option<NonZeroU32>,
-    /// Whether `rate_limit` applies to loopback sources too (default false).
-    /// A loopback source cannot be spoofed from the network (Linux drops
-    /// such packets arriving on any other interface), and local clients,
-    /// load generators among them, are trusted anyway.
-    pub rate_limit_loopback: bool,
-}
 
 /// The default `[tcp] socket_buffer`: 128 KiB each way (the kernel doubles
 /// it for its bookkeeping), so a connection's sockets cost at most about
@@ -131,44 +71,292 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 128 * 1024;
 /// The default `[udp] blocked_source_ports`.
 pub const DEFAULT_BLOCKED_SOURCE_PORTS: [u16; 4] = [7, 13, 19, 37];
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            mode: Mode::Unicode,
-            log_level: LevelFilter::Info,
-            shutdown_timeout: Duration::from_secs(5),
-            reuse_port: false,
-            tcp: TcpConfig::default(),
-            udp: UdpConfig::default(),
+/// One config key as the documentation describes it (an entry of
+/// [`TOP_KEYS`], [`TCP_KEYS`] or [`UDP_KEYS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key {
+    /// The table it lives in: `""` for the top level, else `"tcp"` or `"udp"`.
+    pub table: &'static str,
+    /// The key's name in its table.
+    pub name: &'static str,
+    /// What it takes, as the wrong-type message says (`an integer`).
+    pub takes: &'static str,
+    /// The comment above it in the file, one or more lines (joined by `\n`).
+    pub doc: &'static str,
+    /// When a reload (SIGHUP) applies a new value.
+    pub reload: Reload,
+    /// What else a reload of this key does, for the man page (or `""`).
+    pub reload_note: &'static str,
+}
+
+/// When a changed value takes effect after a reload (SIGHUP); what
+/// `Server::apply_reload` does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// Applied at once, to everything.
+    Live,
+    /// Applied to connections accepted after the reload; open ones keep
+    /// the old value.
+    NewConnections,
+    /// Applied to TCP connections accepted after the reload, and to every
+    /// datagram at once.
+    NewConnectionsAndDatagrams,
+    /// Needs a restart: a reload keeps the old value and logs a warning.
+    Restart,
+}
+
+impl Reload {
+    /// How the man page says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reload::Live => "yes",
+            Reload::NewConnections => "yes, for connections accepted after the reload",
+            Reload::NewConnectionsAndDatagrams => {
+                "yes, for connections accepted after the reload and for every datagram"
+            }
+            Reload::Restart => "no, a restart is needed",
         }
     }
 }
 
-impl Default for TcpConfig {
-    fn default() -> TcpConfig {
-        TcpConfig {
-            listen: vec![DEFAULT_LISTEN],
-            backlog: 1024,
-            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
-            idle_timeout: Some(Duration::from_secs(5 * 60)),
-            max_pending_output: NonZeroUsize::new(64 * 1024).expect("non-zero"),
-            telnet: crate::telnet::Setting::Auto,
-            max_connections_per_ip: None,
-            socket_buffer: NonZeroUsize::new(DEFAULT_SOCKET_BUFFER),
+/// Declares one config table in one place: the checked struct (with each
+/// field's doc comment and default), its serde file struct (`raw`, every
+/// key an `Option` of its kind, unknown keys denied), its key list (`keys`)
+/// with each key's file comment and reloadability, and its sub-tables.
+///
+/// A key reads `field: Type = default, kind Kind, reload When ["note"],
+/// "comment";` where `Kind` implements [`Field`] with `Value = Type` (it
+/// parses the value from the file, with the messages, and prints it back)
+/// and `When` is a [`Reload`] variant, what `Server::apply_reload` does.
+macro_rules! config_table {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident, raw $raw:ident, table $table:literal, keys $keys:ident {
+            $(
+                $(#[$fdoc:meta])*
+                $field:ident: $ty:ty = $default:expr, kind $kind:ty,
+                reload $reload:ident $($note:literal)?,
+                $doc:literal;
+            )*
         }
+        $(tables {
+            $(
+                $(#[$tdoc:meta])*
+                $tfield:ident: $tty:ident, raw $traw:ident;
+            )*
+        })?
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct $name {
+            $( $(#[$fdoc])* pub $field: $ty, )*
+            $($( $(#[$tdoc])* pub $tfield: $tty, )*)?
+        }
+
+        impl Default for $name {
+            fn default() -> $name {
+                $name {
+                    $( $field: $default, )*
+                    $($( $tfield: $tty::default(), )*)?
+                }
+            }
+        }
+
+        #[doc = concat!("The keys of the `", $table, "` table, in file order.")]
+        pub const $keys: &[Key] = &[
+            $(
+                Key {
+                    table: $table,
+                    name: stringify!($field),
+                    takes: <$kind as Leaf>::TAKES,
+                    doc: $doc,
+                    reload: Reload::$reload,
+                    reload_note: concat!("" $(, $note)?),
+                },
+            )*
+        ];
+
+        /// The table as the file holds it: what serde reads, unknown keys
+        /// denied, every key optional.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $raw {
+            $( #[serde(default)] $field: Option<$kind>, )*
+            $($( #[serde(default)] $tfield: Option<Section<$traw>>, )*)?
+        }
+
+        impl Table for $raw {
+            type Checked = $name;
+            fn apply(self, to: &mut $name) {
+                $( if let Some(value) = self.$field { to.$field = value.into_value(); } )*
+                $($( if let Some(Section(table)) = self.$tfield { table.apply(&mut to.$tfield); } )*)?
+            }
+        }
+
+        impl $name {
+            /// The table's keys.
+            const KEYS: &'static [Key] = $keys;
+
+            /// Every name the table takes, keys then sub-tables (the list an
+            /// unknown-key message gives).
+            const NAMES: &'static [&'static str] = &[
+                $( stringify!($field), )*
+                $($( stringify!($tfield), )*)?
+            ];
+
+            /// Each key with its value as TOML text, in file order.
+            fn values(&self) -> Vec<(&'static Key, String)> {
+                $keys
+                    .iter()
+                    .zip([$( <$kind as Field>::to_toml(&self.$field) ),*])
+                    .collect()
+            }
+        }
+
+        $(impl $name {
+            /// The tables, this one (the top level) first: each one's name,
+            /// keys and the names it takes.
+            const TABLES: &'static [(&'static str, &'static [Key], &'static [&'static str])] = &[
+                ($table, $name::KEYS, $name::NAMES),
+                $( (stringify!($tfield), $tty::KEYS, $tty::NAMES), )*
+            ];
+
+            /// Each table's name with its keys' values as TOML text, in
+            /// file order.
+            fn tables(&self) -> Vec<(&'static str, Vec<(&'static Key, String)>)> {
+                vec![($table, self.values()) $(, (stringify!($tfield), self.$tfield.values()))*]
+            }
+        })?
+    };
+}
+
+config_table! {
+    /// The checked daemon configuration: every field already holds a valid value.
+    ///
+    /// Build it with [`Config::default`], [`Config::from_toml`] or
+    /// [`Config::load`]; command-line flags are applied on top by
+    /// `cli::DaemonArgs::apply_overrides`.
+    pub struct Config, raw ConfigFile, table "", keys TOP_KEYS {
+        /// How replies are upper-cased (`mode`; default `unicode`).
+        mode: Mode = Mode::Unicode, kind ModeKind, reload NewConnectionsAndDatagrams,
+        "How replies are upper-cased: \"unicode\" (full Unicode mapping) or \"ascii\" (a-z only).";
+        /// Log verbosity (`log_level`; default `info`). `RUST_LOG`, when set,
+        /// takes precedence; that is up to the logger setup, not this module.
+        log_level: LevelFilter = LevelFilter::Info, kind LevelKind, reload Live,
+        "Log verbosity: off, error, warn, info, debug or trace (RUST_LOG overrides it).";
+        /// How long a graceful shutdown may take before remaining connections are
+        /// dropped (`shutdown_timeout`; default 5 s).
+        shutdown_timeout: Duration = Duration::from_secs(5), kind DurationKind, reload Live,
+        "Graceful shutdown (SIGTERM/SIGINT) waits at most this long for connections to finish.";
+        /// Bind with `SO_REUSEPORT` (`reuse_port`; default false), so that several
+        /// upcased processes can share one port, the kernel spreading clients
+        /// across them: one process per core.
+        reuse_port: bool = false, kind BoolKind, reload Restart,
+        "Share the listen ports with other upcased processes (SO_REUSEPORT), one per core.";
+    }
+    tables {
+        /// The `[tcp]` table.
+        tcp: TcpConfig, raw TcpFile;
+        /// The `[udp]` table.
+        udp: UdpConfig, raw UdpFile;
     }
 }
 
-impl Default for UdpConfig {
-    fn default() -> UdpConfig {
-        UdpConfig {
-            listen: vec![DEFAULT_LISTEN],
-            blocked_source_ports: DEFAULT_BLOCKED_SOURCE_PORTS.to_vec(),
-            rate_limit: NonZeroU32::new(1000),
-            rate_limit_loopback: false,
-        }
+config_table! {
+    /// The `[tcp]` table: the stream transport.
+    pub struct TcpConfig, raw TcpFile, table "tcp", keys TCP_KEYS {
+        /// Addresses to listen on; empty turns TCP off
+        /// (default `[127.0.0.1:12000]`).
+        listen: Vec<SocketAddr> = vec![DEFAULT_LISTEN], kind Listen, reload Restart,
+        "TCP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns TCP off.";
+        /// Listen backlog passed to `listen(2)`, `1..=65535` (default 1024).
+        backlog: u32 = 1024, kind Backlog, reload Restart,
+        "Listen backlog: connections the kernel queues before they are accepted (1-65535).";
+        /// Most simultaneously open client connections (default 10000).
+        max_connections: NonZeroUsize = NonZeroUsize::new(10_000).expect("non-zero"),
+        kind AtLeastOne, reload Live,
+        "Most client connections open at the same time.";
+        /// Close a connection after this long without activity; `None` (written
+        /// `"0s"`) means never (default 5 min).
+        idle_timeout: Option<Duration> = Some(Duration::from_secs(5 * 60)),
+        kind DurationOrNever, reload Live,
+        "Close a connection idle for this long; \"0s\" = never.";
+        /// Per connection, most bytes of reply waiting to be sent before the
+        /// daemon stops reading from that client (default 65536).
+        max_pending_output: NonZeroUsize = NonZeroUsize::new(64 * 1024).expect("non-zero"),
+        kind PendingOutput, reload Live,
+        "Per connection, most bytes of reply not yet sent before reading pauses (or \"64KiB\").";
+        /// Which connections get the telnet filter (commands stripped, option
+        /// requests refused, 0xFF escaped in replies), for clients that
+        /// negotiate on any port (PuTTY): `"auto"` (a client whose first bytes
+        /// are a telnet command; the default), `true` (every client) or `false`
+        /// (none). Applies to connections accepted after it is set.
+        telnet: crate::telnet::Setting = crate::telnet::Setting::Auto,
+        kind Telnet, reload NewConnections,
+        "Telnet clients that negotiate (PuTTY): drop IAC commands, refuse every option,\n\
+         escape 0xFF. \"auto\": clients whose first bytes are a telnet command; true: all; false: none.";
+        /// Most connections open at once from one client address; `None`
+        /// (written `0`) means no such limit (default). IPv4-mapped IPv6
+        /// addresses count as the IPv4 address.
+        max_connections_per_ip: Option<NonZeroUsize> = None, kind PerIpLimit, reload NewConnections,
+        "Most connections open at once from one client address; 0 = no limit.";
+        /// Per connection, the kernel's receive and send buffers (`SO_RCVBUF`
+        /// and `SO_SNDBUF`, set on the listeners too so the handshake offers a
+        /// window that fits); `None` (written `0`) leaves them to the kernel's
+        /// autotuning, up to `tcp_rmem`/`tcp_wmem`'s maxima (default 128 KiB).
+        /// Applies to connections accepted after it is set.
+        socket_buffer: Option<NonZeroUsize> = NonZeroUsize::new(DEFAULT_SOCKET_BUFFER),
+        kind SocketBuffer, reload NewConnections "going back to 0 (autotuning) needs a restart",
+        "Per connection, kernel receive and send buffers (SO_RCVBUF/SO_SNDBUF, or \"128KiB\"); 0 = autotuning.";
     }
 }
+
+config_table! {
+    /// The `[udp]` table: the datagram transport.
+    pub struct UdpConfig, raw UdpFile, table "udp", keys UDP_KEYS {
+        /// Addresses to listen on; empty turns UDP off
+        /// (default `[127.0.0.1:12000]`).
+        listen: Vec<SocketAddr> = vec![DEFAULT_LISTEN], kind Listen, reload Restart,
+        "UDP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns UDP off.";
+        /// Datagrams from these source ports are dropped unanswered: the
+        /// classic services that answer anything (echo 7, daytime 13, chargen
+        /// 19, time 37), so a spoofed datagram cannot make two services bounce
+        /// replies between them forever (default `[7, 13, 19, 37]`).
+        blocked_source_ports: Vec<u16> = DEFAULT_BLOCKED_SOURCE_PORTS.to_vec(),
+        kind Ports, reload Live,
+        "Datagrams from these source ports are dropped (echo, daytime, chargen, time).";
+        /// Datagrams answered per second per source address, with a burst of one
+        /// second's worth (a token bucket); excess is dropped and counted. `None`
+        /// (written `0`) turns it off (default 1000: plenty for one honest
+        /// client, and a cap on what a spoofed source can aim at its victim).
+        rate_limit: Option<NonZeroU32> = NonZeroU32::new(1000), kind RateLimit, reload Live,
+        "Datagrams answered per second per source address (burst: one second's worth); 0 = off.";
+        /// Whether `rate_limit` applies to loopback sources too (default false).
+        /// A loopback source cannot be spoofed from the network (Linux drops
+        /// such packets arriving on any other interface), and local clients,
+        /// load generators among them, are trusted anyway.
+        rate_limit_loopback: bool = false, kind BoolKind, reload Live,
+        "Apply rate_limit to loopback sources too (they cannot be spoofed from outside).";
+    }
+}
+
+/// The names a table takes (keys and sub-tables), by its dotted name.
+fn names_of(table: &str) -> Option<&'static [&'static str]> {
+    Config::TABLES
+        .iter()
+        .find(|(name, _, _)| *name == table)
+        .map(|(_, _, names)| *names)
+}
+
+/// The comment at the top of the file [`Config::to_toml`] writes.
+const FILE_HEADER: &str = "\
+# upcased configuration (TOML).
+#
+# Every key is optional: a missing key takes its built-in default (the example
+# config/upcased.toml lists every default, as does `upcased --check-config`).
+# Unknown keys are errors. Durations are strings with a unit: \"250ms\", \"5s\",
+# \"5m\", \"1h\". The flags --tcp, --udp and --mode override this file.
+";
 
 /// Why a configuration file could not be used.
 ///
@@ -216,16 +404,13 @@ impl Config {
     /// Missing keys take their defaults; unknown keys, wrong types and invalid
     /// values are errors naming the line and the dotted key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let document = match DeTable::parse(text) {
-            Ok(document) => document,
-            Err(error) => return Err(syntax_error(text, origin, &error)),
-        };
-        check_document(document.get_ref()).map_err(|fault| ConfigError::Invalid {
-            path: origin.to_path_buf(),
-            line: line_of(text, fault.offset),
-            key: fault.key,
-            message: fault.message,
-        })
+        let document = toml::de::Deserializer::parse(text)
+            .map_err(|error| syntax_error(text, origin, &error))?;
+        let file: ConfigFile = serde_path_to_error::deserialize(document)
+            .map_err(|error| invalid(text, origin, error))?;
+        let mut config = Config::default();
+        file.apply(&mut config);
+        Ok(config)
     }
 
     /// Reads the file at `path` and parses it with [`Config::from_toml`].
@@ -243,87 +428,19 @@ impl Config {
     /// [`Config::from_toml`] to an equal `Config` (durations are written in
     /// whole milliseconds, see [`format_duration`]).
     pub fn to_toml(&self) -> String {
-        let mut out = String::new();
-        let mut line = |s: &str| {
-            out.push_str(s);
+        let mut out = String::from(FILE_HEADER);
+        for (table, values) in self.tables() {
             out.push('\n');
-        };
-        line("# upcased configuration (TOML).");
-        line("#");
-        line("# Every key is optional: a missing key takes its built-in default (the example");
-        line("# config/upcased.toml lists every default, as does `upcased --check-config`).");
-        line("# Unknown keys are errors. Durations are strings with a unit: \"250ms\", \"5s\",");
-        line("# \"5m\", \"1h\". The flags --tcp, --udp and --mode override this file.");
-        line("");
-        line("# How replies are upper-cased: \"unicode\" (full Unicode mapping) or \"ascii\" (a-z only).");
-        line(&format!("mode = {}", quote(self.mode.as_str())));
-        line("# Log verbosity: off, error, warn, info, debug or trace (RUST_LOG overrides it).");
-        line(&format!(
-            "log_level = {}",
-            quote(level_name(self.log_level))
-        ));
-        line("# Graceful shutdown (SIGTERM/SIGINT) waits at most this long for connections to finish.");
-        line(&format!(
-            "shutdown_timeout = {}",
-            quote(&format_duration(self.shutdown_timeout))
-        ));
-        line("# Share the listen ports with other upcased processes (SO_REUSEPORT), one per core.");
-        line(&format!("reuse_port = {}", self.reuse_port));
-        line("");
-        line("[tcp]");
-        line("# TCP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns TCP off.");
-        line(&format!("listen = {}", address_list(&self.tcp.listen)));
-        line("# Listen backlog: connections the kernel queues before they are accepted (1-65535).");
-        line(&format!("backlog = {}", self.tcp.backlog));
-        line("# Most client connections open at the same time.");
-        line(&format!("max_connections = {}", self.tcp.max_connections));
-        line("# Close a connection idle for this long; \"0s\" = never.");
-        line(&format!(
-            "idle_timeout = {}",
-            quote(&format_duration(
-                self.tcp.idle_timeout.unwrap_or(Duration::ZERO)
-            ))
-        ));
-        line("# Per connection, most bytes of reply not yet sent before reading pauses (or \"64KiB\").");
-        line(&format!(
-            "max_pending_output = {}",
-            self.tcp.max_pending_output
-        ));
-        line("# Telnet clients that negotiate (PuTTY): drop IAC commands, refuse every option,");
-        line("# escape 0xFF. \"auto\": clients whose first bytes are a telnet command; true: all; false: none.");
-        line(&format!("telnet = {}", self.tcp.telnet.as_toml()));
-        line("# Most connections open at once from one client address; 0 = no limit.");
-        line(&format!(
-            "max_connections_per_ip = {}",
-            self.tcp.max_connections_per_ip.map_or(0, NonZeroUsize::get)
-        ));
-        line("# Per connection, kernel receive and send buffers (SO_RCVBUF/SO_SNDBUF, or \"128KiB\"); 0 = autotuning.");
-        line(&format!(
-            "socket_buffer = {}",
-            self.tcp.socket_buffer.map_or(0, NonZeroUsize::get)
-        ));
-        line("");
-        line("[udp]");
-        line("# UDP addresses to listen on, IP:PORT (\"[::]:12000\" for IPv6); [] turns UDP off.");
-        line(&format!("listen = {}", address_list(&self.udp.listen)));
-        line("# Datagrams from these source ports are dropped (echo, daytime, chargen, time).");
-        let ports: Vec<String> = self
-            .udp
-            .blocked_source_ports
-            .iter()
-            .map(u16::to_string)
-            .collect();
-        line(&format!("blocked_source_ports = [{}]", ports.join(", ")));
-        line("# Datagrams answered per second per source address (burst: one second's worth); 0 = off.");
-        line(&format!(
-            "rate_limit = {}",
-            self.udp.rate_limit.map_or(0, NonZeroU32::get)
-        ));
-        line("# Apply rate_limit to loopback sources too (they cannot be spoofed from outside).");
-        line(&format!(
-            "rate_limit_loopback = {}",
-            self.udp.rate_limit_loopback
-        ));
+            if !table.is_empty() {
+                out.push_str(&format!("[{table}]\n"));
+            }
+            for (key, value) in values {
+                for comment in key.doc.lines() {
+                    out.push_str(&format!("# {comment}\n"));
+                }
+                out.push_str(&format!("{} = {value}\n", key.name));
+            }
+        }
         out
     }
 }
@@ -447,356 +564,500 @@ fn address_list(addresses: &[SocketAddr]) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Checking the parsed document.
+// Kinds of value: how each key is read from the file and written back.
 
-/// One problem found while checking: where, which key, what.
-struct Fault {
-    /// Byte offset in the source text.
-    offset: usize,
-    /// Dotted key.
-    key: String,
-    /// What is wrong and what is expected.
-    message: String,
+/// How a kind reads what the file holds, saying in this module's words
+/// what is wrong. The defaults refuse everything with the wrong-type
+/// message; a kind overrides what it takes.
+trait Leaf: Sized {
+    /// What it takes, for the wrong-type message (`expected TAKES, found a
+    /// string`) and the man page.
+    const TAKES: &'static str;
+
+    /// Checks a scalar.
+    fn check(found: Found<'_>) -> Result<Self, String> {
+        Err(found.wrong(Self::TAKES))
+    }
+
+    /// Checks an array.
+    fn check_seq<'de, A: SeqAccess<'de>>(seq: A) -> Result<Self, A::Error> {
+        drop(seq);
+        Err(de::Error::custom(wrong_type(Self::TAKES, "an array")))
+    }
+
+    /// Checks a table; toml hands a datetime over as a table too, with one
+    /// magic key.
+    fn check_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let found = match map.next_key::<String>()? {
+            Some(key) if key == TOML_DATETIME_FIELD => "a datetime",
+            _ => "a table",
+        };
+        Err(de::Error::custom(wrong_type(Self::TAKES, found)))
+    }
 }
 
-type Checked<T> = Result<T, Fault>;
-type Key<'i> = Spanned<DeString<'i>>;
-type Value<'i> = Spanned<DeValue<'i>>;
+/// A kind of config value: a newtype over the checked type, read by its
+/// [`Leaf`] checks and written back by `to_toml`.
+trait Field: Leaf {
+    /// The checked type it yields (the `Config` field's type).
+    type Value;
+    /// The checked value.
+    fn into_value(self) -> Self::Value;
+    /// The value as TOML text, in the syntax it is read back from.
+    fn to_toml(value: &Self::Value) -> String;
+}
 
-const TOP_KEYS: &[&str] = &[
-    "mode",
-    "log_level",
-    "shutdown_timeout",
-    "reuse_port",
-    "tcp",
-    "udp",
-];
-const TCP_KEYS: &[&str] = &[
-    "listen",
-    "backlog",
-    "max_connections",
-    "idle_timeout",
-    "max_pending_output",
-    "telnet",
-    "max_connections_per_ip",
-    "socket_buffer",
-];
-const UDP_KEYS: &[&str] = &[
-    "listen",
-    "blocked_source_ports",
-    "rate_limit",
-    "rate_limit_loopback",
-];
+/// A serde file struct, applied onto the checked struct's defaults.
+trait Table {
+    /// The checked struct it fills in.
+    type Checked;
+    /// Overwrites in `to` every key the file sets.
+    fn apply(self, to: &mut Self::Checked);
+}
 
-fn fault(span: Range<usize>, key: &str, message: String) -> Fault {
-    Fault {
-        offset: span.start,
-        key: key.to_owned(),
+/// What the file holds where a scalar is read, as the kinds see it.
+#[derive(Clone, Copy)]
+enum Found<'a> {
+    Str(&'a str),
+    /// Any integer toml reads (i128 holds every one of them).
+    Int(i128),
+    Bool(bool),
+    /// What no kind takes as a scalar, by its name: "a float".
+    Other(&'static str),
+}
+
+impl Found<'_> {
+    /// The wrong-type message.
+    fn wrong(self, expected: &str) -> String {
+        let found = match self {
+            Found::Str(_) => "a string",
+            Found::Int(_) => "an integer",
+            Found::Bool(_) => "a boolean",
+            Found::Other(name) => name,
+        };
+        wrong_type(expected, found)
+    }
+
+    /// An integer within `min..=max`; `expected` describes the range.
+    fn integer(self, min: i128, max: i128, expected: &str) -> Result<i128, String> {
+        match self {
+            Found::Int(n) if (min..=max).contains(&n) => Ok(n),
+            Found::Int(n) => Err(format!("{n} is out of range: expected {expected}")),
+            _ => Err(self.wrong("an integer")),
+        }
+    }
+
+    /// A string run through `parse`.
+    fn string<T>(
+        self,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, String> {
+        match self {
+            Found::Str(s) => parse(s),
+            _ => Err(self.wrong(expected)),
+        }
+    }
+
+    /// A size in bytes: an integer from `min`, or a string with a unit (see
+    /// `parse_size`).
+    fn size(self, min: i128, expected: &str, takes: &str) -> Result<u64, String> {
+        match self {
+            Found::Int(_) => self
+                .integer(min, i64::MAX.into(), expected)
+                .map(|n| u64::try_from(n).expect("checked range")),
+            Found::Str(s) => parse_size(s),
+            _ => Err(self.wrong(takes)),
+        }
+    }
+
+    /// A limit where `0` means off (at most `u32::MAX`).
+    fn count_or_off(self) -> Result<u32, String> {
+        let n = self.integer(0, u32::MAX.into(), "0 (off) or more")?;
+        Ok(u32::try_from(n).expect("checked range"))
+    }
+}
+
+fn wrong_type(expected: &str, found: &str) -> String {
+    format!("expected {expected}, found {found}")
+}
+
+/// The key toml's deserializer shows a datetime under, when it hands one
+/// over as a map (`toml_datetime`'s private `FIELD`).
+const TOML_DATETIME_FIELD: &str = "$__toml_private_datetime";
+
+/// Reads any value and hands it to `T`'s checks.
+struct LeafVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Leaf> Visitor<'de> for LeafVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(T::TAKES)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        T::check(Found::Str(v)).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        T::check(Found::Int(v.into())).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        T::check(Found::Int(v.into())).map_err(E::custom)
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<T, E> {
+        T::check(Found::Int(v)).map_err(E::custom)
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<T, E> {
+        // Past i128 is past every range a key takes.
+        T::check(Found::Int(i128::try_from(v).unwrap_or(i128::MAX))).map_err(E::custom)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+        T::check(Found::Other("a float")).map_err(E::custom)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        T::check(Found::Bool(v)).map_err(E::custom)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        T::check_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::check_map(map)
+    }
+}
+
+/// Declares kinds of value: `kind Kind(Type) takes "..."; write |v| text;` then
+/// the checks it overrides, `check |found| ...;` (a [`Found`] scalar to a
+/// `Result<Type, String>`) and/or `check_seq |seq| ...;` (an array).
+macro_rules! kinds {
+    ($(
+        $(#[$doc:meta])*
+        kind $kind:ident($ty:ty) takes $takes:expr;
+        write |$w:ident| $write:expr;
+        $(check |$f:ident| $check:expr;)?
+        $(check_seq |$s:ident| $seq:expr;)?
+    )*) => {$(
+        $(#[$doc])*
+        struct $kind($ty);
+
+        impl Leaf for $kind {
+            const TAKES: &'static str = $takes;
+            $(fn check($f: Found<'_>) -> Result<Self, String> {
+                $check.map($kind)
+            })?
+            $(fn check_seq<'de, A: SeqAccess<'de>>($s: A) -> Result<Self, A::Error> {
+                $seq.map($kind)
+            })?
+        }
+
+        impl Field for $kind {
+            type Value = $ty;
+            fn into_value(self) -> $ty {
+                self.0
+            }
+            fn to_toml($w: &$ty) -> String {
+                $write
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $kind {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$kind, D::Error> {
+                d.deserialize_any(LeafVisitor(PhantomData))
+            }
+        }
+    )*};
+}
+
+/// What a duration key takes.
+const DURATION_TAKES: &str = "a duration string such as \"5s\"";
+
+kinds! {
+    /// `mode`: `"ascii"` or `"unicode"`.
+    kind ModeKind(Mode) takes "a string (\"ascii\" or \"unicode\")";
+    write |v| quote(v.as_str());
+    check |found| found.string(Self::TAKES, Mode::from_str);
+
+    /// `log_level`: a level name, lower case.
+    kind LevelKind(LevelFilter) takes "a string (off, error, warn, info, debug or trace)";
+    write |v| quote(level_name(*v));
+    check |found| found.string(Self::TAKES, parse_level);
+
+    /// A duration string (see [`parse_duration`]).
+    kind DurationKind(Duration) takes DURATION_TAKES;
+    write |v| quote(&format_duration(*v));
+    check |found| found.string(Self::TAKES, parse_duration);
+
+    /// A duration string where `"0s"` means never.
+    kind DurationOrNever(Option<Duration>) takes DURATION_TAKES;
+    write |v| quote(&format_duration(v.unwrap_or(Duration::ZERO)));
+    check |found| found
+        .string(Self::TAKES, parse_duration)
+        .map(|d| (!d.is_zero()).then_some(d));
+
+    /// `true` or `false`.
+    kind BoolKind(bool) takes "true or false";
+    write |v| v.to_string();
+    check |found| match found {
+        Found::Bool(b) => Ok(b),
+        _ => Err(found.wrong(Self::TAKES)),
+    };
+
+    /// `[tcp] backlog`: what `listen(2)` takes, `1..=65535`.
+    kind Backlog(u32) takes "an integer";
+    write |v| v.to_string();
+    check |found| found
+        .integer(1, 65535, "an integer from 1 to 65535")
+        .map(|n| u32::try_from(n).expect("checked range"));
+
+    /// A count of at least 1.
+    kind AtLeastOne(NonZeroUsize) takes "an integer";
+    write |v| v.to_string();
+    check |found| {
+        let n = found.integer(1, i64::MAX.into(), "an integer of at least 1")?;
+        usize::try_from(n)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| format!("{n} is out of range: too large"))
+    };
+
+    /// `[tcp] max_pending_output`: a size of at least 1 byte.
+    kind PendingOutput(NonZeroUsize) takes "an integer or a string such as \"64KiB\"";
+    write |v| v.to_string();
+    check |found| {
+        let expected = "at least 1 byte";
+        match (found.size(1, expected, Self::TAKES)?, found) {
+            (0, Found::Str(s)) => Err(format!("{s:?} is out of range: expected {expected}")),
+            (bytes, _) => usize::try_from(bytes)
+                .ok()
+                .and_then(NonZeroUsize::new)
+                .ok_or_else(|| format!("{bytes} bytes is too large")),
+        }
+    };
+
+    /// `[tcp] socket_buffer`: a size as `max_pending_output` takes, 0 = off,
+    /// at most what `setsockopt` takes (a C int).
+    kind SocketBuffer(Option<NonZeroUsize>) takes "an integer or a string such as \"128KiB\"";
+    write |v| v.map_or(0, NonZeroUsize::get).to_string();
+    check |found| {
+        let max = i32::MAX as u64;
+        match found.size(0, "0 (off) or a number of bytes", Self::TAKES)? {
+            bytes if bytes > max => Err(format!("{bytes} bytes is too large (at most {max})")),
+            bytes => Ok(NonZeroUsize::new(bytes as usize)),
+        }
+    };
+
+    /// `[tcp] telnet`: `true`, `false` or `"auto"`.
+    kind Telnet(crate::telnet::Setting) takes "true, false or \"auto\"";
+    write |v| v.as_toml().to_owned();
+    check |found| match found {
+        Found::Bool(true) => Ok(crate::telnet::Setting::On),
+        Found::Bool(false) => Ok(crate::telnet::Setting::Off),
+        Found::Str("auto") => Ok(crate::telnet::Setting::Auto),
+        Found::Str(s) => Err(format!("{s:?} is not a setting: expected true, false or \"auto\"")),
+        _ => Err(found.wrong(Self::TAKES)),
+    };
+
+    /// `[tcp] max_connections_per_ip`: a count, 0 = no limit.
+    kind PerIpLimit(Option<NonZeroUsize>) takes "an integer";
+    write |v| v.map_or(0, NonZeroUsize::get).to_string();
+    check |found| found.count_or_off().map(|n| NonZeroUsize::new(n as usize));
+
+    /// `[udp] rate_limit`: datagrams per second, 0 = off.
+    kind RateLimit(Option<NonZeroU32>) takes "an integer";
+    write |v| v.map_or(0, NonZeroU32::get).to_string();
+    check |found| found.count_or_off().map(NonZeroU32::new);
+
+    /// One listen address (an item of `listen`).
+    kind Address(SocketAddr) takes "an address string such as \"127.0.0.1:12000\"";
+    write |v| quote(&v.to_string());
+    check |found| found.string(Self::TAKES, parse_address);
+
+    /// `listen`: an array of addresses.
+    kind Listen(Vec<SocketAddr>) takes "an array of addresses such as [\"127.0.0.1:12000\"]";
+    write |v| address_list(v);
+    check_seq |seq| items(seq).map(|items: Vec<Address>| items.into_iter().map(|a| a.0).collect());
+
+    /// One port number (an item of `blocked_source_ports`).
+    kind Port(u16) takes "an integer";
+    write |v| v.to_string();
+    check |found| found
+        .integer(0, 65535, "a port from 0 to 65535")
+        .map(|n| u16::try_from(n).expect("checked range"));
+
+    /// `[udp] blocked_source_ports`: an array of port numbers.
+    kind Ports(Vec<u16>) takes "an array of port numbers such as [7, 19]";
+    write |v| format!("[{}]", v.iter().map(u16::to_string).collect::<Vec<_>>().join(", "));
+    check_seq |seq| items(seq).map(|items: Vec<Port>| items.into_iter().map(|p| p.0).collect());
+}
+
+/// Reads an array item by item, each through its own `Deserialize` (so an
+/// error carries the item's span, and so its line).
+fn items<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<T>, A::Error> {
+    let mut items = Vec::new();
+    while let Some(item) = seq.next_element()? {
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// A sub-table (`[tcp]`, `[udp]`), read by its file struct: a table and
+/// nothing else (the derived struct visitor alone would also take an
+/// array, `[[udp]]`). A datetime arrives as a table too; its magic key is
+/// then reported as "found a datetime" by `invalid`.
+struct Section<T>(T);
+
+impl<T: DeserializeOwned> Leaf for Section<T> {
+    const TAKES: &'static str = "a table";
+
+    fn check_map<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Section)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Section<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Section<T>, D::Error> {
+        d.deserialize_any(LeafVisitor(PhantomData))
+    }
+}
+
+/// Turns a deserialization error into [`ConfigError::Invalid`]: the dotted
+/// key from the path (array indices dropped: the key is the array's), the
+/// line from the span toml attached (the value's, or the key's for an
+/// unknown key), and for an unknown key this module's message instead of
+/// serde's (`unknown field ...`).
+fn invalid(
+    text: &str,
+    origin: &Path,
+    error: serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    use serde_path_to_error::Segment;
+    let mut key: Vec<String> = error
+        .path()
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let error = error.into_inner();
+    let mut message = error.message().trim_end().to_owned();
+    if let Some((name, parent)) = key.split_last() {
+        let known = names_of(&parent.join("."));
+        if name == TOML_DATETIME_FIELD {
+            // A datetime where a table belongs (see `Section`).
+            message = wrong_type("a table", "a datetime");
+            key.pop();
+        } else if let Some(known) = known.filter(|known| !known.contains(&name.as_str())) {
+            message = format!("unknown key; expected one of: {}", known.join(", "));
+        }
+    }
+    let offset = error.span().map_or(text.len(), |span| span.start);
+    ConfigError::Invalid {
+        path: origin.to_path_buf(),
+        line: line_of(text, offset),
+        key: key.join("."),
         message,
     }
 }
 
-/// The table's entries in source order, so the first problem in the file is
-/// the one reported.
-fn entries<'a, 'i>(table: &'a DeTable<'i>) -> Vec<(&'a Key<'i>, &'a Value<'i>)> {
-    let mut entries: Vec<_> = table.iter().collect();
-    entries.sort_by_key(|(key, _)| key.span().start);
-    entries
-}
+// ---------------------------------------------------------------------------
+// The man page.
 
-fn unknown_key(key: &Key<'_>, dotted: &str, known: &[&str]) -> Fault {
-    fault(
-        key.span(),
-        dotted,
-        format!("unknown key; expected one of: {}", known.join(", ")),
-    )
-}
-
-/// "a string", "an integer", ... for messages.
-fn type_name(value: &DeValue<'_>) -> &'static str {
-    match value {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a datetime",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
+/// Escapes text for roff: backslashes, and a leading `.` or `'` that would
+/// read as a request.
+fn roff(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    if text.starts_with('.') || text.starts_with('\'') {
+        format!("\\&{text}")
+    } else {
+        text
     }
 }
 
-fn wrong_type(value: &Value<'_>, key: &str, expected: &str) -> Fault {
-    fault(
-        value.span(),
-        key,
-        format!("expected {expected}, found {}", type_name(value.get_ref())),
-    )
-}
-
-/// A string value run through `parse`; `expected` describes the accepted
-/// values for the wrong-type message.
-fn string_value<T>(
-    value: &Value<'_>,
-    key: &str,
-    expected: &str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Checked<T> {
-    match value.get_ref() {
-        DeValue::String(s) => parse(s).map_err(|message| fault(value.span(), key, message)),
-        _ => Err(wrong_type(value, key, expected)),
+/// The man page's section title for a table.
+fn man_section(table: &str) -> String {
+    match table {
+        "" => "TOP-LEVEL KEYS".to_owned(),
+        table => format!("[{table}] TABLE"),
     }
 }
 
-fn duration_value(value: &Value<'_>, key: &str) -> Checked<Duration> {
-    string_value(
-        value,
-        key,
-        "a duration string such as \"5s\"",
-        parse_duration,
-    )
-}
-
-/// An integer value within `min..=max`; `expected` describes the range.
-fn integer_value(value: &Value<'_>, key: &str, min: i64, max: i64, expected: &str) -> Checked<i64> {
-    let DeValue::Integer(integer) = value.get_ref() else {
-        return Err(wrong_type(value, key, "an integer"));
+/// The man page `upcased.toml(5)`, in roff: every key with what it takes,
+/// its default and whether a reload applies it, from the same declarations
+/// as [`Config::to_toml`] (and so `--check-config` and the example file).
+pub fn man_page() -> String {
+    let defaults = Config::default();
+    let mut out = String::new();
+    let mut line = |s: &str| {
+        out.push_str(s);
+        out.push('\n');
     };
-    let text = integer.as_str();
-    match i64::from_str_radix(text, integer.radix()) {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(n) => Err(fault(
-            value.span(),
-            key,
-            format!("{n} is out of range: expected {expected}"),
-        )),
-        Err(_) => Err(fault(
-            value.span(),
-            key,
-            format!("{text} is out of range: expected {expected}"),
-        )),
-    }
-}
-
-fn bool_value(value: &Value<'_>, key: &str) -> Checked<bool> {
-    match value.get_ref() {
-        DeValue::Boolean(b) => Ok(*b),
-        _ => Err(wrong_type(value, key, "true or false")),
-    }
-}
-
-/// `[tcp] telnet`: `true`, `false` or `"auto"`.
-fn telnet_value(value: &Value<'_>) -> Checked<crate::telnet::Setting> {
-    use crate::telnet::Setting;
-    match value.get_ref() {
-        DeValue::Boolean(true) => Ok(Setting::On),
-        DeValue::Boolean(false) => Ok(Setting::Off),
-        DeValue::String(s) if s.as_ref() == "auto" => Ok(Setting::Auto),
-        DeValue::String(s) => Err(fault(
-            value.span(),
-            "tcp.telnet",
-            format!(
-                "{:?} is not a setting: expected true, false or \"auto\"",
-                s.as_ref()
-            ),
-        )),
-        _ => Err(wrong_type(value, "tcp.telnet", "true, false or \"auto\"")),
-    }
-}
-
-/// A limit where `0` means off.
-fn count_or_off(value: &Value<'_>, key: &str) -> Checked<u32> {
-    let n = integer_value(value, key, 0, i64::from(u32::MAX), "0 (off) or more")?;
-    Ok(u32::try_from(n).expect("checked range"))
-}
-
-fn table_value<'a, 'i>(value: &'a Value<'i>, key: &str) -> Checked<&'a DeTable<'i>> {
-    match value.get_ref() {
-        DeValue::Table(table) => Ok(table),
-        _ => Err(wrong_type(value, key, "a table")),
-    }
-}
-
-fn listen_value(value: &Value<'_>, key: &str) -> Checked<Vec<SocketAddr>> {
-    let DeValue::Array(items) = value.get_ref() else {
-        return Err(wrong_type(
-            value,
-            key,
-            "an array of addresses such as [\"127.0.0.1:12000\"]",
-        ));
-    };
-    items
-        .iter()
-        .map(|item| {
-            string_value(
-                item,
-                key,
-                "an address string such as \"127.0.0.1:12000\"",
-                parse_address,
-            )
-        })
-        .collect()
-}
-
-fn check_document(table: &DeTable<'_>) -> Checked<Config> {
-    let mut config = Config::default();
-    for (key, value) in entries(table) {
-        match key.get_ref().as_ref() {
-            "mode" => {
-                config.mode = string_value(
-                    value,
-                    "mode",
-                    "a string (\"ascii\" or \"unicode\")",
-                    Mode::from_str,
-                )?;
-            }
-            "log_level" => {
-                config.log_level = string_value(
-                    value,
-                    "log_level",
-                    "a string (off, error, warn, info, debug or trace)",
-                    parse_level,
-                )?;
-            }
-            "shutdown_timeout" => {
-                config.shutdown_timeout = duration_value(value, "shutdown_timeout")?;
-            }
-            "reuse_port" => config.reuse_port = bool_value(value, "reuse_port")?,
-            "tcp" => check_tcp(table_value(value, "tcp")?, &mut config.tcp)?,
-            "udp" => check_udp(table_value(value, "udp")?, &mut config.udp)?,
-            other => return Err(unknown_key(key, other, TOP_KEYS)),
+    line(&format!(
+        ".TH UPCASED.TOML 5 \"\" \"upcase {}\" \"File Formats\"",
+        env!("CARGO_PKG_VERSION")
+    ));
+    line(".SH NAME");
+    line("upcased.toml \\- configuration file of upcased");
+    line(".SH SYNOPSIS");
+    line("/etc/upcased/upcased.toml");
+    line(".SH DESCRIPTION");
+    line(&roff(
+        "upcased(8) reads its configuration from the TOML file given with -c \
+         (the packaged service uses /etc/upcased/upcased.toml). Every key is optional: \
+         a missing key takes its default. Unknown keys are errors, reported as \
+         FILE:LINE: KEY: message, as are wrong types and invalid values. \
+         Durations are strings with a unit: \"250ms\", \"5s\", \"5m\", \"1h\". \
+         Sizes are integers (bytes) or strings with a unit: \"512B\", \"64KiB\", \"1MiB\", \"1GiB\". \
+         The flags --tcp, --udp and --mode override the file.",
+    ));
+    line(".PP");
+    line(&roff(
+        "upcased --check-config prints the effective configuration in this format, \
+         every key present.",
+    ));
+    for (table, values) in defaults.tables() {
+        line(&format!(".SH {}", roff(&man_section(table))));
+        for (key, default) in values {
+            line(".TP");
+            line(&format!(".B {}", roff(key.name)));
+            line(&roff(&key.doc.replace('\n', " ")));
+            line(".br");
+            line(&format!("Takes {}.", roff(key.takes)));
+            line(".br");
+            line(&format!("Default: {}", roff(&default)));
+            line(".br");
+            let note = match key.reload_note {
+                "" => String::new(),
+                note => format!("; {note}"),
+            };
+            line(&roff(&format!(
+                "Reloads (SIGHUP): {}{note}.",
+                key.reload.describe()
+            )));
         }
     }
-    Ok(config)
-}
-
-fn check_tcp(table: &DeTable<'_>, tcp: &mut TcpConfig) -> Checked<()> {
-    for (key, value) in entries(table) {
-        match key.get_ref().as_ref() {
-            "listen" => tcp.listen = listen_value(value, "tcp.listen")?,
-            "backlog" => {
-                let n =
-                    integer_value(value, "tcp.backlog", 1, 65535, "an integer from 1 to 65535")?;
-                tcp.backlog = u32::try_from(n).expect("checked range");
-            }
-            "max_connections" => {
-                let key = "tcp.max_connections";
-                let expected = "an integer of at least 1";
-                let n = integer_value(value, key, 1, i64::MAX, expected)?;
-                tcp.max_connections = usize::try_from(n)
-                    .ok()
-                    .and_then(NonZeroUsize::new)
-                    .ok_or_else(|| {
-                        fault(value.span(), key, format!("{n} is out of range: too large"))
-                    })?;
-            }
-            "idle_timeout" => {
-                let d = duration_value(value, "tcp.idle_timeout")?;
-                tcp.idle_timeout = (!d.is_zero()).then_some(d);
-            }
-            "max_pending_output" => {
-                tcp.max_pending_output = check_pending_output(value)?;
-            }
-            "telnet" => tcp.telnet = telnet_value(value)?,
-            "max_connections_per_ip" => {
-                let n = count_or_off(value, "tcp.max_connections_per_ip")?;
-                tcp.max_connections_per_ip = NonZeroUsize::new(n as usize);
-            }
-            "socket_buffer" => tcp.socket_buffer = check_socket_buffer(value)?,
-            other => return Err(unknown_key(key, &format!("tcp.{other}"), TCP_KEYS)),
-        }
-    }
-    Ok(())
-}
-
-fn check_pending_output(value: &Value<'_>) -> Checked<NonZeroUsize> {
-    let key = "tcp.max_pending_output";
-    let expected = "at least 1 byte";
-    let bytes = match value.get_ref() {
-        DeValue::Integer(_) => integer_value(value, key, 1, i64::MAX, expected)? as u64,
-        DeValue::String(s) => {
-            let bytes = parse_size(s).map_err(|message| fault(value.span(), key, message))?;
-            if bytes == 0 {
-                return Err(fault(
-                    value.span(),
-                    key,
-                    format!("{s:?} is out of range: expected {expected}"),
-                ));
-            }
-            bytes
-        }
-        _ => {
-            return Err(wrong_type(
-                value,
-                key,
-                "an integer or a string such as \"64KiB\"",
-            ))
-        }
-    };
-    usize::try_from(bytes)
-        .ok()
-        .and_then(NonZeroUsize::new)
-        .ok_or_else(|| fault(value.span(), key, format!("{bytes} bytes is too large")))
-}
-
-/// `[tcp] socket_buffer`: a size as `max_pending_output` takes, 0 = off,
-/// at most what `setsockopt` takes (a C int).
-fn check_socket_buffer(value: &Value<'_>) -> Checked<Option<NonZeroUsize>> {
-    let key = "tcp.socket_buffer";
-    let max = i32::MAX as u64;
-    let bytes = match value.get_ref() {
-        DeValue::Integer(_) => {
-            integer_value(value, key, 0, i64::MAX, "0 (off) or a number of bytes")? as u64
-        }
-        DeValue::String(s) => parse_size(s).map_err(|message| fault(value.span(), key, message))?,
-        _ => {
-            return Err(wrong_type(
-                value,
-                key,
-                "an integer or a string such as \"128KiB\"",
-            ))
-        }
-    };
-    if bytes > max {
-        return Err(fault(
-            value.span(),
-            key,
-            format!("{bytes} bytes is too large (at most {max})"),
-        ));
-    }
-    Ok(NonZeroUsize::new(bytes as usize))
-}
-
-fn check_udp(table: &DeTable<'_>, udp: &mut UdpConfig) -> Checked<()> {
-    for (key, value) in entries(table) {
-        match key.get_ref().as_ref() {
-            "listen" => udp.listen = listen_value(value, "udp.listen")?,
-            "blocked_source_ports" => {
-                let key = "udp.blocked_source_ports";
-                let DeValue::Array(items) = value.get_ref() else {
-                    return Err(wrong_type(
-                        value,
-                        key,
-                        "an array of port numbers such as [7, 19]",
-                    ));
-                };
-                udp.blocked_source_ports = items
-                    .iter()
-                    .map(|item| {
-                        integer_value(item, key, 0, 65535, "a port from 0 to 65535")
-                            .map(|n| u16::try_from(n).expect("checked range"))
-                    })
-                    .collect::<Checked<Vec<u16>>>()?;
-            }
-            "rate_limit" => {
-                udp.rate_limit = NonZeroU32::new(count_or_off(value, "udp.rate_limit")?)
-            }
-            "rate_limit_loopback" => {
-                udp.rate_limit_loopback = bool_value(value, "udp.rate_limit_loopback")?;
-            }
-            other => return Err(unknown_key(key, &format!("udp.{other}"), UDP_KEYS)),
-        }
-    }
-    Ok(())
+    line(".SH RELOAD");
+    line(&roff(
+        "On SIGHUP upcased reads the file again. A key that reloads takes its new value \
+         at once or, where said, for connections accepted from then on. A key that does \
+         not keeps its old value until a restart, and the reload logs a warning. \
+         An invalid file is reported and the running configuration kept.",
+    ));
+    line(".SH FILES");
+    line(".TP");
+    line("/etc/upcased/upcased.toml");
+    line("The configuration the packaged units use.");
+    line(".SH SEE ALSO");
+    line("upcased(8), upcase(1)");
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -1379,6 +1640,111 @@ rate_limit_loopback = true
             }
         }
         assert_eq!(keys, 16);
+    }
+
+    #[test]
+    fn datetimes_floats_and_tables_are_named() {
+        assert_eq!(
+            error("tcp = 1979-05-27\n"),
+            "test.toml:1: tcp: expected a table, found a datetime"
+        );
+        assert_eq!(
+            error("mode = 1979-05-27\n"),
+            "test.toml:1: mode: expected a string (\"ascii\" or \"unicode\"), found a datetime"
+        );
+        assert_eq!(
+            error("[tcp]\nlisten = [\n\"1.1.1.1:1\",\n{a = 1}\n]\n"),
+            "test.toml:4: tcp.listen: expected an address string such as \"127.0.0.1:12000\", found a table"
+        );
+        assert_eq!(
+            error("tcp.listen.x = 1\n"),
+            "test.toml:1: tcp.listen: expected an array of addresses such as [\"127.0.0.1:12000\"], found a table"
+        );
+    }
+
+    /// Every table's key list, its unknown-key list and what to_toml
+    /// writes are the one declaration.
+    #[test]
+    fn one_declaration_per_key() {
+        let tables = [
+            ("", TOP_KEYS, Config::NAMES),
+            ("tcp", TCP_KEYS, TcpConfig::NAMES),
+            ("udp", UDP_KEYS, UdpConfig::NAMES),
+        ];
+        assert_eq!(Config::TABLES, tables);
+        for (table, keys, names) in tables {
+            assert!(keys.iter().all(|key| key.table == table), "{table}");
+            let declared: Vec<&str> = keys.iter().map(|key| key.name).collect();
+            assert_eq!(names[..keys.len()], declared[..], "{table}");
+            assert_eq!(names_of(table), Some(names));
+        }
+        assert_eq!(Config::NAMES[TOP_KEYS.len()..], ["tcp", "udp"]);
+        assert_eq!(TcpConfig::NAMES.len(), TCP_KEYS.len());
+        assert_eq!(UdpConfig::NAMES.len(), UDP_KEYS.len());
+
+        let text = Config::default().to_toml();
+        let mut table = "";
+        let mut written = Vec::new();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = header;
+            } else if let Some((name, _)) = line.split_once(" = ") {
+                written.push((table, name));
+            }
+        }
+        let declared: Vec<(&str, &str)> = TOP_KEYS
+            .iter()
+            .chain(TCP_KEYS)
+            .chain(UDP_KEYS)
+            .map(|key| (key.table, key.name))
+            .collect();
+        assert_eq!(written, declared);
+    }
+
+    #[test]
+    fn man_page_has_every_key_with_its_default_and_reload() {
+        let page = man_page();
+        assert!(page.starts_with(".TH UPCASED.TOML 5 "), "{page}");
+        let defaults = Config::default();
+        let tables = [
+            ("TOP\\-LEVEL KEYS", defaults.values()),
+            ("[tcp] TABLE", defaults.tcp.values()),
+            ("[udp] TABLE", defaults.udp.values()),
+        ];
+        let titles: Vec<String> = defaults
+            .tables()
+            .iter()
+            .map(|(t, _)| roff(&man_section(t)))
+            .collect();
+        let want: Vec<&str> = tables.iter().map(|(title, _)| *title).collect();
+        assert_eq!(titles, want);
+        for (title, values) in tables {
+            let start = page
+                .find(&format!(".SH {title}\n"))
+                .unwrap_or_else(|| panic!("no section {title}"));
+            let section = &page[start..];
+            let section = &section[..section[4..]
+                .find(".SH ")
+                .map_or(section.len(), |end| end + 4)];
+            let entries: Vec<&str> = section.split(".TP\n").skip(1).collect();
+            assert_eq!(entries.len(), values.len(), "{section}");
+            for (entry, (key, default)) in entries.iter().zip(values) {
+                assert!(
+                    entry.starts_with(&format!(".B {}\n", roff(key.name))),
+                    "{entry}"
+                );
+                assert!(
+                    entry.contains(&format!("Default: {}\n", roff(&default))),
+                    "{entry}"
+                );
+                let reload = format!("Reloads (SIGHUP): {}", key.reload.describe());
+                assert!(entry.contains(&roff(&reload)), "{entry}");
+            }
+        }
+        let socket_buffer = &TCP_KEYS[7];
+        assert_eq!(socket_buffer.name, "socket_buffer");
+        assert!(page.contains(&roff(socket_buffer.reload_note)));
+        assert!(!socket_buffer.reload_note.is_empty());
     }
 
     #[test]
