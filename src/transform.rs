@@ -299,7 +299,7 @@ fn ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
 /// small blocks instead was ~10x slower: tiny `extend`s do not vectorize.
 /// Between non-ASCII chars this is all a run needs: the long blocks' OR
 /// check reads 256 bytes before it can fail.
-#[inline]
+#[inline(always)]
 fn short_ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
     let mut m = 0;
     for block in input.chunks_exact(16) {
