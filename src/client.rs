@@ -80,7 +80,8 @@ pub struct ClientArgs {
     pub udp: bool,
 
     /// UDP: how long to wait for a reply before sending the line again
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout)]
+    /// (e.g. 500ms, 2s)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::nonzero_duration)]
     pub timeout: Duration,
 
     /// UDP: how many times a line is sent again before its reply counts as lost
@@ -96,16 +97,6 @@ pub struct ClientArgs {
     /// The server, HOST:PORT (host names resolve; IPv6 as [::1]:12000)
     #[arg(value_name = "HOST:PORT", default_value = DEFAULT_SERVER, value_parser = Target::parse)]
     pub server: Target,
-}
-
-/// `--timeout`: a duration as in the config file (`"500ms"`, `"2s"`), not zero
-/// (a zero read timeout means "block for ever" to the OS).
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(s)?;
-    if d.is_zero() {
-        return Err("the timeout must be longer than 0ms".to_owned());
-    }
-    Ok(d)
 }
 
 /// A server as the user wrote it: host (name or IP) and port.

@@ -9,6 +9,9 @@
 //!   streaming form carries a UTF-8 character split across reads.
 //! - [`config`]: the TOML file parsed into a file type, then validated into
 //!   [`config::Config`], whose fields are already-checked types.
+//! - [`units`]: the one vocabulary of durations (`250ms`, `5s`, `5m`) and
+//!   sizes (`64KiB`) of the config file and all three command lines, with
+//!   their clap value parsers.
 //! - [`cli`]: the command-line definitions (clap), shared by the binary and
 //!   the man pages.
 //! - [`client`]: the textbook client behind `upcase` (its arguments, TCP
@@ -47,3 +50,4 @@ pub mod signals;
 pub mod systemd;
 pub mod telnet;
 pub mod transform;
+pub mod units;
