@@ -19,12 +19,17 @@
 //! Connect (at most `--max-connecting` at once, `--connect-rate` per
 //! second); a connection counts as up only after its first verified
 //! exchange. Once every connection is up (or `--connect-timeout` passed),
-//! `--warmup` more seconds of load, then the measured window of
-//! `--duration` seconds (or `--messages` replies): only replies completed in
-//! it count in the figures. Then no new requests; the replies in flight are
+//! `--warmup` more load, then the measured window of `--duration` (or
+//! `--messages` replies): only replies completed in it count in the
+//! figures. Then no new requests; the replies in flight are
 //! awaited (`--drain-timeout`), every TCP connection is half-closed, and its
 //! EOF awaited: a byte too many, a reset, or a reply still missing is an
 //! error. Any error makes the run fail (non-zero exit).
+//!
+//! Durations and sizes are written as in the config file ([`crate::units`]):
+//! `--duration 3s --warmup 500ms --size 4KiB`. A bare number of seconds
+//! (`--duration 3`, the old spelling) still works, with a deprecation
+//! warning on standard error.
 
 pub mod payload;
 pub mod report;
@@ -34,6 +39,7 @@ pub mod verify;
 
 use std::io;
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -42,6 +48,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use payload::PayloadKind;
 pub use report::Report;
 use report::{Errors, ProcSample};
+
+use crate::units::{self, DeprecatedSeconds};
 
 /// What to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -73,17 +81,19 @@ pub struct Options {
     #[arg(long, default_value = "127.0.0.1:12000")]
     pub addr: SocketAddr,
     /// TCP connections (tcp, idle) or UDP flows (udp).
-    #[arg(short, long, default_value_t = 1)]
-    pub connections: usize,
-    /// Seconds measured (idle: seconds the connections are held).
-    #[arg(short, long, default_value = "3", value_parser = parse_secs)]
+    #[arg(short, long, default_value = "1")]
+    pub connections: NonZeroUsize,
+    /// How long the window measured lasts (idle: how long the connections
+    /// are held), e.g. 3s, 500ms.
+    #[arg(short, long, value_name = "DURATION", default_value = "3s", value_parser = DeprecatedSeconds::default())]
     pub duration: Duration,
-    /// Request size in bytes (udp: at least 16, the sequence header).
-    #[arg(short, long, default_value_t = 64)]
-    pub size: usize,
+    /// Request size, e.g. 64, 4KiB (udp: at least 16 bytes, the sequence
+    /// header).
+    #[arg(short, long, value_name = "SIZE", default_value = "64", value_parser = units::nonzero_size)]
+    pub size: NonZeroUsize,
     /// Requests in flight per connection (udp: datagrams per flow).
-    #[arg(short, long, default_value_t = 1)]
-    pub pipeline: usize,
+    #[arg(short, long, default_value = "1")]
+    pub pipeline: NonZeroUsize,
     /// What requests are made of: ascii (any server), utf8 (upcased in
     /// unicode mode), binary (upcased in ascii mode).
     #[arg(long, value_enum, default_value = "ascii")]
@@ -96,33 +106,25 @@ pub struct Options {
     pub json: bool,
     /// End the measured window after this many replies (or at --duration).
     #[arg(long)]
-    pub messages: Option<u64>,
-    /// Seconds of load after every connection is up, before measuring.
-    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub messages: Option<NonZeroU64>,
+    /// Load after every connection is up, before measuring, e.g. 1s, 0s.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = DeprecatedSeconds::default())]
     pub warmup: Duration,
     /// New connections per second; 0: as fast as --max-connecting allows.
     #[arg(long, default_value_t = 0)]
     pub connect_rate: u64,
     /// Connects in progress at once (keeps within the server's backlog).
-    #[arg(long, default_value_t = 256)]
-    pub max_connecting: usize,
-    /// Seconds for every connection to complete its first exchange.
-    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    #[arg(long, default_value = "256")]
+    pub max_connecting: NonZeroUsize,
+    /// How long every connection has to complete its first exchange.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = DeprecatedSeconds::nonzero())]
     pub connect_timeout: Duration,
-    /// Seconds to wait at the end for replies in flight and for EOFs.
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
+    /// How long to wait at the end for replies in flight and for EOFs.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = DeprecatedSeconds::default())]
     pub drain_timeout: Duration,
-    /// Seconds after which a UDP datagram with no reply counts as lost.
-    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    /// After how long a UDP datagram with no reply counts as lost.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = DeprecatedSeconds::nonzero())]
     pub udp_timeout: Duration,
-}
-
-/// Seconds, possibly fractional ("0.5").
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Why the bench could not run (as opposed to: it ran and found errors,
@@ -150,20 +152,11 @@ impl BenchError {
 
 /// Runs the benchmark described by `options` and returns its report.
 pub fn run(options: &Options) -> Result<Report, BenchError> {
-    if options.connections == 0 {
-        return Err(BenchError::Usage("--connections must be at least 1".into()));
-    }
-    if options.pipeline == 0 {
-        return Err(BenchError::Usage("--pipeline must be at least 1".into()));
-    }
-    if options.size == 0 {
-        return Err(BenchError::Usage("--size must be at least 1".into()));
-    }
     raise_nofile_limit();
     match options.kind {
         Kind::Tcp | Kind::Idle => tcp::run(options),
         Kind::Udp => {
-            if options.size < payload::UDP_HEADER {
+            if options.size.get() < payload::UDP_HEADER {
                 return Err(BenchError::Usage(format!(
                     "udp: --size must be at least {} (the sequence header)",
                     payload::UDP_HEADER
@@ -245,7 +238,7 @@ impl Recorder {
         );
         Recorder {
             window: None,
-            max_messages: options.messages,
+            max_messages: options.messages.map(NonZeroU64::get),
             // 1 ns to 1 hour at 3 significant digits; bounds are valid
             // constants, so this cannot fail.
             latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
@@ -355,9 +348,9 @@ impl Recorder {
         }
         .as_secs_f64();
         report.addr = options.addr.to_string();
-        report.connections = options.connections;
-        report.size = options.size;
-        report.pipeline = options.pipeline;
+        report.connections = options.connections.get();
+        report.size = options.size.get();
+        report.pipeline = options.pipeline.get();
         report.payload = options.payload.to_string();
         report.window_s = window_s;
         report.messages = self.messages;
@@ -385,5 +378,72 @@ impl Recorder {
         report.ok = self.errors.total() == 0;
         report.errors = self.errors;
         report.error_samples = self.samples;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("upcase-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_the_vocabulary_of_the_config() {
+        Options::command().debug_assert();
+        let o = parse(&["tcp"]).unwrap();
+        assert_eq!(o.duration, Duration::from_secs(3));
+        assert_eq!(o.warmup, Duration::from_secs(1));
+        assert_eq!(o.connect_timeout, Duration::from_secs(30));
+        assert_eq!(o.drain_timeout, Duration::from_secs(5));
+        assert_eq!(o.udp_timeout, Duration::from_secs(1));
+        assert_eq!(
+            (o.connections.get(), o.size.get(), o.pipeline.get()),
+            (1, 64, 1)
+        );
+        assert_eq!(o.max_connecting.get(), 256);
+        let o = parse(&[
+            "udp",
+            "--duration",
+            "2m",
+            "--warmup",
+            "0s",
+            "--udp-timeout",
+            "50ms",
+            "--size",
+            "4KiB",
+            "--messages",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(o.duration, Duration::from_secs(120));
+        assert_eq!(o.warmup, Duration::ZERO);
+        assert_eq!(o.udp_timeout, Duration::from_millis(50));
+        assert_eq!(o.size.get(), 4096);
+        assert_eq!(o.messages.map(NonZeroU64::get), Some(10));
+    }
+
+    #[test]
+    fn zero_and_nonsense_are_usage_errors() {
+        for args in [
+            &["tcp", "--connections", "0"][..],
+            &["tcp", "--pipeline", "0"],
+            &["tcp", "--size", "0"],
+            &["tcp", "--size", "0KiB"],
+            &["tcp", "--size", "64KB"],
+            &["tcp", "--max-connecting", "0"],
+            &["tcp", "--messages", "0"],
+            &["tcp", "--connect-timeout", "0s"],
+            &["udp", "--udp-timeout", "0"],
+            &["tcp", "--duration", "3x"],
+            &["tcp", "--duration", "1.5s"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let e = parse(&["tcp", "--size", "64KB"]).unwrap_err().to_string();
+        assert!(e.contains("invalid size \"64KB\""), "{e}");
     }
 }
