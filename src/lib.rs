@@ -33,7 +33,8 @@
 //! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
 //!   watchdog: the sd_notify protocol)
 //!   and socket activation (`LISTEN_FDS`), without libsystemd.
-//! - [`rlimit`]: the file-descriptor limit, raised at start-up.
+//! - [`rlimit`]: the file-descriptor limit, raised at start-up (daemon and
+//!   bench), and what it means for `max_connections`.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
 //!
 //! Binaries in `src/bin/` stay thin: parse arguments, set up logging, run,

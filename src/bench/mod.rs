@@ -152,7 +152,12 @@ impl BenchError {
 
 /// Runs the benchmark described by `options` and returns its report.
 pub fn run(options: &Options) -> Result<Report, BenchError> {
-    raise_nofile_limit();
+    // Each connection is a descriptor, and the soft limit is often far
+    // below the hard one. Not fatal: a run that gets fewer descriptors than
+    // it needs reports its failed connects.
+    if let Err(e) = crate::rlimit::raise_nofile_limit() {
+        eprintln!("upcase-bench: warning: cannot raise the file descriptor limit: {e}");
+    }
     match options.kind {
         Kind::Tcp | Kind::Idle => tcp::run(options),
         Kind::Udp => {
@@ -163,22 +168,6 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
                 )));
             }
             udp::run(options)
-        }
-    }
-}
-
-/// Raises the soft limit on open files to the hard one: each connection is
-/// a descriptor, and the soft limit is often far below the hard one.
-fn raise_nofile_limit() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
         }
     }
 }

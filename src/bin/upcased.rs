@@ -33,8 +33,7 @@ fn main() -> ExitCode {
             if after > before {
                 log::info!("file descriptor limit raised from {before} to {after}");
             }
-            let wanted = config.tcp.max_connections.get() as u64 + upcase::rlimit::RESERVED_FDS;
-            if wanted > after {
+            if !upcase::rlimit::fits(config.tcp.max_connections.get(), after) {
                 log::warn!(
                     "max_connections is {} but the file descriptor limit is {after}: \
                      accepting will pause before the limit (raise LimitNOFILE or ulimit -n)",
