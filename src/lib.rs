@@ -14,6 +14,9 @@
 //!   their clap value parsers.
 //! - [`cli`]: the command-line definitions (clap), shared by the binary and
 //!   the man pages.
+//! - [`daemon`]: `upcased` from arguments to exit: config, logging, the
+//!   descriptor limit, socket activation or binding, the reloader, and
+//!   [`daemon::DaemonError`] with its exit code.
 //! - [`client`]: the textbook client behind `upcase` (its arguments, TCP
 //!   streamed or interactive, UDP with timeout and retries).
 //! - [`telnet`]: telnet commands removed from a TCP stream, every option
@@ -37,13 +40,14 @@
 //!   bench), and what it means for `max_connections`.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
 //!
-//! Binaries in `src/bin/` stay thin: parse arguments, set up logging, run,
-//! map errors to exit codes.
+//! Binaries in `src/bin/` stay thin: parse arguments, run, map errors to
+//! exit codes (`upcased` over [`daemon::run`]).
 
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod logging;
 pub mod rlimit;
 pub mod server;

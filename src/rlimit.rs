@@ -1,6 +1,6 @@
 //! The process's file-descriptor limit: every connection is one descriptor.
-//! Raised at start-up by the daemon and by the bench, and checked against
-//! `max_connections`.
+//! Raised at start-up by the daemon ([`crate::daemon`]) and by the bench,
+//! and checked against `max_connections`.
 
 use std::io;
 
