@@ -1,7 +1,7 @@
 //! The textbook client behind the `upcase` binary: read lines from standard
 //! input, send them to the server, print the replies.
 //!
-//! Three ways to talk, chosen by the binary:
+//! Three ways to talk, chosen by [`run`] (the whole of the binary):
 //!
 //! - [`tcp_stream`] (TCP, input piped): two threads. One copies the input to
 //!   the socket and then shuts down the write side; the other copies the
@@ -253,6 +253,14 @@ pub enum ClientError {
     /// Standard output could not be written (other than a closed pipe).
     #[error("cannot write standard output: {0}")]
     Output(#[source] io::Error),
+}
+
+impl ClientError {
+    /// The exit status for this error: 1, a network or runtime failure
+    /// (clap exits with 2 on bad usage before a session starts).
+    pub fn exit_code(&self) -> u8 {
+        1
+    }
 }
 
 /// " (tried A, B)" when the target is not simply the one address tried.
@@ -708,6 +716,59 @@ pub fn udp_session<W: Write>(
         });
     }
     Ok(())
+}
+
+/// The whole of `upcase`: picks the way to talk from `args` and from whether
+/// standard input is a terminal (TCP streamed or interactive, UDP), and runs
+/// it on the process's standard streams.
+pub fn run(args: &ClientArgs) -> Result<(), ClientError> {
+    use std::io::IsTerminal;
+    let interactive = io::stdin().is_terminal();
+    let stdout = io::stdout();
+    let mut stderr = io::stderr();
+    let transport = if args.udp { "UDP" } else { "TCP" };
+    if args.udp {
+        let options = UdpOptions {
+            timeout: args.timeout,
+            retries: args.retries,
+            mode: args.mode,
+        };
+        let mut prompt_out = io::stderr();
+        let prompt = interactive.then(|| {
+            greet(&mut prompt_out, &args.server, transport);
+            Prompt {
+                out: &mut prompt_out,
+                text: "> ",
+            }
+        });
+        return udp_session(
+            &args.server,
+            io::stdin().lock(),
+            stdout.lock(),
+            &mut stderr,
+            prompt,
+            options,
+        );
+    }
+    let stream = connect(&args.server)?;
+    if interactive {
+        greet(&mut stderr, &args.server, transport);
+        let prompt = Prompt {
+            out: &mut stderr,
+            text: "> ",
+        };
+        tcp_interactive(stream, io::stdin().lock(), stdout.lock(), prompt)
+    } else {
+        tcp_stream(stream, io::stdin(), stdout.lock())
+    }
+}
+
+/// The interactive banner, on standard error like the prompt.
+fn greet(out: &mut impl Write, server: &Target, transport: &str) {
+    let _ = writeln!(
+        out,
+        "upcase: talking to {server} over {transport}; type a line, Ctrl-D quits"
+    );
 }
 
 #[cfg(test)]

@@ -40,8 +40,10 @@
 //!   bench), and what it means for `max_connections`.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
 //!
-//! Binaries in `src/bin/` stay thin: parse arguments, run, map errors to
-//! exit codes (`upcased` over [`daemon::run`]).
+//! Binaries in `src/bin/` stay thin, `main → run → ExitCode` as ripgrep's:
+//! parse arguments, call the library's `run` ([`daemon::run`],
+//! [`client::run`], [`bench::run_and_print`]), map its error to an exit
+//! code.
 
 pub mod bench;
 pub mod cli;

@@ -142,12 +142,42 @@ pub enum BenchError {
         /// The OS error.
         source: io::Error,
     },
+    /// The report could not be encoded as JSON.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl BenchError {
+    /// The exit status for this error: 2 bad usage, 3 the bench itself
+    /// failed. (1, errors found, is a run that completed: see
+    /// [`run_and_print`].)
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BenchError::Usage(_) => 2,
+            BenchError::Io { .. } | BenchError::Json(_) => 3,
+        }
+    }
+
     fn io(context: &'static str) -> impl FnOnce(io::Error) -> BenchError {
         move |source| BenchError::Io { context, source }
     }
+}
+
+/// The whole of `upcase-bench`: runs the benchmark, prints the report on
+/// standard output (text, or one JSON object with `--json`) and returns
+/// whether every reply was verified (exit status 0, else 1).
+pub fn run_and_print(options: &Options) -> Result<bool, BenchError> {
+    let report = run(options)?;
+    if options.json {
+        println!("{}", serde_json::to_string(&report)?);
+        if !report.ok {
+            // Scripts read stdout; a person reads stderr.
+            eprintln!("upcase-bench: FAILED: {} errors", report.errors.total());
+        }
+    } else {
+        println!("{report}");
+    }
+    Ok(report.ok)
 }
 
 /// Runs the benchmark described by `options` and returns its report.
@@ -434,5 +464,15 @@ mod tests {
         }
         let e = parse(&["tcp", "--size", "64KB"]).unwrap_err().to_string();
         assert!(e.contains("invalid size \"64KB\""), "{e}");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(BenchError::Usage("x".into()).exit_code(), 2);
+        let io = BenchError::Io {
+            context: "poll",
+            source: io::Error::from(io::ErrorKind::Other),
+        };
+        assert_eq!(io.exit_code(), 3);
     }
 }
