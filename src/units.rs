@@ -160,12 +160,14 @@ impl TypedValueParser for DeprecatedSeconds {
             .and_then(clap::Arg::get_long)
             .map_or_else(|| "a duration".to_owned(), |long| format!("--{long}"));
         if self.nonzero && secs.is_zero() {
-            let message = format!(
-                "invalid value '{text}' for '{flag}': {text:?} is out of range: expected more than 0ms\n"
-            );
-            return Err(
-                clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd),
-            );
+            // Refused as clap refuses any value: the same message format,
+            // naming what was typed.
+            let refuse = |typed: &str| {
+                Err::<Duration, String>(format!(
+                    "{typed:?} is out of range: expected more than 0ms"
+                ))
+            };
+            return refuse.parse_ref(cmd, arg, value);
         }
         eprintln!(
             "{}: warning: {flag} {text}: a bare number of seconds is deprecated; write {new}",
