@@ -222,7 +222,7 @@ def header(table, args):
         f"Machine: {machine()}.  ",
         f"Command: `{args.command}` ({args.rounds} interleaved "
         f"round{'' if str(args.rounds) == '1' else 's'}, "
-        f"{args.duration} s measured per run after a warm-up; every server pinned to CPU 0, "
+        f"{args.duration} measured per run after a warm-up; every server pinned to CPU 0, "
         "the load generator to CPU 1; every reply verified byte for byte).",
         "",
         "Servers: " + "; ".join(f"`{s}`, {SERVERS.get(s, s)}" for s in servers) + ".",
@@ -619,7 +619,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--command", default="bench/run")
     ap.add_argument("--rounds", default="5")
-    ap.add_argument("--duration", default="3")
+    ap.add_argument("--duration", default="3s")
     args = ap.parse_args()
     table = summarize(load(args.raw))
     svg = chart(table)

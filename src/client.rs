@@ -1,7 +1,7 @@
 //! The textbook client behind the `upcase` binary: read lines from standard
 //! input, send them to the server, print the replies.
 //!
-//! Three ways to talk, chosen by the binary:
+//! Three ways to talk, chosen by [`run`] (the whole of the binary):
 //!
 //! - [`tcp_stream`] (TCP, input piped): two threads. One copies the input to
 //!   the socket and then shuts down the write side; the other copies the
@@ -80,7 +80,8 @@ pub struct ClientArgs {
     pub udp: bool,
 
     /// UDP: how long to wait for a reply before sending the line again
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout)]
+    /// (e.g. 500ms, 2s)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::nonzero_duration)]
     pub timeout: Duration,
 
     /// UDP: how many times a line is sent again before its reply counts as lost
@@ -96,16 +97,6 @@ pub struct ClientArgs {
     /// The server, HOST:PORT (host names resolve; IPv6 as [::1]:12000)
     #[arg(value_name = "HOST:PORT", default_value = DEFAULT_SERVER, value_parser = Target::parse)]
     pub server: Target,
-}
-
-/// `--timeout`: a duration as in the config file (`"500ms"`, `"2s"`), not zero
-/// (a zero read timeout means "block for ever" to the OS).
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(s)?;
-    if d.is_zero() {
-        return Err("the timeout must be longer than 0ms".to_owned());
-    }
-    Ok(d)
 }
 
 /// A server as the user wrote it: host (name or IP) and port.
@@ -262,6 +253,14 @@ pub enum ClientError {
     /// Standard output could not be written (other than a closed pipe).
     #[error("cannot write standard output: {0}")]
     Output(#[source] io::Error),
+}
+
+impl ClientError {
+    /// The exit status for this error: 1, a network or runtime failure
+    /// (clap exits with 2 on bad usage before a session starts).
+    pub fn exit_code(&self) -> u8 {
+        1
+    }
 }
 
 /// " (tried A, B)" when the target is not simply the one address tried.
@@ -717,6 +716,59 @@ pub fn udp_session<W: Write>(
         });
     }
     Ok(())
+}
+
+/// The whole of `upcase`: picks the way to talk from `args` and from whether
+/// standard input is a terminal (TCP streamed or interactive, UDP), and runs
+/// it on the process's standard streams.
+pub fn run(args: &ClientArgs) -> Result<(), ClientError> {
+    use std::io::IsTerminal;
+    let interactive = io::stdin().is_terminal();
+    let stdout = io::stdout();
+    let mut stderr = io::stderr();
+    let transport = if args.udp { "UDP" } else { "TCP" };
+    if args.udp {
+        let options = UdpOptions {
+            timeout: args.timeout,
+            retries: args.retries,
+            mode: args.mode,
+        };
+        let mut prompt_out = io::stderr();
+        let prompt = interactive.then(|| {
+            greet(&mut prompt_out, &args.server, transport);
+            Prompt {
+                out: &mut prompt_out,
+                text: "> ",
+            }
+        });
+        return udp_session(
+            &args.server,
+            io::stdin().lock(),
+            stdout.lock(),
+            &mut stderr,
+            prompt,
+            options,
+        );
+    }
+    let stream = connect(&args.server)?;
+    if interactive {
+        greet(&mut stderr, &args.server, transport);
+        let prompt = Prompt {
+            out: &mut stderr,
+            text: "> ",
+        };
+        tcp_interactive(stream, io::stdin().lock(), stdout.lock(), prompt)
+    } else {
+        tcp_stream(stream, io::stdin(), stdout.lock())
+    }
+}
+
+/// The interactive banner, on standard error like the prompt.
+fn greet(out: &mut impl Write, server: &Target, transport: &str) {
+    let _ = writeln!(
+        out,
+        "upcase: talking to {server} over {transport}; type a line, Ctrl-D quits"
+    );
 }
 
 #[cfg(test)]

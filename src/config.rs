@@ -3,9 +3,11 @@
 //!
 //! The file is TOML. Every key is optional (defaults fill the rest) and
 //! unknown keys, at any level, are errors. Durations are strings with a unit
-//! (`"250ms"`, `"5s"`, `"5m"`, `"1h"`), see [`parse_duration`]. The documented
-//! example with every key at its default value is `config/upcased.toml`, which
-//! is exactly what [`Config::to_toml`] prints for [`Config::default`].
+//! (`"250ms"`, `"5s"`, `"5m"`, `"1h"`), sizes an integer or a string with a
+//! unit (`"64KiB"`): the vocabulary of [`crate::units`], which the command
+//! lines share. The documented example with every key at its default value
+//! is `config/upcased.toml`, which is exactly what [`Config::to_toml`]
+//! prints for [`Config::default`].
 //!
 //! A bad file is reported as `FILE:LINE: KEY: what is wrong: what is expected`,
 //! with the dotted key (`tcp.idle_timeout`), e.g.
@@ -445,74 +447,11 @@ impl Config {
     }
 }
 
-/// The message for every malformed duration.
-const DURATION_EXPECTED: &str =
-    "expected a whole number followed by ms, s, m or h (e.g. \"250ms\", \"5s\", \"5m\")";
-
-/// Parses a duration written as a whole number followed by a unit: `ms`,
-/// `s`, `m` or `h` (`"250ms"`, `"5s"`, `"5m"`, `"1h"`, `"0s"`).
-///
-/// Rejected: a missing or unknown unit (`"5"`, `"5x"`), signs (`"-1s"`),
-/// fractions (`"1.5s"`; write `"1500ms"`), spaces, the empty string and
-/// values too large for a [`Duration`]. The error text is complete, e.g.
-/// `invalid duration "5x": expected a whole number followed by ms, s, m or h (e.g. "250ms", "5s", "5m")`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(digits_end);
-    let invalid = || format!("invalid duration {s:?}: {DURATION_EXPECTED}");
-    let scale: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(invalid()),
-    };
-    if digits.is_empty() {
-        return Err(invalid());
-    }
-    let too_large = || format!("invalid duration {s:?}: too large");
-    let number: u64 = digits.parse().map_err(|_| too_large())?;
-    let millis = number.checked_mul(scale).ok_or_else(too_large)?;
-    Ok(Duration::from_millis(millis))
-}
-
-/// Formats a duration in the largest unit that represents it exactly, in the
-/// syntax [`parse_duration`] reads: 300 s -> `"5m"`, 1500 ms -> `"1500ms"`,
-/// 2 h -> `"2h"`, zero -> `"0s"`. Parts below a millisecond are dropped.
-pub fn format_duration(d: Duration) -> String {
-    let millis = d.as_millis();
-    if millis == 0 {
-        return "0s".to_owned();
-    }
-    for (scale, unit) in [(3_600_000, "h"), (60_000, "m"), (1_000, "s")] {
-        if millis % scale == 0 {
-            return format!("{}{unit}", millis / scale);
-        }
-    }
-    format!("{millis}ms")
-}
-
-/// Parses a byte size: a whole number, optionally followed by `B`, `KiB`,
-/// `MiB` or `GiB` (`"4096"`, `"512B"`, `"64KiB"`, `"1MiB"`).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(digits_end);
-    let scale: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => 0,
-    };
-    if digits.is_empty() || scale == 0 {
-        return Err(format!(
-            "invalid size {s:?}: expected a whole number of bytes, optionally followed by B, KiB, MiB or GiB (e.g. 65536, \"64KiB\", \"1MiB\")"
-        ));
-    }
-    let too_large = || format!("invalid size {s:?}: too large");
-    let number: u64 = digits.parse().map_err(|_| too_large())?;
-    number.checked_mul(scale).ok_or_else(too_large)
-}
+// The duration and size vocabulary is shared with the command lines; it
+// lives in `units`. Re-exported here, where it was first written, so that
+// `config::parse_duration` and `config::format_duration` keep working.
+use crate::units::parse_size;
+pub use crate::units::{format_duration, parse_duration};
 
 /// The config-file name of a log level (lower case).
 fn level_name(level: LevelFilter) -> &'static str {
@@ -1745,67 +1684,6 @@ rate_limit_loopback = true
         assert_eq!(socket_buffer.name, "socket_buffer");
         assert!(page.contains(&roff(socket_buffer.reload_note)));
         assert!(!socket_buffer.reload_note.is_empty());
-    }
-
-    #[test]
-    fn parse_duration_accepts() {
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("007s"), Ok(Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn parse_duration_rejects() {
-        for bad in [
-            "5", "5x", "-1s", "", "1.5s", "s", "5 s", " 5s", "5s ", "5S", "+5s", "5ms5",
-        ] {
-            assert_eq!(
-                parse_duration(bad),
-                Err(format!("invalid duration {bad:?}: {DURATION_EXPECTED}")),
-                "{bad:?}"
-            );
-        }
-        assert_eq!(
-            parse_duration("99999999999999999999s"),
-            Err("invalid duration \"99999999999999999999s\": too large".to_owned())
-        );
-        assert_eq!(
-            parse_duration("18446744073709551615h"),
-            Err("invalid duration \"18446744073709551615h\": too large".to_owned())
-        );
-    }
-
-    #[test]
-    fn format_duration_cases() {
-        assert_eq!(format_duration(Duration::ZERO), "0s");
-        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
-        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
-        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
-        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
-        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
-        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
-        assert_eq!(format_duration(Duration::from_micros(1500)), "1ms");
-        for s in ["0s", "250ms", "1500ms", "5s", "5m", "1h", "90m"] {
-            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
-        }
-    }
-
-    #[test]
-    fn parse_size_cases() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("512B"), Ok(512));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        for bad in ["", "KiB", "64kib", "64 KiB", "1.5MiB", "-1"] {
-            assert!(parse_size(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

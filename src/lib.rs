@@ -10,8 +10,14 @@
 //! - [`config`]: the TOML file read key by key (toml's spanned tree) and
 //!   validated into
 //!   [`config::Config`], whose fields are already-checked types.
+//! - [`units`]: the one vocabulary of durations (`250ms`, `5s`, `5m`) and
+//!   sizes (`64KiB`) of the config file and all three command lines, with
+//!   their clap value parsers.
 //! - [`cli`]: the command-line definitions (clap), shared by the binary and
 //!   the man pages.
+//! - [`daemon`]: `upcased` from arguments to exit: config, logging, the
+//!   descriptor limit, socket activation or binding, the reloader, and
+//!   [`daemon::DaemonError`] with its exit code.
 //! - [`client`]: the textbook client behind `upcase` (its arguments, TCP
 //!   streamed or interactive, UDP with timeout and retries).
 //! - [`telnet`]: telnet commands removed from a TCP stream, every option
@@ -36,11 +42,14 @@
 //! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
 //!   watchdog: the sd_notify protocol)
 //!   and socket activation (`LISTEN_FDS`), without libsystemd.
-//! - [`rlimit`]: the file-descriptor limit, raised at start-up.
+//! - [`rlimit`]: the file-descriptor limit, raised at start-up (daemon and
+//!   bench), and what it means for `max_connections`.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
 //!
-//! Binaries in `src/bin/` stay thin: parse arguments, set up logging, run,
-//! map errors to exit codes.
+//! Binaries in `src/bin/` stay thin, `main → run → ExitCode` as ripgrep's:
+//! parse arguments, call the library's `run` ([`daemon::run`],
+//! [`client::run`], [`bench::run_and_print`]), map its error to an exit
+//! code.
 
 // Linux only, on purpose: the loop relies on Linux raising a new readiness
 // edge for data that arrives after a short read (it saves one read per
@@ -54,6 +63,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod logging;
 pub mod rlimit;
 pub mod server;
@@ -61,3 +71,4 @@ pub mod signals;
 pub mod systemd;
 pub mod telnet;
 pub mod transform;
+pub mod units;

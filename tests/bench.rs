@@ -24,13 +24,13 @@ fn options(addr: SocketAddr, args: &[&str]) -> Options {
         "--addr",
         &addr,
         "--duration",
-        "0.3",
+        "300ms",
         "--warmup",
-        "0",
+        "0s",
         "--connect-timeout",
-        "10",
+        "10s",
         "--drain-timeout",
-        "5",
+        "5s",
     ]);
     Options::try_parse_from(argv).expect("valid options")
 }
@@ -311,9 +311,43 @@ fn bench_binary(addr: SocketAddr, args: &[&str]) -> std::process::Output {
     let addr = addr.to_string();
     Command::new(env!("CARGO_BIN_EXE_upcase-bench"))
         .args(args)
-        .args(["--addr", &addr, "--duration", "0.3", "--warmup", "0"])
+        .args(["--addr", &addr, "--duration", "300ms", "--warmup", "0s"])
         .output()
         .expect("run upcase-bench")
+}
+
+/// Scripts written for the old flags (`--duration 0.3 --warmup 0`: bare
+/// seconds) keep working, with one warning line per such flag that names
+/// the new spelling; the new spelling warns about nothing.
+#[test]
+fn bare_seconds_still_work_with_a_deprecation_warning() {
+    let server = InProcess::start(loopback_config());
+    let addr = server.tcp.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_upcase-bench"))
+        .args(["tcp", "--addr", &addr, "--duration", "0.3", "--warmup", "0"])
+        .args(["--drain-timeout", "5", "--json"])
+        .output()
+        .expect("run upcase-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(json["ok"], true, "{json}");
+    // The window was the 0.3 s asked for, not 0.3 of some other unit.
+    let window = json["window_s"].as_f64().unwrap_or(0.0);
+    assert!((window - 0.3).abs() < 1e-3, "{json}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "upcase-bench: warning: --duration 0.3: a bare number of seconds is deprecated; write 300ms",
+            "upcase-bench: warning: --warmup 0: a bare number of seconds is deprecated; write 0s",
+            "upcase-bench: warning: --drain-timeout 5: a bare number of seconds is deprecated; write 5s",
+        ],
+        "{stderr}"
+    );
+    let out = bench_binary(server.tcp, &["tcp", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("deprecated"), "{stderr}");
 }
 
 #[test]

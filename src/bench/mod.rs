@@ -19,12 +19,17 @@
 //! Connect (at most `--max-connecting` at once, `--connect-rate` per
 //! second); a connection counts as up only after its first verified
 //! exchange. Once every connection is up (or `--connect-timeout` passed),
-//! `--warmup` more seconds of load, then the measured window of
-//! `--duration` seconds (or `--messages` replies): only replies completed in
-//! it count in the figures. Then no new requests; the replies in flight are
+//! `--warmup` more load, then the measured window of `--duration` (or
+//! `--messages` replies): only replies completed in it count in the
+//! figures. Then no new requests; the replies in flight are
 //! awaited (`--drain-timeout`), every TCP connection is half-closed, and its
 //! EOF awaited: a byte too many, a reset, or a reply still missing is an
 //! error. Any error makes the run fail (non-zero exit).
+//!
+//! Durations and sizes are written as in the config file ([`crate::units`]):
+//! `--duration 3s --warmup 500ms --size 4KiB`. A bare number of seconds
+//! (`--duration 3`, the old spelling) still works, with a deprecation
+//! warning on standard error.
 
 pub mod payload;
 pub mod report;
@@ -34,6 +39,7 @@ pub mod verify;
 
 use std::io;
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -42,6 +48,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use payload::PayloadKind;
 pub use report::Report;
 use report::{Errors, ProcSample};
+
+use crate::units::{self, DeprecatedSeconds};
 
 /// What to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -73,17 +81,19 @@ pub struct Options {
     #[arg(long, default_value = "127.0.0.1:12000")]
     pub addr: SocketAddr,
     /// TCP connections (tcp, idle) or UDP flows (udp).
-    #[arg(short, long, default_value_t = 1)]
-    pub connections: usize,
-    /// Seconds measured (idle: seconds the connections are held).
-    #[arg(short, long, default_value = "3", value_parser = parse_secs)]
+    #[arg(short, long, default_value = "1")]
+    pub connections: NonZeroUsize,
+    /// How long the window measured lasts (idle: how long the connections
+    /// are held), e.g. 3s, 500ms.
+    #[arg(short, long, value_name = "DURATION", default_value = "3s", value_parser = DeprecatedSeconds::default())]
     pub duration: Duration,
-    /// Request size in bytes (udp: at least 16, the sequence header).
-    #[arg(short, long, default_value_t = 64)]
-    pub size: usize,
+    /// Request size, e.g. 64, 4KiB (udp: at least 16 bytes, the sequence
+    /// header).
+    #[arg(short, long, value_name = "SIZE", default_value = "64", value_parser = units::nonzero_size)]
+    pub size: NonZeroUsize,
     /// Requests in flight per connection (udp: datagrams per flow).
-    #[arg(short, long, default_value_t = 1)]
-    pub pipeline: usize,
+    #[arg(short, long, default_value = "1")]
+    pub pipeline: NonZeroUsize,
     /// What requests are made of: ascii (any server), utf8 (upcased in
     /// unicode mode), binary (upcased in ascii mode).
     #[arg(long, value_enum, default_value = "ascii")]
@@ -96,33 +106,25 @@ pub struct Options {
     pub json: bool,
     /// End the measured window after this many replies (or at --duration).
     #[arg(long)]
-    pub messages: Option<u64>,
-    /// Seconds of load after every connection is up, before measuring.
-    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub messages: Option<NonZeroU64>,
+    /// Load after every connection is up, before measuring, e.g. 1s, 0s.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = DeprecatedSeconds::default())]
     pub warmup: Duration,
     /// New connections per second; 0: as fast as --max-connecting allows.
     #[arg(long, default_value_t = 0)]
     pub connect_rate: u64,
     /// Connects in progress at once (keeps within the server's backlog).
-    #[arg(long, default_value_t = 256)]
-    pub max_connecting: usize,
-    /// Seconds for every connection to complete its first exchange.
-    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    #[arg(long, default_value = "256")]
+    pub max_connecting: NonZeroUsize,
+    /// How long every connection has to complete its first exchange.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = DeprecatedSeconds::nonzero())]
     pub connect_timeout: Duration,
-    /// Seconds to wait at the end for replies in flight and for EOFs.
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
+    /// How long to wait at the end for replies in flight and for EOFs.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = DeprecatedSeconds::default())]
     pub drain_timeout: Duration,
-    /// Seconds after which a UDP datagram with no reply counts as lost.
-    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    /// After how long a UDP datagram with no reply counts as lost.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = DeprecatedSeconds::nonzero())]
     pub udp_timeout: Duration,
-}
-
-/// Seconds, possibly fractional ("0.5").
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Why the bench could not run (as opposed to: it ran and found errors,
@@ -140,30 +142,56 @@ pub enum BenchError {
         /// The OS error.
         source: io::Error,
     },
+    /// The report could not be encoded as JSON.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl BenchError {
+    /// The exit status for this error: 2 bad usage, 3 the bench itself
+    /// failed. (1, errors found, is a run that completed: see
+    /// [`run_and_print`].)
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BenchError::Usage(_) => 2,
+            BenchError::Io { .. } | BenchError::Json(_) => 3,
+        }
+    }
+
     fn io(context: &'static str) -> impl FnOnce(io::Error) -> BenchError {
         move |source| BenchError::Io { context, source }
     }
 }
 
+/// The whole of `upcase-bench`: runs the benchmark, prints the report on
+/// standard output (text, or one JSON object with `--json`) and returns
+/// whether every reply was verified (exit status 0, else 1).
+pub fn run_and_print(options: &Options) -> Result<bool, BenchError> {
+    let report = run(options)?;
+    if options.json {
+        println!("{}", serde_json::to_string(&report)?);
+        if !report.ok {
+            // Scripts read stdout; a person reads stderr.
+            eprintln!("upcase-bench: FAILED: {} errors", report.errors.total());
+        }
+    } else {
+        println!("{report}");
+    }
+    Ok(report.ok)
+}
+
 /// Runs the benchmark described by `options` and returns its report.
 pub fn run(options: &Options) -> Result<Report, BenchError> {
-    if options.connections == 0 {
-        return Err(BenchError::Usage("--connections must be at least 1".into()));
+    // Each connection is a descriptor, and the soft limit is often far
+    // below the hard one. Not fatal: a run that gets fewer descriptors than
+    // it needs reports its failed connects.
+    if let Err(e) = crate::rlimit::raise_nofile_limit() {
+        eprintln!("upcase-bench: warning: cannot raise the file descriptor limit: {e}");
     }
-    if options.pipeline == 0 {
-        return Err(BenchError::Usage("--pipeline must be at least 1".into()));
-    }
-    if options.size == 0 {
-        return Err(BenchError::Usage("--size must be at least 1".into()));
-    }
-    raise_nofile_limit();
     match options.kind {
         Kind::Tcp | Kind::Idle => tcp::run(options),
         Kind::Udp => {
-            if options.size < payload::UDP_HEADER {
+            if options.size.get() < payload::UDP_HEADER {
                 return Err(BenchError::Usage(format!(
                     "udp: --size must be at least {} (the sequence header)",
                     payload::UDP_HEADER
@@ -171,26 +199,6 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
             }
             udp::run(options)
         }
-    }
-}
-
-/// Raises the soft limit on open files to the hard one: each connection is
-/// a descriptor, and the soft limit is often far below the hard one.
-fn raise_nofile_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    // `None` is RLIM_INFINITY.
-    let below = match (limit.current, limit.maximum) {
-        (Some(current), Some(maximum)) => current < maximum,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if below {
-        let raised = Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        let _ = setrlimit(Resource::Nofile, raised);
     }
 }
 
@@ -249,7 +257,7 @@ impl Recorder {
         );
         Recorder {
             window: None,
-            max_messages: options.messages,
+            max_messages: options.messages.map(NonZeroU64::get),
             // 1 ns to 1 hour at 3 significant digits; bounds are valid
             // constants, so this cannot fail.
             latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
@@ -359,9 +367,9 @@ impl Recorder {
         }
         .as_secs_f64();
         report.addr = options.addr.to_string();
-        report.connections = options.connections;
-        report.size = options.size;
-        report.pipeline = options.pipeline;
+        report.connections = options.connections.get();
+        report.size = options.size.get();
+        report.pipeline = options.pipeline.get();
         report.payload = options.payload.to_string();
         report.window_s = window_s;
         report.messages = self.messages;
@@ -395,14 +403,76 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustix::process::{getrlimit, Resource};
+    use clap::{CommandFactory, Parser};
 
-    /// The soft limit on open files ends at the hard one (it can only go
-    /// up: no other test of this process depends on it being low).
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("upcase-bench").chain(args.iter().copied()))
+    }
+
     #[test]
-    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
-        raise_nofile_limit();
-        let limit = getrlimit(Resource::Nofile);
-        assert_eq!(limit.current, limit.maximum, "{limit:?}");
+    fn defaults_and_the_vocabulary_of_the_config() {
+        Options::command().debug_assert();
+        let o = parse(&["tcp"]).unwrap();
+        assert_eq!(o.duration, Duration::from_secs(3));
+        assert_eq!(o.warmup, Duration::from_secs(1));
+        assert_eq!(o.connect_timeout, Duration::from_secs(30));
+        assert_eq!(o.drain_timeout, Duration::from_secs(5));
+        assert_eq!(o.udp_timeout, Duration::from_secs(1));
+        assert_eq!(
+            (o.connections.get(), o.size.get(), o.pipeline.get()),
+            (1, 64, 1)
+        );
+        assert_eq!(o.max_connecting.get(), 256);
+        let o = parse(&[
+            "udp",
+            "--duration",
+            "2m",
+            "--warmup",
+            "0s",
+            "--udp-timeout",
+            "50ms",
+            "--size",
+            "4KiB",
+            "--messages",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(o.duration, Duration::from_secs(120));
+        assert_eq!(o.warmup, Duration::ZERO);
+        assert_eq!(o.udp_timeout, Duration::from_millis(50));
+        assert_eq!(o.size.get(), 4096);
+        assert_eq!(o.messages.map(NonZeroU64::get), Some(10));
+    }
+
+    #[test]
+    fn zero_and_nonsense_are_usage_errors() {
+        for args in [
+            &["tcp", "--connections", "0"][..],
+            &["tcp", "--pipeline", "0"],
+            &["tcp", "--size", "0"],
+            &["tcp", "--size", "0KiB"],
+            &["tcp", "--size", "64KB"],
+            &["tcp", "--max-connecting", "0"],
+            &["tcp", "--messages", "0"],
+            &["tcp", "--connect-timeout", "0s"],
+            &["udp", "--udp-timeout", "0"],
+            &["tcp", "--duration", "3x"],
+            &["tcp", "--duration", "1.5s"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let e = parse(&["tcp", "--size", "64KB"]).unwrap_err().to_string();
+        assert!(e.contains("invalid size \"64KB\""), "{e}");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(BenchError::Usage("x".into()).exit_code(), 2);
+        let io = BenchError::Io {
+            context: "poll",
+            source: io::Error::from(io::ErrorKind::Other),
+        };
+        assert_eq!(io.exit_code(), 3);
     }
 }

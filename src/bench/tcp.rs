@@ -101,17 +101,17 @@ enum Outcome {
 
 pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     let idle = options.kind == Kind::Idle;
-    let payloads = Payloads::new(options.payload, options.size);
+    let payloads = Payloads::new(options.payload, options.size.get());
     let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
     let mut events = Events::with_capacity(1024);
-    let mut conns: Slab<Conn> = Slab::with_capacity(options.connections);
+    let mut conns: Slab<Conn> = Slab::with_capacity(options.connections.get());
     let mut sh = Shared {
         payloads: &payloads,
         rec: Recorder::new(options),
         buf: vec![0; 64 * 1024],
         scratch: Vec::new(),
         may_send: true,
-        depth: if idle { 1 } else { options.pipeline },
+        depth: if idle { 1 } else { options.pipeline.get() },
         idle,
         up: 0,
         connecting: 0,
@@ -140,7 +140,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
                     start,
                     now,
                 );
-                let settled = started == options.connections
+                let settled = started == options.connections.get()
                     && sh.connecting == 0
                     && conns.iter().all(|(_, c)| c.up);
                 if settled || now >= connect_deadline {
@@ -161,13 +161,13 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
                             });
                             remove(&poll, &mut conns, &mut sh, key);
                         }
-                        let never = options.connections - started;
+                        let never = options.connections.get() - started;
                         for _ in 0..never {
                             sh.rec.error(ErrorKind::ConnectTimeout, || {
                                 "connect not even started before --connect-timeout".into()
                             });
                         }
-                        started = options.connections;
+                        started = options.connections.get();
                     }
                     phase = Phase::Warmup {
                         until: now + options.warmup,
@@ -313,8 +313,8 @@ fn start_connects(
     start: Instant,
     now: Instant,
 ) {
-    let mut allowed = options.connections - *started;
-    allowed = allowed.min(options.max_connecting.saturating_sub(sh.connecting));
+    let mut allowed = options.connections.get() - *started;
+    allowed = allowed.min(options.max_connecting.get().saturating_sub(sh.connecting));
     if options.connect_rate > 0 {
         let due =
             (now.duration_since(start).as_secs_f64() * options.connect_rate as f64) as usize + 1;

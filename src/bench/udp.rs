@@ -55,7 +55,7 @@ struct Flow {
 }
 
 pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
-    let payloads = Payloads::new(options.payload, options.size - UDP_HEADER);
+    let payloads = Payloads::new(options.payload, options.size.get() - UDP_HEADER);
     let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
     let mut events = Events::with_capacity(1024);
     let mut rec = Recorder::new(options);
@@ -67,8 +67,8 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let mut flows = Vec::with_capacity(options.connections);
-    for i in 0..options.connections {
+    let mut flows = Vec::with_capacity(options.connections.get());
+    for i in 0..options.connections.get() {
         let mut socket = UdpSocket::bind(local).map_err(BenchError::io("bind UDP socket"))?;
         socket
             .connect(options.addr)
@@ -97,7 +97,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     let mut sending = true;
     let mut draining = false;
     let mut fairness = Fairness::default();
-    let mut datagram = Vec::with_capacity(options.size);
+    let mut datagram = Vec::with_capacity(options.size.get());
     let mut want = Vec::new();
     let mut buf = vec![0u8; 65_536];
     let mut awake: Vec<usize> = (0..flows.len()).collect();
@@ -216,7 +216,7 @@ fn send_window(
     figures: &mut UdpFigures,
     rec: &mut Recorder,
 ) {
-    while f.in_flight.len() < options.pipeline {
+    while f.in_flight.len() < options.pipeline.get() {
         let seq = f.next_seq;
         datagram.clear();
         udp_header(seq, datagram);
