@@ -1,4 +1,5 @@
-//! Writes the man pages `upcased(8)`, `upcase(1)` and `upcase-bench(1)`.
+//! Writes the man pages `upcased(8)`, `upcase(1)` and `upcase-bench(1)`,
+//! and `upcased.toml(5)` from the config module's key declarations.
 //!
 //! ```sh
 //! cargo run --example man -- target/man     # then: man -l target/man/upcased.8
@@ -234,7 +235,8 @@ Durations are strings with a unit ("250ms", "5s", "5m", "1h"); sizes are a
 number of bytes or a string such as "64KiB".
 .B \-\-check\-config
 prints the effective configuration in the same form, every key with its
-value.
+value; every key, its default and whether a reload applies it are in
+.BR \%upcased.toml (5).
 .PP
 Under systemd the daemon tells the manager when every socket is bound
 (Type=notify), keeps a STATUS= line with its sockets and open connections,
@@ -320,8 +322,9 @@ no timestamp of their own.
 .I \%/etc/upcased/upcased.toml
 The configuration file the units pass with
 .BR \-c ,
-every key with its default and a comment; a conffile, which upgrades never
-overwrite.
+every key with its default and a comment (see
+.BR \%upcased.toml (5));
+a conffile, which upgrades never overwrite.
 Without
 .BR \-c ,
 upcased reads no file.
@@ -387,7 +390,8 @@ $ journalctl \-u upcased \-p warning      # warnings and errors
     ),
     (
         "SEE ALSO",
-        r#".BR \%upcase (1),
+        r#".BR \%upcased.toml (5),
+.BR \%upcase (1),
 .BR \%upcase\-bench (1),
 .BR \%systemctl (1),
 .BR \%journalctl (1),
