@@ -78,10 +78,10 @@ pub struct Options {
     #[arg(value_enum)]
     pub kind: Kind,
     /// The server's address.
-    #[arg(long, default_value = "127.0.0.1:12000")]
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:12000")]
     pub addr: SocketAddr,
     /// TCP connections (tcp, idle) or UDP flows (udp).
-    #[arg(short, long, default_value = "1")]
+    #[arg(short, long, value_name = "N", default_value = "1")]
     pub connections: NonZeroUsize,
     /// How long the window measured lasts (idle: how long the connections
     /// are held), e.g. 3s, 500ms.
@@ -92,29 +92,29 @@ pub struct Options {
     #[arg(short, long, value_name = "SIZE", default_value = "64", value_parser = units::nonzero_size)]
     pub size: NonZeroUsize,
     /// Requests in flight per connection (udp: datagrams per flow).
-    #[arg(short, long, default_value = "1")]
+    #[arg(short, long, value_name = "DEPTH", default_value = "1")]
     pub pipeline: NonZeroUsize,
     /// What requests are made of: ascii (any server), utf8 (upcased in
     /// unicode mode), binary (upcased in ascii mode).
     #[arg(long, value_enum, default_value = "ascii")]
     pub payload: PayloadKind,
     /// The server's process id: report its CPU time per message and its RSS.
-    #[arg(long)]
+    #[arg(long, value_name = "PID")]
     pub server_pid: Option<i32>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// End the measured window after this many replies (or at --duration).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub messages: Option<NonZeroU64>,
     /// Load after every connection is up, before measuring, e.g. 1s, 0s.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = DeprecatedSeconds::default())]
     pub warmup: Duration,
     /// New connections per second; 0: as fast as --max-connecting allows.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0)]
     pub connect_rate: u64,
     /// Connects in progress at once (keeps within the server's backlog).
-    #[arg(long, default_value = "256")]
+    #[arg(long, value_name = "N", default_value = "256")]
     pub max_connecting: NonZeroUsize,
     /// How long every connection has to complete its first exchange.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = DeprecatedSeconds::nonzero())]
