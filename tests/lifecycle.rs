@@ -251,18 +251,33 @@ fn sighup_reloads_the_mode_and_keeps_the_old_config_when_the_file_is_bad() {
 
 #[test]
 fn idle_connections_are_closed_and_active_ones_are_not() {
-    let (_config, daemon) = Daemon::with_config("idle.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
+    // A timeout far above the active client's pauses (50 ms and a round
+    // trip), even when a loaded machine keeps the test thread off the CPU
+    // for a while: 300 ms was not.
+    let timeout = Duration::from_secs(1);
+    let (_config, daemon) = Daemon::with_config("idle.toml", "[tcp]\nidle_timeout = \"1s\"\n");
+    // Read before connecting: the daemon's clock for the idle client
+    // starts at its accept, later.
+    let started = Instant::now();
     let mut idle = connect(daemon.tcp[0]);
     let mut active = connect(daemon.tcp[0]);
-    let started = Instant::now();
-    // The active client talks every 50 ms for twice the timeout.
-    while started.elapsed() < Duration::from_millis(700) {
+    // The idle client's EOF is the event; a thread waits for it.
+    let idle = thread::spawn(move || (read_to_eof(&mut idle), started.elapsed()));
+    // The active client talks every 50 ms until the idle one is closed (at
+    // the deadline both had at connect), then for one more timeout.
+    let mut idle_gone: Option<Instant> = None;
+    while idle_gone.is_none_or(|at| at.elapsed() < timeout) {
         active.write_all(b"z").unwrap();
         assert_eq!(read_exact(&mut active, 1), b"Z");
+        if idle_gone.is_none() && idle.is_finished() {
+            idle_gone = Some(Instant::now());
+        }
         thread::sleep(Duration::from_millis(50));
     }
-    // The idle one was closed cleanly (EOF, no reset) along the way.
-    assert_eq!(read_to_eof(&mut idle), b"");
+    // The idle one was closed cleanly (EOF, no reset), at its timeout.
+    let (reply, after) = idle.join().unwrap();
+    assert_eq!(reply, b"");
+    assert_at_deadline("the idle client was closed", after, timeout);
     active.write_all(b"still open").unwrap();
     assert_eq!(read_exact(&mut active, 10), b"STILL OPEN");
 }
@@ -271,22 +286,25 @@ fn idle_connections_are_closed_and_active_ones_are_not() {
 /// client was active since; it must then be set again for the real one.
 #[test]
 fn a_client_that_falls_silent_is_closed_one_timeout_after_its_last_byte() {
-    let (_config, daemon) = Daemon::with_config("silent.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
+    // A timeout far above the client's pauses (40 ms and a round trip),
+    // even on a loaded machine.
+    let timeout = Duration::from_secs(1);
+    let (_config, daemon) = Daemon::with_config("silent.toml", "[tcp]\nidle_timeout = \"1s\"\n");
     let mut client = connect(daemon.tcp[0]);
     let started = Instant::now();
     let mut last = started;
-    while started.elapsed() < Duration::from_millis(500) {
+    // Active for twice the timeout: the timer, set at the connect, fires
+    // while the client is still talking, and must be set again.
+    while started.elapsed() < 2 * timeout {
+        // Read before the write: the daemon's clock for the client
+        // restarts when the byte arrives, later.
+        last = Instant::now();
         client.write_all(b"q").unwrap();
         assert_eq!(read_exact(&mut client, 1), b"Q");
-        last = Instant::now();
         thread::sleep(Duration::from_millis(40));
     }
     assert_eq!(read_to_eof(&mut client), b"");
-    let silent = last.elapsed();
-    assert!(
-        silent >= Duration::from_millis(300),
-        "closed {silent:?} after its last reply, before the 300 ms timeout"
-    );
+    assert_at_deadline("closed after its last byte", last.elapsed(), timeout);
 }
 
 #[test]
