@@ -441,6 +441,7 @@ fn clients_cycling_at_the_connection_limit_log_episodes_not_connections() {
     // 24 clients connect, ask, read and close, 25 times each, against a
     // limit of 4: the daemon is at its limit all the time, and every close
     // lets one waiting client in.
+    let started = Instant::now();
     let clients: Vec<_> = (0..24)
         .map(|i| {
             thread::spawn(move || {
@@ -460,10 +461,14 @@ fn clients_cycling_at_the_connection_limit_log_episodes_not_connections() {
     daemon.signal(libc::SIGTERM);
     let line = daemon.wait_for_log("shutdown complete");
     assert_eq!(daemon.wait_exit().code(), Some(0));
+    let elapsed = started.elapsed();
     let (accepted, _) = assert_line_adds_up(&line);
     assert_eq!(accepted, 600, "{line}");
     // 600 connections through a limit of 4: a few lines about the limit,
-    // not one per connection.
+    // not one per connection. The daemon reports an episode at most once
+    // per 10 s, in two lines (reached, left): 4 lines for a run under
+    // 10 s, and two more for each 10 s a loaded machine takes beyond it.
+    let allowed = 4 + 2 * (elapsed.as_secs() as usize / 10);
     let about_limit: Vec<String> = daemon
         .lines()
         .into_iter()
@@ -471,8 +476,8 @@ fn clients_cycling_at_the_connection_limit_log_episodes_not_connections() {
         .collect();
     assert!(!about_limit.is_empty(), "the limit was never reported");
     assert!(
-        about_limit.len() <= 4,
-        "{} lines about the limit:\n{}",
+        about_limit.len() <= allowed,
+        "{} lines about the limit in {elapsed:?}:\n{}",
         about_limit.len(),
         about_limit[..about_limit.len().min(10)].join("\n")
     );
