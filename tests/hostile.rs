@@ -410,6 +410,14 @@ fn graceful_shutdown_respects_max_connections_and_closes_the_queue_cleanly() {
         c.write_all(b"queued").unwrap();
     }
     daemon.wait_for_log("connection limit reached");
+    // connect() and write() returning does not mean the daemon's kernel
+    // has them yet (a loaded machine defers loopback delivery to
+    // ksoftirqd): wait until all 20 are in the accept queue, their requests
+    // acknowledged, so that the signal finds what the test claims.
+    wait_until(
+        "the kernel queued all 20 clients and their requests",
+        || accept_queue(addr) == 20 && queued.iter().all(|c| unsent_bytes(c) == 0),
+    );
     daemon.signal(libc::SIGTERM);
     daemon.wait_for_log("shutting down");
     // The limit holds at shutdown too: the queued clients are not served
