@@ -287,43 +287,62 @@ fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
         c.write_all(format!("c{i:03}").as_bytes()).unwrap();
     }
     daemon.wait_for_log("pausing accepts");
-    // Overloaded for a second: the daemon must not spin on the queue.
-    let before = cpu_ticks(daemon.pid());
+    let paused = Instant::now();
+    // Overloaded for a second: the daemon must not spin on the queue. The
+    // bound is per second of the window as measured (a loaded machine
+    // stretches it): 10 ticks a second is 10% of a core, where a daemon
+    // retrying every 100 ms spends next to nothing and a spinning one all
+    // the CPU it is given.
+    let (before, window) = (cpu_ticks(daemon.pid()), Instant::now());
     thread::sleep(Duration::from_secs(1));
     let spent = cpu_ticks(daemon.pid()) - before;
-    eprintln!("CPU during one second out of descriptors: {spent} ticks");
+    let window = window.elapsed();
+    eprintln!("CPU during {window:?} out of descriptors: {spent} ticks");
     assert!(
-        spent <= 10,
-        "{spent} ticks of CPU in one second while out of descriptors"
+        spent as f64 <= 10.0 * window.as_secs_f64(),
+        "{spent} ticks of CPU in {window:?} while out of descriptors"
     );
+    // Out of descriptors, the daemon can accept nobody more until a client
+    // leaves: its count now is who is served. The kernel's accept queue is
+    // first in, first out, and the clients connected one after another, so
+    // those are the first ones. Not "answered within 50 ms", which a slow
+    // daemon fails and which cut the served from the queued by a clock.
+    let line = daemon.counters();
+    let served = counter(&line, " accepted=") as usize;
     assert!(
-        daemon.count_log("pausing accepts") <= 2,
-        "the warning is rate-limited"
+        served > 0 && served < clients.len() && line.contains(&format!(" open={served} ")),
+        "{line}"
     );
-    // The served ones leave; every queued client is then served, in full.
-    let served: Vec<usize> = (0..clients.len())
-        .filter(|&i| {
-            clients[i]
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
-            let mut buf = [0u8; 4];
-            clients[i].read_exact(&mut buf).is_ok()
-        })
-        .collect();
-    assert!(
-        !served.is_empty() && served.len() < clients.len(),
-        "{} served",
-        served.len()
-    );
-    for &i in served.iter().rev() {
-        clients.remove(i);
+    // The warning is rate-limited: one line per 10 s, and one more for
+    // a window that straddles two.
+    let warnings = daemon.count_log("pausing accepts");
+    let allowed = 2 + paused.elapsed().as_secs() as usize / 10;
+    assert!(warnings <= allowed, "{warnings} warnings");
+    let mut buf = [0u8; 4];
+    for (i, c) in clients[served..].iter_mut().enumerate() {
+        // Never accepted, so nothing can have been answered yet.
+        c.set_nonblocking(true).unwrap();
+        let early = c.read(&mut buf);
+        assert!(
+            early
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "queued client {} answered while out of descriptors: {early:?}",
+            served + i
+        );
+        c.set_nonblocking(false).unwrap();
     }
-    for c in &mut clients {
-        c.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut buf = [0u8; 4];
+    // The served ones get their replies, and leave.
+    for (i, mut c) in clients.drain(..served).enumerate() {
+        c.read_exact(&mut buf).expect("a served client's reply");
+        assert_eq!(buf, format!("C{i:03}").as_bytes(), "served client {i}");
+    }
+    // Every queued client is then served, in full.
+    for (i, c) in clients.iter_mut().enumerate() {
         c.read_exact(&mut buf)
             .expect("a queued client is served once descriptors free up");
-        assert_eq!(buf[0], b'C');
+        let i = served + i;
+        assert_eq!(buf, format!("C{i:03}").as_bytes(), "queued client {i}");
         c.shutdown(Shutdown::Write).unwrap();
     }
     drop(clients);
