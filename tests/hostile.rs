@@ -188,21 +188,31 @@ fn loopback_sources_are_not_rate_limited_by_default() {
 
 #[test]
 fn half_a_character_and_silence_is_closed_at_the_idle_timeout() {
-    let (_config, daemon) =
-        Daemon::with_config("slowloris.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
-    // Half of "é": nothing can be answered yet.
+    // 1 s, not 300 ms: a test thread kept off the CPU that long between
+    // connecting and writing lets the daemon close `one` before its byte.
+    let timeout = Duration::from_secs(1);
+    let (_config, daemon) = Daemon::with_config("slowloris.toml", "[tcp]\nidle_timeout = \"1s\"\n");
+    // Half of "é": nothing can be answered yet. Clocks are read before
+    // each last write: the daemon's idle clock restarts at its read, later.
     let mut half = connect(daemon.tcp[0]);
+    let half_sent = Instant::now();
     half.write_all(&[0xC3]).unwrap();
     // One byte, then silence.
     let mut one = connect(daemon.tcp[0]);
+    let one_sent = Instant::now();
     one.write_all(b"a").unwrap();
     assert_eq!(read_exact(&mut one, 1), b"A");
     // At the timeout both are closed cleanly; the half character is owed
     // and comes back raw, as it would at the client's own EOF.
     assert_eq!(read_to_eof(&mut half), [0xC3]);
+    assert_at_deadline(
+        "the half character was closed",
+        half_sent.elapsed(),
+        timeout,
+    );
     assert_eq!(read_to_eof(&mut one), b"");
-    daemon.signal(libc::SIGUSR1);
-    let line = daemon.wait_for_log("counters:");
+    assert_at_deadline("the one byte was closed", one_sent.elapsed(), timeout);
+    let line = daemon.counters();
     assert!(line.contains(" idle=2 "), "{line}");
     assert_line_adds_up(&line);
 }
