@@ -247,6 +247,9 @@ fn data_after_urgent_data_is_answered_at_once() {
     let mut stream = connect(daemon.tcp[0]);
     stream.set_nodelay(true).unwrap();
     daemon.signal(libc::SIGSTOP);
+    // kill() returns before the daemon has stopped; until it has, it may
+    // still read the first segment on its own.
+    daemon.wait_stopped();
     stream.write_all(b"abc").unwrap();
     socket2::SockRef::from(&stream)
         .send_out_of_band(b"!")

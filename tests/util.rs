@@ -411,6 +411,18 @@ impl Daemon {
         assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
     }
 
+    /// Waits until the process is stopped (state `T` in /proc/PID/stat),
+    /// as it is some time after kill(SIGSTOP) returns, not at once.
+    pub fn wait_stopped(&self) {
+        wait_until("stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+                .expect("read /proc/PID/stat");
+            // The state follows the parenthesised command name.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        });
+    }
+
     /// Waits for the process to exit and returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + PATIENCE;
