@@ -188,9 +188,10 @@ fn a_client_that_stops_reading_costs_bounded_memory_and_resumes() {
 fn a_flooding_client_does_not_starve_the_others() {
     let server = InProcess::start(loopback_config());
     let stop = Arc::new(AtomicBool::new(false));
+    let echoed = Arc::new(AtomicUsize::new(0));
     // One client streams as fast as it can (and reads as fast as it can).
     let flood = {
-        let stop = Arc::clone(&stop);
+        let (stop, echoed) = (Arc::clone(&stop), Arc::clone(&echoed));
         let mut client = connect(server.tcp);
         thread::spawn(move || {
             let mut reader = client.try_clone().unwrap();
@@ -202,6 +203,7 @@ fn a_flooding_client_does_not_starve_the_others() {
                         break;
                     }
                     total += n;
+                    echoed.fetch_add(n, Ordering::SeqCst);
                 }
                 total
             });
@@ -215,7 +217,11 @@ fn a_flooding_client_does_not_starve_the_others() {
             (sent, drain.join().unwrap())
         })
     };
-    thread::sleep(Duration::from_millis(100));
+    // The flood is under way once megabytes come back (not "100 ms
+    // later", which on a loaded machine may be before it started).
+    wait_until("the flood came back", || {
+        echoed.load(Ordering::SeqCst) >= 4 << 20
+    });
     // Meanwhile another client gets every one of its answers.
     let mut other = connect(server.tcp);
     let started = Instant::now();
