@@ -60,14 +60,19 @@ fn invalid_utf8_passes_through_unchanged() {
 
 #[test]
 fn a_character_split_across_reads_is_carried_over() {
-    let server = InProcess::start(loopback_config());
-    let mut client = connect(server.tcp);
+    // The real binary, whose counters say how much it has read.
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    let mut client = connect(daemon.tcp[0]);
     client.set_nodelay(true).unwrap();
-    // "é" is C3 A9 and "😀" four bytes: send them split, pausing so that
-    // the server sees separate reads.
+    // "é" is C3 A9 and "😀" four bytes: send them split, each piece only
+    // once the daemon has read the one before, so that it sees separate
+    // reads (a 30 ms pause did not ensure that on a loaded machine).
+    let mut sent = 0;
     for piece in [&b"x\xc3"[..], b"\xa9y\xf0\x9f", b"\x98", b"\x80z"] {
         client.write_all(piece).unwrap();
-        thread::sleep(Duration::from_millis(30));
+        sent += piece.len();
+        let bytes_in = format!(" bytes in={sent} ");
+        daemon.counters_until("read the piece", |l| l.contains(&bytes_in));
     }
     client.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_eof(&mut client), "XÉY😀Z".as_bytes());
