@@ -417,8 +417,11 @@ fn sigterm_answers_input_the_kernel_holds_for_a_client_that_is_behind() {
     };
     // Wait until the writer is stuck: every buffer on the way is full.
     let last = wait_until_stalled(&sent);
-    // What the server's kernel has acknowledged is received, read or not.
-    let received = last - unsent_bytes(&client);
+    // What the server's kernel has acknowledged is received, read or not:
+    // at least the count now (the writer may have moved on, if it was only
+    // kept off the CPU) less what is still unacknowledged after it.
+    let counted = sent.load(Ordering::SeqCst);
+    let received = counted.saturating_sub(unsent_bytes(&client));
     daemon.signal(libc::SIGTERM);
     daemon.wait_for_log("shutting down");
     // Only now read the replies.

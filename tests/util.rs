@@ -574,14 +574,16 @@ pub fn assert_at_deadline(what: &str, elapsed: Duration, deadline: Duration) {
 
 /// Waits until a writer that counts its progress in `sent` makes none for
 /// 200 ms (every buffer between it and a server that stopped reading is
-/// full); returns the count then.
+/// full); returns the count then. A writer that has sent nothing yet has
+/// not stalled, it has not started (a loaded machine may not have run its
+/// thread in 200 ms).
 pub fn wait_until_stalled(sent: &std::sync::atomic::AtomicUsize) -> usize {
     let deadline = Instant::now() + PATIENCE;
     let mut last = 0;
     loop {
         thread::sleep(Duration::from_millis(200));
         let now = sent.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last {
+        if now == last && now > 0 {
             return last;
         }
         assert!(Instant::now() < deadline, "the writer never stalled");
