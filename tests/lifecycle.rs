@@ -350,9 +350,7 @@ fn ipv4_and_ipv6_bind_the_same_port() {
     assert_eq!(round_trip(daemon.tcp[0], b"four"), b"FOUR");
     assert_eq!(round_trip(daemon.tcp[1], b"six"), b"SIX");
     let client6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
-    client6
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    client6.set_read_timeout(Some(PATIENCE)).unwrap();
     assert_eq!(udp_exchange(&client6, v6_addr, b"six"), b"SIX");
     assert_eq!(udp_exchange(&udp_client(), daemon.udp[0], b"four"), b"FOUR");
 }

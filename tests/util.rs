@@ -114,12 +114,12 @@ pub fn round_trip(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     reply
 }
 
-/// A UDP client bound to loopback with a receive timeout.
+/// A UDP client bound to loopback with a receive timeout: [`PATIENCE`],
+/// like every other wait, so that a reply a loaded machine delays is
+/// waited for; no test infers "not answered" from it.
 pub fn udp_client() -> UdpSocket {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
     socket
 }
 
