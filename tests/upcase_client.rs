@@ -101,8 +101,11 @@ fn client_usage_errors_exit_2() {
 #[test]
 fn client_udp_one_datagram_per_line() {
     let server = InProcess::start(loopback_config());
+    // A try of 10 s, not the default 1 s: a reply a loaded machine delays
+    // past the try would be asked for again, and the count of datagrams
+    // below is the point.
     let out = run_client(
-        &["--udp", &server.udp.to_string()],
+        &["--udp", "--timeout", "10s", &server.udp.to_string()],
         "hello\nstraße\r\n\nlast".as_bytes(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
