@@ -113,7 +113,13 @@ fn sighup_turns_telnet_on_for_new_connections() {
     let request = [IAC, DO, 1, b'o', b'k'];
     assert_eq!(round_trip(addr, &request), [IAC, DO, 1, b'O', b'K']);
     // A connection opened before the reload keeps what it started with.
+    // Opened means accepted by the daemon, which connect() returning does
+    // not say: a loaded daemon could take it in after the reload. Its count
+    // does (the round trip above was the first).
     let mut old = connect(addr);
+    daemon.counters_until("accepted the old connection", |l| {
+        l.contains(" accepted=2 ")
+    });
 
     std::fs::write(
         &config.0,
