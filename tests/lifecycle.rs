@@ -158,8 +158,13 @@ fn shutdown_timeout_cuts_clients_that_never_finish_and_says_so() {
 fn a_second_sigterm_exits_at_once() {
     let mut daemon = Daemon::start(&LOOPBACK, 2);
     let mut stubborn = connect(daemon.tcp[0]);
-    // Let the daemon accept it, so that the shutdown has a client to wait for.
+    // Let the daemon accept it, so that the shutdown has a client to wait
+    // for: after a round trip on a second connection (closed once it is
+    // done), the daemon's count says the first is open.
     assert_eq!(round_trip(daemon.tcp[0], b"a"), b"A");
+    daemon.counters_until("accepted the stubborn client", |l| {
+        l.contains(" open=1 accepted=2 ")
+    });
     daemon.signal(libc::SIGTERM);
     daemon.wait_for_log("shutting down");
     // The shutdown half-closes the client and waits for its EOF; not "still
