@@ -354,10 +354,9 @@ fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
         "{spent} ticks of CPU in {window:?} while out of descriptors"
     );
     // Out of descriptors, the daemon can accept nobody more until a client
-    // leaves: its count now is who is served. The kernel's accept queue is
-    // first in, first out, and the clients connected one after another, so
-    // those are the first ones. Not "answered within 50 ms", which a slow
-    // daemon fails and which cut the served from the queued by a clock.
+    // leaves: its count now is how many are served. Not "answered within
+    // 50 ms", which a slow daemon fails and which cut the served from the
+    // queued by a clock.
     let line = daemon.counters();
     let served = counter(&line, " accepted=") as usize;
     assert!(
@@ -369,30 +368,40 @@ fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
     let warnings = daemon.count_log("pausing accepts");
     let allowed = 2 + paused.elapsed().as_secs() as usize / 10;
     assert!(warnings <= allowed, "{warnings} warnings");
-    let mut buf = [0u8; 4];
-    for (i, c) in clients[served..].iter_mut().enumerate() {
-        // Never accepted, so nothing can have been answered yet.
+    // Which ones: those whose reply comes. Wait until that many have one
+    // (peeked, not read); none more may, as no queued client can be
+    // answered while the daemon is out of descriptors.
+    let has_reply = |c: &TcpStream| matches!(c.peek(&mut [0u8; 4]), Ok(n) if n > 0);
+    for c in &clients {
         c.set_nonblocking(true).unwrap();
-        let early = c.read(&mut buf);
-        assert!(
-            early
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
-            "queued client {} answered while out of descriptors: {early:?}",
-            served + i
-        );
+    }
+    let mut answered: Vec<usize> = Vec::new();
+    wait_until("every served client had its reply", || {
+        answered = (0..clients.len())
+            .filter(|&i| has_reply(&clients[i]))
+            .collect();
+        answered.len() >= served
+    });
+    assert_eq!(
+        answered.len(),
+        served,
+        "clients answered while out of descriptors: {answered:?}"
+    );
+    for c in &clients {
         c.set_nonblocking(false).unwrap();
     }
-    // The served ones get their replies, and leave.
-    for (i, mut c) in clients.drain(..served).enumerate() {
+    // The served ones read their own reply, exactly, and leave.
+    let mut clients: Vec<(usize, TcpStream)> = clients.into_iter().enumerate().collect();
+    let mut buf = [0u8; 4];
+    for &i in answered.iter().rev() {
+        let (_, mut c) = clients.remove(i);
         c.read_exact(&mut buf).expect("a served client's reply");
         assert_eq!(buf, format!("C{i:03}").as_bytes(), "served client {i}");
     }
     // Every queued client is then served, in full.
-    for (i, c) in clients.iter_mut().enumerate() {
+    for (i, c) in &mut clients {
         c.read_exact(&mut buf)
             .expect("a queued client is served once descriptors free up");
-        let i = served + i;
         assert_eq!(buf, format!("C{i:03}").as_bytes(), "queued client {i}");
         c.shutdown(Shutdown::Write).unwrap();
     }
