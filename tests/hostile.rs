@@ -78,6 +78,7 @@ fn max_connections_per_ip_refuses_the_excess_of_one_address_only() {
         assert_eq!(read_exact(c, 2), b"IN");
     }
     // Five more from the same address: each accepted and closed at once.
+    let started = Instant::now();
     for _ in 0..5 {
         assert!(refused(&mut connect_from([127, 0, 0, 1], addr)));
     }
@@ -85,30 +86,43 @@ fn max_connections_per_ip_refuses_the_excess_of_one_address_only() {
     let mut other = connect_from([127, 0, 0, 2], addr);
     other.write_all(b"other").unwrap();
     assert_eq!(read_exact(&mut other, 5), b"OTHER");
-    // Once per episode, not per client.
     daemon.wait_for_log("max_connections_per_ip (2) reached");
-    assert_eq!(daemon.count_log("max_connections_per_ip (2) reached"), 1);
-    // A slot frees: the address is served again.
-    drop(held.pop());
+    // A slot frees: the address is served again. The client closes and
+    // waits for the daemon's FIN, sent once it has seen the EOF.
+    let mut leaving = held.pop().unwrap();
+    leaving.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut leaving), b"");
+    // Each try the daemon still refused is one more refusal to count (a
+    // fixed "5 or 6" assumed at most one, and a slow daemon made more).
+    let mut refused_again = 0;
     let deadline = Instant::now() + PATIENCE;
     loop {
         let mut again = connect_from([127, 0, 0, 1], addr);
         if !refused(&mut again) {
             break;
         }
+        refused_again += 1;
         assert!(
             Instant::now() < deadline,
             "the freed slot was never given back"
         );
         thread::sleep(Duration::from_millis(20));
     }
-    daemon.signal(libc::SIGUSR1);
-    let line = daemon.wait_for_log("counters:");
+    let line = daemon.counters();
+    let elapsed = started.elapsed();
     assert!(
-        line.contains(" limit=5;") || line.contains(" limit=6;"),
-        "{line}"
+        line.contains(&format!(" limit={};", 5 + refused_again)),
+        "{refused_again} refused after the slot freed: {line}"
     );
     assert_line_adds_up(&line);
+    // Once per episode, not per client: at most one line per 10 s (the
+    // daemon's rate limit for it), counted after the counters line so that
+    // every line before it has been read.
+    let warnings = daemon.count_log("max_connections_per_ip (2) reached");
+    assert!(
+        (1..=1 + elapsed.as_secs() as usize / 10).contains(&warnings),
+        "{warnings} warnings in {elapsed:?}"
+    );
 }
 
 fn udp_config(blocked: &[u16], rate_limit: u32) -> Config {
@@ -131,43 +145,70 @@ fn datagrams_from_blocked_source_ports_are_dropped() {
     // Another sender is answered; the blocked one never is.
     let other = udp_client();
     assert_eq!(udp_exchange(&other, server.udp, b"fine"), b"FINE");
-    blocked
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    assert!(
-        blocked.recv_from(&mut buf).is_err(),
-        "a blocked port got a reply"
-    );
+    // The server's own account once it has stopped (a graceful stop
+    // serves every datagram queued): both seen, one answered, and that
+    // one was the other sender's. Not "no reply within 300 ms", which a
+    // slow server passes too.
     let counters = server.stop();
+    assert_eq!(counters.dgrams_in, 2);
     assert_eq!(counters.dgrams_blocked, 1);
     assert_eq!(counters.dgrams_out, 1);
+    blocked.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    let got = blocked.recv_from(&mut buf);
+    assert!(
+        got.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "a blocked port got a reply: {got:?}"
+    );
 }
 
 #[test]
 fn a_source_over_its_rate_is_cut_to_its_burst() {
     let server = InProcess::start(udp_config(&[], 5));
     let client = udp_client();
+    let started = Instant::now();
     for i in 0..40 {
         client
             .send_to(format!("d{i}").as_bytes(), server.udp)
             .unwrap();
     }
-    client
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut replies = 0;
+    // The burst's replies always come. Then a datagram from another
+    // address (a bucket of its own), which the server's socket hands over
+    // only after the 40 queued before it: once its reply is in, all 40 were
+    // handled, and the counters after the stop are final.
     let mut buf = [0u8; 64];
-    while client.recv_from(&mut buf).is_ok() {
-        replies += 1;
+    for _ in 0..5 {
+        client.recv_from(&mut buf).expect("a reply of the burst");
     }
+    let marker = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    marker.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert_eq!(udp_exchange(&marker, server.udp, b"after"), b"AFTER");
     let counters = server.stop();
-    // The burst is 5; a token or two may have refilled while sending.
+    let elapsed = started.elapsed();
+    assert_eq!(counters.dgrams_in, 41);
+    let answered = counters.dgrams_out - 1;
+    assert_eq!(counters.dgrams_limited, 40 - answered);
+    // The burst is 5; 5 tokens a second refill while the datagrams are
+    // handled, which takes a moment normally and longer on a loaded
+    // machine (a fixed "at most 7" assumed under 0.4 s).
+    let refill = (5.0 * elapsed.as_secs_f64()).floor() as u64;
     assert!(
-        (5..=7).contains(&replies),
-        "{replies} replies at rate_limit 5"
+        (5..=5 + refill).contains(&answered),
+        "{answered} answered at rate_limit 5 in {elapsed:?}"
     );
-    assert_eq!(counters.dgrams_limited, 40 - replies);
+    // Every reply the server sent arrives, and no other.
+    for _ in 5..answered {
+        client.recv_from(&mut buf).expect("a reply the server sent");
+    }
+    client.set_nonblocking(true).unwrap();
+    let extra = client.recv_from(&mut buf);
+    assert!(
+        extra
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "more replies than the server counted: {extra:?}"
+    );
 }
 
 #[test]
@@ -188,21 +229,31 @@ fn loopback_sources_are_not_rate_limited_by_default() {
 
 #[test]
 fn half_a_character_and_silence_is_closed_at_the_idle_timeout() {
-    let (_config, daemon) =
-        Daemon::with_config("slowloris.toml", "[tcp]\nidle_timeout = \"300ms\"\n");
-    // Half of "é": nothing can be answered yet.
+    // 1 s, not 300 ms: a test thread kept off the CPU that long between
+    // connecting and writing lets the daemon close `one` before its byte.
+    let timeout = Duration::from_secs(1);
+    let (_config, daemon) = Daemon::with_config("slowloris.toml", "[tcp]\nidle_timeout = \"1s\"\n");
+    // Half of "é": nothing can be answered yet. Clocks are read before
+    // each last write: the daemon's idle clock restarts at its read, later.
     let mut half = connect(daemon.tcp[0]);
+    let half_sent = Instant::now();
     half.write_all(&[0xC3]).unwrap();
     // One byte, then silence.
     let mut one = connect(daemon.tcp[0]);
+    let one_sent = Instant::now();
     one.write_all(b"a").unwrap();
     assert_eq!(read_exact(&mut one, 1), b"A");
     // At the timeout both are closed cleanly; the half character is owed
     // and comes back raw, as it would at the client's own EOF.
     assert_eq!(read_to_eof(&mut half), [0xC3]);
+    assert_at_deadline(
+        "the half character was closed",
+        half_sent.elapsed(),
+        timeout,
+    );
     assert_eq!(read_to_eof(&mut one), b"");
-    daemon.signal(libc::SIGUSR1);
-    let line = daemon.wait_for_log("counters:");
+    assert_at_deadline("the one byte was closed", one_sent.elapsed(), timeout);
+    let line = daemon.counters();
     assert!(line.contains(" idle=2 "), "{line}");
     assert_line_adds_up(&line);
 }
@@ -287,43 +338,71 @@ fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
         c.write_all(format!("c{i:03}").as_bytes()).unwrap();
     }
     daemon.wait_for_log("pausing accepts");
-    // Overloaded for a second: the daemon must not spin on the queue.
-    let before = cpu_ticks(daemon.pid());
+    let paused = Instant::now();
+    // Overloaded for a second: the daemon must not spin on the queue. The
+    // bound is per second of the window as measured (a loaded machine
+    // stretches it): 10 ticks a second is 10% of a core, where a daemon
+    // retrying every 100 ms spends next to nothing and a spinning one all
+    // the CPU it is given.
+    let (before, window) = (cpu_ticks(daemon.pid()), Instant::now());
     thread::sleep(Duration::from_secs(1));
     let spent = cpu_ticks(daemon.pid()) - before;
-    eprintln!("CPU during one second out of descriptors: {spent} ticks");
+    let window = window.elapsed();
+    eprintln!("CPU during {window:?} out of descriptors: {spent} ticks");
     assert!(
-        spent <= 10,
-        "{spent} ticks of CPU in one second while out of descriptors"
+        spent as f64 <= 10.0 * window.as_secs_f64(),
+        "{spent} ticks of CPU in {window:?} while out of descriptors"
     );
+    // Out of descriptors, the daemon can accept nobody more until a client
+    // leaves: its count now is how many are served. Not "answered within
+    // 50 ms", which a slow daemon fails and which cut the served from the
+    // queued by a clock.
+    let line = daemon.counters();
+    let served = counter(&line, " accepted=") as usize;
     assert!(
-        daemon.count_log("pausing accepts") <= 2,
-        "the warning is rate-limited"
+        served > 0 && served < clients.len() && line.contains(&format!(" open={served} ")),
+        "{line}"
     );
-    // The served ones leave; every queued client is then served, in full.
-    let served: Vec<usize> = (0..clients.len())
-        .filter(|&i| {
-            clients[i]
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
-            let mut buf = [0u8; 4];
-            clients[i].read_exact(&mut buf).is_ok()
-        })
-        .collect();
-    assert!(
-        !served.is_empty() && served.len() < clients.len(),
-        "{} served",
-        served.len()
-    );
-    for &i in served.iter().rev() {
-        clients.remove(i);
+    // The warning is rate-limited: one line per 10 s, and one more for
+    // a window that straddles two.
+    let warnings = daemon.count_log("pausing accepts");
+    let allowed = 2 + paused.elapsed().as_secs() as usize / 10;
+    assert!(warnings <= allowed, "{warnings} warnings");
+    // Which ones: those whose reply comes. Wait until that many have one
+    // (peeked, not read); none more may, as no queued client can be
+    // answered while the daemon is out of descriptors.
+    let has_reply = |c: &TcpStream| matches!(c.peek(&mut [0u8; 4]), Ok(n) if n > 0);
+    for c in &clients {
+        c.set_nonblocking(true).unwrap();
     }
-    for c in &mut clients {
-        c.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut buf = [0u8; 4];
+    let mut answered: Vec<usize> = Vec::new();
+    wait_until("every served client had its reply", || {
+        answered = (0..clients.len())
+            .filter(|&i| has_reply(&clients[i]))
+            .collect();
+        answered.len() >= served
+    });
+    assert_eq!(
+        answered.len(),
+        served,
+        "clients answered while out of descriptors: {answered:?}"
+    );
+    for c in &clients {
+        c.set_nonblocking(false).unwrap();
+    }
+    // The served ones read their own reply, exactly, and leave.
+    let mut clients: Vec<(usize, TcpStream)> = clients.into_iter().enumerate().collect();
+    let mut buf = [0u8; 4];
+    for &i in answered.iter().rev() {
+        let (_, mut c) = clients.remove(i);
+        c.read_exact(&mut buf).expect("a served client's reply");
+        assert_eq!(buf, format!("C{i:03}").as_bytes(), "served client {i}");
+    }
+    // Every queued client is then served, in full.
+    for (i, c) in &mut clients {
         c.read_exact(&mut buf)
             .expect("a queued client is served once descriptors free up");
-        assert_eq!(buf[0], b'C');
+        assert_eq!(buf, format!("C{i:03}").as_bytes(), "queued client {i}");
         c.shutdown(Shutdown::Write).unwrap();
     }
     drop(clients);
@@ -361,26 +440,10 @@ fn ten_thousand_connections_churn_while_others_stream_and_memory_returns() {
     for s in streamers {
         s.join().unwrap();
     }
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        daemon.signal(libc::SIGUSR1);
-        thread::sleep(Duration::from_millis(50));
-        let lines = daemon.lines();
-        let last = lines
-            .iter()
-            .rev()
-            .find(|l| l.contains("counters:"))
-            .cloned()
-            .unwrap_or_default();
-        if last.contains("open=0 accepted=11004 ") {
-            assert_line_adds_up(&last);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connections did not all close: {last}"
-        );
-    }
+    let last = daemon.counters_until("closed every connection", |l| {
+        l.contains("open=0 accepted=11004 ")
+    });
+    assert_line_adds_up(&last);
     let after = daemon.rss_kib();
     eprintln!("RSS {baseline} KiB after warm-up, {after} KiB after 10,000 more connections and 16 MB streamed");
     assert!(
@@ -410,6 +473,14 @@ fn graceful_shutdown_respects_max_connections_and_closes_the_queue_cleanly() {
         c.write_all(b"queued").unwrap();
     }
     daemon.wait_for_log("connection limit reached");
+    // connect() and write() returning does not mean the daemon's kernel
+    // has them yet (a loaded machine defers loopback delivery to
+    // ksoftirqd): wait until all 20 are in the accept queue, their requests
+    // acknowledged, so that the signal finds what the test claims.
+    wait_until(
+        "the kernel queued all 20 clients and their requests",
+        || accept_queue(addr) == 20 && queued.iter().all(|c| unsent_bytes(c) == 0),
+    );
     daemon.signal(libc::SIGTERM);
     daemon.wait_for_log("shutting down");
     // The limit holds at shutdown too: the queued clients are not served
@@ -441,6 +512,7 @@ fn clients_cycling_at_the_connection_limit_log_episodes_not_connections() {
     // 24 clients connect, ask, read and close, 25 times each, against a
     // limit of 4: the daemon is at its limit all the time, and every close
     // lets one waiting client in.
+    let started = Instant::now();
     let clients: Vec<_> = (0..24)
         .map(|i| {
             thread::spawn(move || {
@@ -460,10 +532,14 @@ fn clients_cycling_at_the_connection_limit_log_episodes_not_connections() {
     daemon.signal(libc::SIGTERM);
     let line = daemon.wait_for_log("shutdown complete");
     assert_eq!(daemon.wait_exit().code(), Some(0));
+    let elapsed = started.elapsed();
     let (accepted, _) = assert_line_adds_up(&line);
     assert_eq!(accepted, 600, "{line}");
     // 600 connections through a limit of 4: a few lines about the limit,
-    // not one per connection.
+    // not one per connection. The daemon reports an episode at most once
+    // per 10 s, in two lines (reached, left): 4 lines for a run under
+    // 10 s, and two more for each 10 s a loaded machine takes beyond it.
+    let allowed = 4 + 2 * (elapsed.as_secs() as usize / 10);
     let about_limit: Vec<String> = daemon
         .lines()
         .into_iter()
@@ -471,8 +547,8 @@ fn clients_cycling_at_the_connection_limit_log_episodes_not_connections() {
         .collect();
     assert!(!about_limit.is_empty(), "the limit was never reported");
     assert!(
-        about_limit.len() <= 4,
-        "{} lines about the limit:\n{}",
+        about_limit.len() <= allowed,
+        "{} lines about the limit in {elapsed:?}:\n{}",
         about_limit.len(),
         about_limit[..about_limit.len().min(10)].join("\n")
     );

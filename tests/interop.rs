@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -29,6 +30,63 @@ fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
+/// Runs `program args`, writes `input` to it, and waits for `want` on its
+/// stdout before closing its stdin; it must then exit by itself with
+/// success, having printed exactly `want`. For datagram clients: after
+/// the end of their input they wait a fixed time for replies (`nc -w1`,
+/// socat's 0.5 s), so fed all at once they lose a reply slower than that
+/// on a loaded machine; here the input ends only once the reply is in.
+fn converse(program: &str, args: &[&str], input: &[u8], want: &[u8]) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => got.extend_from_slice(&bytes),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{program} {args:?}: no reply ({e}); got {got:?}");
+            }
+        }
+    }
+    drop(stdin);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{program} {args:?} did not exit after the end of its input");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    got.extend(rx.try_iter().flatten());
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+    assert_eq!(got, want, "{program} {args:?}");
+}
+
 #[test]
 fn nc_over_tcp_with_half_close() {
     if !have_tool("nc") {
@@ -52,10 +110,7 @@ fn nc_over_udp() {
     }
     let daemon = Daemon::start(&LOOPBACK, 2);
     let port = daemon.udp[0].port().to_string();
-    assert_eq!(
-        pipe_through("nc", &["-u", "-w1", "127.0.0.1", &port], b"hello"),
-        b"HELLO"
-    );
+    converse("nc", &["-u", "-w1", "127.0.0.1", &port], b"hello", b"HELLO");
 }
 
 #[test]
@@ -70,10 +125,7 @@ fn socat_over_tcp_and_udp() {
         "GRÜSSE\n".as_bytes()
     );
     let udp = format!("UDP:{}", daemon.udp[0]);
-    assert_eq!(
-        pipe_through("socat", &["-", &udp], b"over udp\n"),
-        b"OVER UDP\n"
-    );
+    converse("socat", &["-", &udp], b"over udp\n", b"OVER UDP\n");
 }
 
 /// A one-connection TCP relay in front of `server` that records the bytes

@@ -60,14 +60,19 @@ fn invalid_utf8_passes_through_unchanged() {
 
 #[test]
 fn a_character_split_across_reads_is_carried_over() {
-    let server = InProcess::start(loopback_config());
-    let mut client = connect(server.tcp);
+    // The real binary, whose counters say how much it has read.
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    let mut client = connect(daemon.tcp[0]);
     client.set_nodelay(true).unwrap();
-    // "é" is C3 A9 and "😀" four bytes: send them split, pausing so that
-    // the server sees separate reads.
+    // "é" is C3 A9 and "😀" four bytes: send them split, each piece only
+    // once the daemon has read the one before, so that it sees separate
+    // reads (a 30 ms pause did not ensure that on a loaded machine).
+    let mut sent = 0;
     for piece in [&b"x\xc3"[..], b"\xa9y\xf0\x9f", b"\x98", b"\x80z"] {
         client.write_all(piece).unwrap();
-        thread::sleep(Duration::from_millis(30));
+        sent += piece.len();
+        let bytes_in = format!(" bytes in={sent} ");
+        daemon.counters_until("read the piece", |l| l.contains(&bytes_in));
     }
     client.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_eof(&mut client), "XÉY😀Z".as_bytes());
@@ -188,9 +193,10 @@ fn a_client_that_stops_reading_costs_bounded_memory_and_resumes() {
 fn a_flooding_client_does_not_starve_the_others() {
     let server = InProcess::start(loopback_config());
     let stop = Arc::new(AtomicBool::new(false));
+    let echoed = Arc::new(AtomicUsize::new(0));
     // One client streams as fast as it can (and reads as fast as it can).
     let flood = {
-        let stop = Arc::clone(&stop);
+        let (stop, echoed) = (Arc::clone(&stop), Arc::clone(&echoed));
         let mut client = connect(server.tcp);
         thread::spawn(move || {
             let mut reader = client.try_clone().unwrap();
@@ -202,6 +208,7 @@ fn a_flooding_client_does_not_starve_the_others() {
                         break;
                     }
                     total += n;
+                    echoed.fetch_add(n, Ordering::SeqCst);
                 }
                 total
             });
@@ -215,7 +222,11 @@ fn a_flooding_client_does_not_starve_the_others() {
             (sent, drain.join().unwrap())
         })
     };
-    thread::sleep(Duration::from_millis(100));
+    // The flood is under way once megabytes come back (not "100 ms
+    // later", which on a loaded machine may be before it started).
+    wait_until("the flood came back", || {
+        echoed.load(Ordering::SeqCst) >= 4 << 20
+    });
     // Meanwhile another client gets every one of its answers.
     let mut other = connect(server.tcp);
     let started = Instant::now();
@@ -247,6 +258,9 @@ fn data_after_urgent_data_is_answered_at_once() {
     let mut stream = connect(daemon.tcp[0]);
     stream.set_nodelay(true).unwrap();
     daemon.signal(libc::SIGSTOP);
+    // kill() returns before the daemon has stopped; until it has, it may
+    // still read the first segment on its own.
+    daemon.wait_stopped();
     stream.write_all(b"abc").unwrap();
     socket2::SockRef::from(&stream)
         .send_out_of_band(b"!")

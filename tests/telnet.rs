@@ -113,7 +113,13 @@ fn sighup_turns_telnet_on_for_new_connections() {
     let request = [IAC, DO, 1, b'o', b'k'];
     assert_eq!(round_trip(addr, &request), [IAC, DO, 1, b'O', b'K']);
     // A connection opened before the reload keeps what it started with.
+    // Opened means accepted by the daemon, which connect() returning does
+    // not say: a loaded daemon could take it in after the reload. Its count
+    // does (the round trip above was the first).
     let mut old = connect(addr);
+    daemon.counters_until("accepted the old connection", |l| {
+        l.contains(" accepted=2 ")
+    });
 
     std::fs::write(
         &config.0,
@@ -304,11 +310,14 @@ fn by_default_a_connection_that_opens_with_negotiation_is_telnet() {
         round_trip(server.tcp, &request),
         [IAC, DONT, 31, IAC, WONT, 1, b'H', b'I', IAC, IAC, b'\n']
     );
-    // The verb may come in the next segment.
-    let mut stream = connect(server.tcp);
+    // The verb may come in the next segment: sent once the daemon (the
+    // real binary, with the same default) has read the lone IAC, which its
+    // counters say; a 50 ms pause did not ensure that on a loaded machine.
+    let daemon = Daemon::start(&LOOPBACK, 2);
+    let mut stream = connect(daemon.tcp[0]);
     stream.set_nodelay(true).unwrap();
     stream.write_all(&[IAC]).unwrap();
-    thread::sleep(std::time::Duration::from_millis(50));
+    daemon.counters_until("read the IAC", |l| l.contains(" bytes in=1 "));
     stream.write_all(&[DO, 3, b'o', b'k']).unwrap();
     stream.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_eof(&mut stream), [IAC, WONT, 3, b'O', b'K']);

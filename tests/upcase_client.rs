@@ -101,8 +101,11 @@ fn client_usage_errors_exit_2() {
 #[test]
 fn client_udp_one_datagram_per_line() {
     let server = InProcess::start(loopback_config());
+    // A try of 10 s, not the default 1 s: a reply a loaded machine delays
+    // past the try would be asked for again, and the count of datagrams
+    // below is the point.
     let out = run_client(
-        &["--udp", &server.udp.to_string()],
+        &["--udp", "--timeout", "10s", &server.udp.to_string()],
         "hello\nstraße\r\n\nlast".as_bytes(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -268,9 +271,12 @@ fn client_udp_against_an_ascii_mode_server_needs_mode_ascii() {
     assert_eq!(text(&out.stdout), "STRAßE\n");
     assert_eq!(text(&out.stderr), "");
     // Without it the reply ("STRAßE") is not the unicode upper case
-    // ("STRASSE"): ignored, the line lost, and the hint says why.
+    // ("STRASSE"): ignored, the line lost, and the hint says why. The
+    // reply must arrive within the client's one try to be ignored and
+    // counted: 2 s, not 100 ms, which a loaded machine's server thread
+    // can miss (no "ignored" line, and the test failed).
     let out = run_client(
-        &["--udp", "--timeout", "100ms", "--retries", "0", &addr],
+        &["--udp", "--timeout", "2s", "--retries", "0", &addr],
         "straße\n".as_bytes(),
     );
     assert_eq!(out.status.code(), Some(1));
@@ -278,7 +284,7 @@ fn client_udp_against_an_ascii_mode_server_needs_mode_ascii() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "upcase: line 1: no reply from udp://{addr} after 1 try (100ms)\n\
+            "upcase: line 1: no reply from udp://{addr} after 1 try (2s)\n\
              upcase: ignored 1 late reply from udp://{addr} (not the upper case of the line then awaiting one)\n\
              upcase: if upcased runs with --mode ascii, pass --mode ascii to upcase too\n\
              upcase: no reply from udp://{addr} to 1 of 1 line\n"

@@ -114,12 +114,12 @@ pub fn round_trip(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     reply
 }
 
-/// A UDP client bound to loopback with a receive timeout.
+/// A UDP client bound to loopback with a receive timeout: [`PATIENCE`],
+/// like every other wait, so that a reply a loaded machine delays is
+/// waited for; no test infers "not answered" from it.
 pub fn udp_client() -> UdpSocket {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
     socket
 }
 
@@ -364,10 +364,63 @@ impl Daemon {
         self.lines().iter().filter(|l| l.contains(needle)).count()
     }
 
+    /// Sends SIGUSR1 and waits for the counters line it asks for (a
+    /// `counters:` line beyond those seen before the signal); returns it.
+    /// Lines arrive in the order the daemon wrote them, so every line the
+    /// daemon logged before this one has been collected too: an absence
+    /// checked after it is an absence, not a line still in the pipe.
+    pub fn counters(&self) -> String {
+        let before = self.count_log("counters:");
+        self.signal(libc::SIGUSR1);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let fresh = self
+                .lines()
+                .into_iter()
+                .filter(|l| l.contains("counters:"))
+                .nth(before);
+            if let Some(line) = fresh {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no counters line after SIGUSR1:\n{}",
+                self.lines().join("\n")
+            );
+            self.wait_log_change(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks for counters lines (SIGUSR1) until one satisfies `done`; returns
+    /// it. For a state the daemon reaches on its own schedule (a close it
+    /// has yet to see), each try waiting for the daemon's own answer.
+    pub fn counters_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let line = self.counters();
+            if done(&line) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {line}");
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with our own child's pid and a valid signal number.
         let rc = unsafe { libc::kill(self.pid(), signal) };
         assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits until the process is stopped (state `T` in /proc/PID/stat),
+    /// as it is some time after kill(SIGSTOP) returns, not at once.
+    pub fn wait_stopped(&self) {
+        wait_until("stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+                .expect("read /proc/PID/stat");
+            // The state follows the parenthesised command name.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        });
     }
 
     /// Waits for the process to exit and returns its status.
@@ -434,16 +487,103 @@ pub fn effective_config(args: &[&str]) -> Config {
         .unwrap_or_else(|e| panic!("--check-config output does not parse back: {e}\n{text}"))
 }
 
+/// The number after `key` (e.g. `" accepted="`) in a counters line.
+pub fn counter(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {line}"));
+    line[at + key.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {key:?} in {line}"))
+}
+
+/// Waits until `done()` holds, for a state only polling can see (a kernel
+/// queue); fails after [`PATIENCE`] saying it never came to be `what`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "never {what}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Bytes written on `stream` that the peer's kernel has not acknowledged yet.
+pub fn unsent_bytes(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on sockets) writes one c_int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "ioctl(SIOCOUTQ)");
+    n as usize
+}
+
+/// How many connections wait in the accept queue of the TCP listener on
+/// `addr` (IPv4): for a listening socket, /proc/net/tcp's `rx_queue` is
+/// that queue's length (and `tx_queue` its limit).
+pub fn accept_queue(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("accept_queue: {addr} is not IPv4")
+    };
+    // The address as the kernel prints it: the IP in host byte order
+    // (x86 and arm64 are little-endian), the port in network order.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[1] == local && f[3] == "0A")
+        .and_then(|f| f[4].split_once(':'))
+        .and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok())
+        .unwrap_or_else(|| panic!("no listener on {addr} in /proc/net/tcp"))
+}
+
+/// How much earlier than its deadline a test accepts an event the daemon
+/// times. Each test reads its clock *before* the event the daemon's clock
+/// starts from (a write, a connect, a signal), and the daemon never fires
+/// early (its timerfd is armed relative to a clock read before arming), so
+/// a correct daemon needs no slack at all; these few milliseconds only
+/// keep clock-read granularity from ever deciding a test.
+pub const CLOCK_SLACK: Duration = Duration::from_millis(10);
+
+/// How much later than its deadline an event may come on a slow, loaded
+/// machine (two cores, CPU hogs, a 10,000-connection churn beside it):
+/// generous, and still far below [`PATIENCE`], so that "never" fails.
+pub const LATE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Asserts that `what` took `elapsed`, which must be `deadline` (measured
+/// from a clock read before the event the daemon counts from) and may be
+/// late by up to [`LATE_MARGIN`], but never early beyond [`CLOCK_SLACK`].
+pub fn assert_at_deadline(what: &str, elapsed: Duration, deadline: Duration) {
+    assert!(
+        elapsed + CLOCK_SLACK >= deadline,
+        "{what} after {elapsed:?}, before its {deadline:?}"
+    );
+    assert!(
+        elapsed <= deadline + LATE_MARGIN,
+        "{what} after {elapsed:?}, more than {LATE_MARGIN:?} past its {deadline:?}"
+    );
+}
+
 /// Waits until a writer that counts its progress in `sent` makes none for
 /// 200 ms (every buffer between it and a server that stopped reading is
-/// full); returns the count then.
+/// full); returns the count then. A writer that has sent nothing yet has
+/// not stalled, it has not started (a loaded machine may not have run its
+/// thread in 200 ms).
 pub fn wait_until_stalled(sent: &std::sync::atomic::AtomicUsize) -> usize {
     let deadline = Instant::now() + PATIENCE;
     let mut last = 0;
     loop {
         thread::sleep(Duration::from_millis(200));
         let now = sent.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last {
+        if now == last && now > 0 {
             return last;
         }
         assert!(Instant::now() < deadline, "the writer never stalled");
