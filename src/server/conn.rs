@@ -1284,6 +1284,44 @@ mod tests {
         assert_eq!(shared.counters.bytes_in, 15);
     }
 
+    /// Telnet's abort-output drops every reply not yet handed to the kernel,
+    /// also when making room for the reply first moved the unsent bytes to
+    /// the front of the buffer (so where they start is known only then).
+    #[test]
+    fn abort_output_drops_exactly_the_unsent_replies_after_a_reclaim() {
+        let fake = Fake::new().with([
+            data(b"abcdefgh"),
+            Rd::WouldBlock,
+            data(b"ijkl"),
+            data(b"mn\xff\xf5xy"),
+            Rd::WouldBlock,
+        ]);
+        let mut conn = on_telnet(fake, Mode::Ascii, telnet::Setting::On);
+        // A cap of 8 bytes: reading pauses at 8 pending.
+        let mut shared = Shared::new(8);
+        conn.stream.room = 0;
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.pending_output(), 8);
+        conn.stream.room = 1;
+        assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"A");
+        // "ijkl" is read and queued (nothing can be written), then the
+        // client takes 4 more bytes: 5 sent, 7 pending, in a 12-byte buffer.
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        assert_eq!(conn.pending_output(), 11);
+        conn.stream.room = 4;
+        // An edge for both: 4 bytes flushed, then "mn IAC AO xy" read.
+        // Making room for its reply drops the 5 sent bytes from the buffer
+        // first.
+        assert_eq!(conn.ready(true, false, &mut shared), WAITING);
+        conn.stream.room = usize::MAX;
+        assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+        assert_eq!(
+            conn.stream.written,
+            [&b"ABCDE"[..], &[telnet::IAC, telnet::DM], b"XY"].concat()
+        );
+    }
+
     /// After `READS_PER_TURN` full reads the connection yields, even when
     /// the queue turns out to be empty (only a read would tell); the loop
     /// calls `run` on the next turn, which carries on where it stopped.
