@@ -413,13 +413,15 @@ impl<S: Socket> Connection<S> {
         let Some(mut filter) = self.telnet.take() else {
             return self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out));
         };
-        // Replies already handed to the kernel end here: an abort-output
-        // command can drop only what lies after.
-        let floor = self.out.as_ref().map_or(0, |out| out.sent);
+        // The replies not yet handed to the kernel: the last `pending`
+        // bytes of the buffer `reply` gives (it may move them to its front
+        // first, to make room), which is all an abort-output may drop.
+        let pending = self.pending_output();
         let mut ended = false;
         // The filter is taken out for the call because `reply` borrows the
         // whole connection; it is two bytes of state.
         let result = self.reply(shared, |upcaser, input, out| {
+            let floor = out.len() - pending;
             filter.feed(&input[..n], |piece| match piece {
                 telnet::Piece::Raw(data) => upcaser.feed(data, out),
                 telnet::Piece::Data(data) => {
