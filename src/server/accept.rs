@@ -140,7 +140,7 @@ impl Acceptor {
     pub fn below_limit(&mut self, open: usize, max: usize) -> bool {
         if self.at_limit && open < max {
             self.at_limit = false;
-            debug!("below the connection limit again: accepting resumed");
+            debug!(target: super::LOG_TARGET, "below the connection limit again: accepting resumed");
             return true;
         }
         false
@@ -199,8 +199,7 @@ impl Acceptor {
                     } else {
                         String::new()
                     };
-                    warn!(
-                        "accept on tcp://{}: {e}; pausing accepts for {} ms ({} open){since}",
+                    warn!(target: super::LOG_TARGET, "accept on tcp://{}: {e}; pausing accepts for {} ms ({} open){since}",
                         listener.addr,
                         ACCEPT_BACKOFF.as_millis(),
                         count(open as u64, "connection")
@@ -212,7 +211,7 @@ impl Acceptor {
                 // ECONNABORTED and the like: that client is gone, the next
                 // one may be fine.
                 shared.counters.errors += 1;
-                debug!("accept on tcp://{}: {e}", listener.addr);
+                debug!(target: super::LOG_TARGET, "accept on tcp://{}: {e}", listener.addr);
                 Accepted::Nothing
             }
         }
@@ -246,7 +245,7 @@ impl Acceptor {
                 if open >= max {
                     shared.counters.conns_accepted += 1;
                     shared.counters.closed_limit += 1;
-                    debug!("{peer}: shutting down at max_connections: closed unserved");
+                    debug!(target: super::LOG_TARGET, "{peer}: shutting down at max_connections: closed unserved");
                     conn::refuse(stream, shared);
                     continue;
                 }
@@ -285,8 +284,7 @@ impl Acceptor {
                 if *open >= limit.get() {
                     shared.counters.closed_limit += 1;
                     if let Some(quiet) = self.per_ip_warning.ready(now) {
-                        warn!(
-                            "max_connections_per_ip ({limit}) reached: refused {}, latest from {}",
+                        warn!(target: super::LOG_TARGET, "max_connections_per_ip ({limit}) reached: refused {}, latest from {}",
                             count(quiet + 1, "connection"),
                             peer.ip()
                         );
@@ -324,8 +322,7 @@ impl Acceptor {
                 } else {
                     String::new()
                 };
-                warn!(
-                    "connection limit reached ({open} open): new clients wait in the listen backlog{since}"
+                warn!(target: super::LOG_TARGET, "connection limit reached ({open} open): new clients wait in the listen backlog{since}"
                 );
                 true
             }
@@ -343,8 +340,7 @@ impl Acceptor {
             return;
         };
         if episode.reported {
-            info!(
-                "connection limit left after {}: {} waited in the listen backlog",
+            info!(target: super::LOG_TARGET, "connection limit left after {}: {} waited in the listen backlog",
                 elapsed(now.saturating_duration_since(episode.since)),
                 count(episode.waited, "client")
             );

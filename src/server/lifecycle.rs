@@ -63,8 +63,7 @@ impl Server {
             "STOPPING=1\nSTATUS=shutting down: {} to finish",
             count(self.conns.len() as u64, "connection")
         ));
-        info!(
-            "shutting down: {} to finish (deadline {})",
+        info!(target: super::LOG_TARGET, "shutting down: {} to finish (deadline {})",
             count(self.conns.len() as u64, "connection"),
             crate::config::format_duration(timeout)
         );
@@ -110,8 +109,7 @@ impl Server {
             .iter()
             .map(|(_, s)| s.conn.pending_output())
             .sum();
-        warn!(
-            "shutdown deadline passed: cut {} with {} of replies unsent",
+        warn!(target: super::LOG_TARGET, "shutdown deadline passed: cut {} with {} of replies unsent",
             count(n as u64, "connection"),
             count(unsent as u64, "byte")
         );
@@ -124,7 +122,7 @@ impl Server {
     /// Tells systemd (if it is listening) about our state.
     pub(super) fn notify(&self, message: &str) {
         if let Err(e) = crate::systemd::notify(message) {
-            warn!("cannot notify the service manager: {e}");
+            warn!(target: super::LOG_TARGET, "cannot notify the service manager: {e}");
         }
     }
 
@@ -151,13 +149,13 @@ impl Server {
 
     fn apply_reload(&mut self) {
         let Some(reloader) = self.reloader.as_mut() else {
-            info!("SIGHUP: no configuration source to reload");
+            info!(target: super::LOG_TARGET, "SIGHUP: no configuration source to reload");
             return;
         };
         let new = match reloader() {
             Ok(config) => config,
             Err(message) => {
-                error!("reload failed, keeping the current configuration: {message}");
+                error!(target: super::LOG_TARGET, "reload failed, keeping the current configuration: {message}");
                 return;
             }
         };
@@ -168,7 +166,7 @@ impl Server {
             || new.tcp.backlog != old.tcp.backlog
             || new.reuse_port != old.reuse_port
         {
-            warn!("reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
+            warn!(target: super::LOG_TARGET, "reload: listen addresses, backlog and reuse_port cannot change live; restart to apply them");
         }
         transform::warm_up(new.mode);
         if new.tcp.socket_buffer != old.tcp.socket_buffer {
@@ -176,15 +174,18 @@ impl Server {
             match new.tcp.socket_buffer {
                 Some(size) => {
                     for l in &self.acceptor.listeners {
-                        if let Err(e) = accept::set_buffers(socket2::SockRef::from(&l.socket), size) {
-                            warn!("reload: tcp://{}: socket_buffer: {e}", l.addr);
+                        if let Err(e) = accept::set_buffers(socket2::SockRef::from(&l.socket), size)
+                        {
+                            warn!(target: super::LOG_TARGET, "reload: tcp://{}: socket_buffer: {e}", l.addr);
                         }
                     }
                 }
                 // A buffer size once set stays locked on the listener
                 // (Linux has no way back to autotuning), and accepted
                 // sockets inherit it.
-                None => warn!("reload: socket_buffer = 0 (autotuning) needs a restart; new connections keep the old size"),
+                None => {
+                    warn!(target: super::LOG_TARGET, "reload: socket_buffer = 0 (autotuning) needs a restart; new connections keep the old size")
+                }
             }
         }
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
@@ -192,10 +193,9 @@ impl Server {
         if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
             // Counting starts (or stops) with connections accepted from now
             // on; those already open are not counted against the new limit.
-            warn!("reload: max_connections_per_ip applies to connections accepted from now on");
+            warn!(target: super::LOG_TARGET, "reload: max_connections_per_ip applies to connections accepted from now on");
         }
-        info!(
-            "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {}, max_pending_output {}, socket_buffer {}, shutdown_timeout {}",
+        info!(target: super::LOG_TARGET, "configuration reloaded: mode {}, telnet {}, max_connections {}, idle_timeout {}, max_pending_output {}, socket_buffer {}, shutdown_timeout {}",
             new.mode,
             new.tcp.telnet,
             new.tcp.max_connections,

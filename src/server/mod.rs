@@ -72,6 +72,11 @@ const FIRST_SOCKET: usize = 3;
 
 /// Capacity of the events array: how many readiness events one `poll` returns.
 const EVENTS_CAPACITY: usize = 1024;
+/// The log target of every line the loop writes, whichever file of the
+/// module writes it: operators filter on it (`RUST_LOG=upcase::server=debug`)
+/// and it did not change when the module was split.
+const LOG_TARGET: &str = "upcase::server";
+
 /// Connections one listener may accept per turn.
 const ACCEPTS_PER_TURN: usize = 256;
 
