@@ -8,24 +8,15 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// Runs `program args` with `input` on stdin and returns its stdout.
+/// Runs `program args` with `input` on stdin; it must succeed. Returns
+/// its stdout.
 fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
+    let out = run_piped(Command::new(program).args(args), input);
     assert!(
         out.status.success(),
-        "{program} {args:?} failed: {}",
-        out.status
+        "{program} {args:?} failed: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
 }
@@ -236,21 +227,12 @@ fn textbook_client(name: &str, server: SocketAddr, sentence: &str) -> String {
         }
     }
     let script = TempFile::new(name, &(lines.join("\n") + "\n"));
-    let mut child = Command::new("python3")
-        .arg(script.path())
-        .env("PYTHONIOENCODING", "utf-8")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{sentence}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_piped(
+        Command::new("python3")
+            .arg(script.path())
+            .env("PYTHONIOENCODING", "utf-8"),
+        format!("{sentence}\n").as_bytes(),
+    );
     assert!(
         out.status.success(),
         "{name}: {}\n{}",

@@ -486,22 +486,6 @@ fn own_network_namespace() -> Result<(&'static [&'static str], &'static [&'stati
     Ok((unshare, nsenter))
 }
 
-/// Runs `command` with `input` piped to it, fed from a thread.
-fn run_piped(command: &mut Command, input: &[u8]) -> std::process::Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("wait");
-    feeder.join().unwrap().expect("feed stdin");
-    out
-}
-
 #[test]
 fn with_no_file_and_no_flags_it_serves_both_transports_on_port_12000() {
     // The newcomer's command, `upcased` with nothing else. Port 12000 may be

@@ -707,26 +707,32 @@ pub fn client_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_upcase"))
 }
 
-/// Runs `upcase ARGS` with `input` piped to it (fed from a thread, so a
-/// client that sends and receives at once is never held up by the test).
-pub fn run_client(args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = Command::new(client_path())
-        .args(args)
+/// Runs `command` with `input` piped to its stdin from a thread (so a
+/// program that sends and receives at once is never held up by the test),
+/// and waits for it. The program may exit without reading everything (an
+/// error it reports): the write then fails with a broken pipe, which is
+/// left to the caller's checks of the output; any other write error fails.
+pub fn run_piped(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn upcase");
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", command.get_program()));
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
-    // The client may exit without reading everything (an error): a failed
-    // write is then expected, not a test failure.
-    let feeder = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
+    let feeder = thread::spawn(move || match stdin.write_all(&input) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
     });
-    let out = child.wait_with_output().expect("wait for upcase");
-    feeder.join().unwrap();
+    let out = child.wait_with_output().expect("wait");
+    feeder.join().unwrap().expect("feed stdin");
     out
+}
+
+/// Runs `upcase ARGS` with `input` piped to it.
+pub fn run_client(args: &[&str], input: &[u8]) -> std::process::Output {
+    run_piped(Command::new(client_path()).args(args), input)
 }
 
 /// A terminal for programs that need one (telnet, the interactive client):
