@@ -244,8 +244,7 @@ impl<S: Socket> Connection<S> {
     /// it can: reads until drained (or its budget), writes what is pending.
     /// `hup`: the event says the client shut down its side (or failed).
     pub fn ready(&mut self, readable: bool, hup: bool, shared: &mut Shared) -> Status {
-        self.readable |= readable;
-        self.hup |= hup;
+        self.note(readable, hup);
         self.run(shared)
     }
 
