@@ -31,6 +31,15 @@ journal_at() { in_container journalctl -q -b -u "$svc" -p "$1..$1" -o cat --no-p
 journal_has() { journal_at "$1" | grep -qF -- "$2"; }
 check "journal: 'listening on tcp://127.0.0.1:12000' at priority 6 (info)" \
     journal_has 6 "listening on tcp://127.0.0.1:12000"
+# ExecStartPre's --check-config says nothing when the config is valid: no
+# line of the config file (each key's line) in the journal.
+no_config_dump() {
+    local dumped
+    dumped=$(in_container journalctl -q -b -u "$svc" -o cat --no-pager | grep -E '^(reuse_port =|\[tcp\]$|mode =)')
+    echo "config lines in the journal: ${dumped:-none}"
+    [ -z "$dumped" ]
+}
+check "journal: ExecStartPre=upcased --check-config logged no config" no_config_dump
 
 # --- reload: a changed config applies ------------------------------------------
 pid=$(unit_prop "$svc" MainPID)
