@@ -31,7 +31,7 @@ same_user() {
     for u in "${instances[@]}"; do
         pid=$(unit_prop "$u" MainPID)
         uid=$(in_container awk '/^Uid:/ { print $3 }' "/proc/$pid/status")
-        echo "$u: MainPID $pid, euid $uid, user $(in_container getent passwd "$uid" | cut -d: -f1)"
+        echo "$u: MainPID $pid, euid $uid, User=$(unit_prop "$u" User)"
         uids+=("$uid")
     done
     [ "${uids[0]}" != 0 ] && [ "${uids[0]}" = "${uids[1]}" ] && [ "${uids[1]}" = "${uids[2]}" ]
