@@ -62,9 +62,12 @@ removed() {
     load=$(unit_prop "$svc" LoadState)
     procs=$(in_container sh -c 'grep -l "^upcased$" /proc/[0-9]*/comm' 2>/dev/null)
     echo "$svc: $active, LoadState=$load; upcased processes: ${procs:-none}"
-    [ "$active" = inactive ] && [ "$load" = not-found ] && [ -z "$procs" ]
+    # masked: dh_installsystemd's postrm masks an enabled unit on remove, so
+    # that its leftover enablement starts nothing (purge unmasks it); "bad"
+    # would be a unit still loaded from a file that is gone.
+    [ "$active" = inactive ] && { [ "$load" = not-found ] || [ "$load" = masked ]; } && [ -z "$procs" ]
 }
-check "remove stopped $svc, no upcased process left, the unit is gone" removed
+check "remove stopped $svc, no upcased process left, the unit is gone or masked" removed
 check "remove kept the config (a conffile, until purge)" in_container test -f /etc/upcased/upcased.toml
 
 # --- purge ---------------------------------------------------------------------
