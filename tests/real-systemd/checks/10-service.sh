@@ -29,8 +29,9 @@ check "UDP 127.0.0.1:12000 answers in upper case (unicode)" \
 # Priorities as journald stored them: exactly one level, -p N..N.
 journal_at() { in_container journalctl -q -b -u "$svc" -p "$1..$1" -o cat --no-pager; }
 journal_has() { journal_at "$1" | grep -qF -- "$2"; }
+# (journald reads the stream asynchronously: wait for the line)
 check "journal: 'listening on tcp://127.0.0.1:12000' at priority 6 (info)" \
-    journal_has 6 "listening on tcp://127.0.0.1:12000"
+    wait_for 10 journal_has 6 "listening on tcp://127.0.0.1:12000"
 # ExecStartPre's --check-config says nothing when the config is valid: no
 # line of the config file (each key's line) in the journal.
 no_config_dump() {
@@ -99,4 +100,4 @@ stopped_cleanly() {
 }
 wait_for 10 stopped_cleanly
 check "stop is graceful: inactive, result success, exit status 0" stopped_cleanly
-check "journal: 'shutting down' at priority 6" journal_has 6 "shutting down"
+check "journal: 'shutting down' at priority 6" wait_for 10 journal_has 6 "shutting down"

@@ -38,7 +38,7 @@ check "socket-activated: the first client (TCP) is answered" \
     expect_reply tcp 12000 $'first \xc3\x9f\n' $'FIRST SS\n'
 check "the TCP client started $act" wait_for 30 all_are active "$act"
 check "socket-activated: UDP is answered too" expect_reply udp 12000 'udp' 'UDP'
-check "journal: $act adopted the sockets" \
+check "journal: $act adopted the sockets" wait_for 10 \
     in_container sh -c "journalctl -q -b -u $act -o cat | grep -F 'listening on tcp://127.0.0.1:12000'"
 
 # --- UDP first ----------------------------------------------------------------
