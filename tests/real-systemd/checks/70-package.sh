@@ -8,22 +8,16 @@ sock=upcased.socket
 
 check "dpkg -i $(basename "$DEB") ($DEB_VERSION)" install_package "$DEB"
 
-enabled_and_running() {
+# unit_state UNIT ENABLED ACTIVE: is-enabled and is-active say these.
+unit_state() {
     local enabled active
-    enabled=$(in_container systemctl is-enabled "$svc")
-    active=$(in_container systemctl is-active "$svc")
-    echo "$svc: $enabled, $active"
-    [ "$enabled" = enabled ] && [ "$active" = active ]
+    enabled=$(in_container systemctl is-enabled "$1")
+    active=$(in_container systemctl is-active "$1")
+    echo "$1: $enabled, $active"
+    [ "$enabled" = "$2" ] && [ "$active" = "$3" ]
 }
-check "install enabled and started $svc" enabled_and_running
-socket_untouched() {
-    local enabled active
-    enabled=$(in_container systemctl is-enabled "$sock")
-    active=$(in_container systemctl is-active "$sock")
-    echo "$sock: $enabled, $active"
-    [ "$enabled" = disabled ] && [ "$active" = inactive ]
-}
-check "install left $sock disabled and stopped (opt-in)" socket_untouched
+check "install enabled and started $svc" unit_state "$svc" enabled active
+check "install left $sock disabled and stopped (opt-in)" unit_state "$sock" disabled inactive
 no_reload_needed() {
     local u need ok=0
     for u in "$svc" "$sock" upcased-activated.service upcased@0.service; do
