@@ -49,12 +49,15 @@ check "upgrade: no unit file changed on disk since the last daemon-reload" no_re
 check "upgraded: TCP answers" expect_reply tcp 12000 $'upgraded\n' $'UPGRADED\n'
 
 # --- remove --------------------------------------------------------------------
+# The /proc/PID/comm files of every upcased process in the container (minbase
+# has no pgrep).
+upcased_procs() { in_container sh -c 'grep -l "^upcased$" /proc/[0-9]*/comm' 2>/dev/null; }
 check "dpkg -r upcase" in_container dpkg -r upcase
 removed() {
     local active load procs
     active=$(in_container systemctl is-active "$svc")
     load=$(unit_prop "$svc" LoadState)
-    procs=$(in_container sh -c 'grep -l "^upcased$" /proc/[0-9]*/comm' 2>/dev/null)
+    procs=$(upcased_procs)
     echo "$svc: $active, LoadState=$load; upcased processes: ${procs:-none}"
     # masked: dh_installsystemd's postrm masks an enabled unit on remove, so
     # that its leftover enablement starts nothing (purge unmasks it); "bad"
@@ -73,3 +76,24 @@ purged() {
     [ -z "$left" ]
 }
 check "purge removed /etc/upcased and the enablement symlinks" purged
+
+# --- remove while socket-activated -------------------------------------------------
+# prerm stops every upcased unit, not only the one the package enabled: a
+# socket left listening would start a binary that is gone.
+check "dpkg -i $(basename "$DEB_NEXT") again (a fresh install)" install_package "$DEB_NEXT"
+check "systemctl start $sock (stops $svc)" in_container systemctl start "$sock"
+check "socket-activated: TCP answers" expect_reply tcp 12000 $'activated\n' $'ACTIVATED\n'
+check "dpkg -r upcase while socket-activated" in_container dpkg -r upcase
+all_gone() {
+    local u state ok=0 procs
+    for u in "$sock" upcased-activated.service "$svc"; do
+        state=$(in_container systemctl is-active "$u")
+        echo "$u: $state"
+        [ "$state" = inactive ] || ok=1
+    done
+    procs=$(upcased_procs)
+    echo "upcased processes: ${procs:-none}"
+    [ -z "$procs" ] || ok=1
+    return $ok
+}
+check "remove stopped the socket and the activated service, no upcased process left" all_gone
