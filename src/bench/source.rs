@@ -21,10 +21,13 @@ use std::os::fd::AsRawFd;
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Connections one source address is given by default: well under the
-/// 28,232 ports of the default ephemeral range, leaving room for the
-/// TIME_WAIT of an earlier run.
-pub const CONNECTIONS_PER_SOURCE: usize = 20_000;
+/// Connections one source address is given by default: a small share of
+/// the 28,232 ports of the default ephemeral range. Not just to fit: the
+/// kernel looks for a free port by probing the range, and the fuller it
+/// is the longer that takes. Measured here, 15,000 connections to one
+/// server port spent 3.1 s of kernel time connecting from one address and
+/// 0.9 s from 8 (1,875 each); 30 addresses were no faster than 8.
+pub const CONNECTIONS_PER_SOURCE: usize = 2_000;
 
 /// The most source addresses: 127.0.0.1 up to 127.255.255.254.
 pub const MAX_SOURCES: usize = (1 << 24) - 2;
@@ -131,9 +134,9 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:12000".parse().unwrap();
         let far: SocketAddr = "192.0.2.1:12000".parse().unwrap();
         assert_eq!(count(None, 100, lo), Ok(1));
-        assert_eq!(count(None, 20_000, lo), Ok(1));
-        assert_eq!(count(None, 20_001, lo), Ok(2));
-        assert_eq!(count(None, 100_000, lo), Ok(5));
+        assert_eq!(count(None, 2_000, lo), Ok(1));
+        assert_eq!(count(None, 2_001, lo), Ok(2));
+        assert_eq!(count(None, 100_000, lo), Ok(50));
         assert_eq!(count(None, 100_000, far), Ok(1));
         assert_eq!(count(Some(3), 10, lo), Ok(3));
         assert_eq!(count(Some(1), 10, far), Ok(1));

@@ -746,7 +746,7 @@ mod tests {
         let per = per_process();
         let p = Plan::new(&parse(&["idle", "-c", "100000"])).unwrap();
         assert_eq!(p.workers, 100_000usize.div_ceil(per));
-        assert_eq!(p.sources, 5);
+        assert_eq!(p.sources, 50);
         let p = Plan::new(&parse(&[
             "tcp",
             "-c",
