@@ -60,11 +60,20 @@ fn mangle(bytes: &mut [u8]) {
 
 /// A TCP server on a thread per connection that answers with `wrong`.
 fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
+    tcp_server(move |_, bytes| wrong(bytes))
+}
+
+/// A TCP server on a thread per connection that answers every read with
+/// its bytes after `answer(client address, bytes)`.
+fn tcp_server(answer: impl Fn(SocketAddr, &mut [u8]) + Copy + Send + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
+            let Ok(peer) = stream.peer_addr() else {
+                continue;
+            };
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 loop {
@@ -72,7 +81,7 @@ fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
-                    wrong(&mut buf[..n]);
+                    answer(peer, &mut buf[..n]);
                     if stream.write_all(&buf[..n]).is_err() {
                         return;
                     }
@@ -451,6 +460,16 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
 }
 
+/// Runs the binary with `--json`; it must pass. Returns its report.
+fn passing_json(addr: SocketAddr, args: &[&str]) -> serde_json::Value {
+    let out = bench_binary(addr, &[args, &["--json"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    // One JSON object: the workers' own results went to the coordinator.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
 /// A run split over worker processes (the binary runs itself with the
 /// hidden `--part I/N`): the figures are the parts' sums, and upcased's own
 /// counters agree with them to the connection and the byte.
@@ -459,45 +478,14 @@ fn worker_processes_add_up_exactly() {
     let server = InProcess::start(loopback_config());
     // idle: one 64-byte request per connection, so the server's counters
     // say exactly what all the workers together did.
-    let out = bench_binary(
-        server.tcp,
-        &[
-            "idle",
-            "-c",
-            "30",
-            "--workers",
-            "3",
-            "--source-addrs",
-            "3",
-            "--json",
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let json = passing_json(server.tcp, &["idle", "-c", "30", "--workers", "3"]);
     assert_eq!(json["ok"], true, "{json}");
     assert_eq!(json["connections"], 30, "{json}");
     assert_eq!(json["connections_up"], 30, "{json}");
     assert_eq!(json["errors"]["other"], 0, "{json}");
-    // One JSON object: the workers' own results went to the coordinator.
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     // tcp, split over 3 processes of 2 threads each: 6 event loops.
-    let out = bench_binary(
-        server.tcp,
-        &[
-            "tcp",
-            "-c",
-            "12",
-            "--workers",
-            "3",
-            "--threads",
-            "2",
-            "--json",
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let args = ["tcp", "-c", "12", "--workers", "3", "--threads", "2"];
+    let json = passing_json(server.tcp, &args);
     assert_eq!(json["connections_up"], 12, "{json}");
     let messages = json["messages"].as_u64().unwrap_or(0);
     assert!(messages > 0, "{json}");
@@ -520,34 +508,11 @@ fn worker_processes_add_up_exactly() {
 /// A server that upper-cases ASCII right, except for clients from
 /// 127.0.0.3: those get an echo.
 fn wrong_for_127_0_0_3() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let wrong = stream
-                .peer_addr()
-                .is_ok_and(|p| p.ip() == std::net::Ipv4Addr::new(127, 0, 0, 3));
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let reply = if wrong {
-                        buf[..n].to_vec()
-                    } else {
-                        upcase::transform::upcase(Mode::Ascii, &buf[..n])
-                    };
-                    if stream.write_all(&reply).is_err() {
-                        return;
-                    }
-                }
-            });
+    tcp_server(|peer, bytes| {
+        if peer.ip() != std::net::Ipv4Addr::new(127, 0, 0, 3) {
+            bytes.make_ascii_uppercase();
         }
-    });
-    addr
+    })
 }
 
 /// One worker of three meets a wrong server (its connection comes from
