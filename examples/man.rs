@@ -506,7 +506,7 @@ const BENCH_DESCRIPTION: &str = r#".B upcase\-bench
 is the load generator for
 .BR \%upcased (8):
 many concurrent TCP clients, a UDP flood, or a crowd of idle connections,
-from one thread and one event loop, with every reply checked byte for byte
+from one event loop (or several: see below), with every reply checked byte for byte
 against the expected upper case (computed with the daemon's own transform),
 in order.
 .TP
@@ -567,6 +567,23 @@ prints the report as one JSON object.
 .PP
 One process holds as many connections as its open-file limit allows (it
 raises its soft limit to the hard one).
+Past that, a
+.B tcp
+or
+.B idle
+run splits itself:
+.B \-\-workers
+processes (by default as many as
+.B \-\-connections
+needs under that limit; the binary runs itself once per worker),
+.B \-\-threads
+event loops in each, and
+.B \-\-source\-addrs
+source addresses 127.0.0.1, 127.0.0.2, ... (by default one per 2,000
+connections), each with the ephemeral port range of its own.
+The parts measure the same window and their figures are merged exactly:
+counts summed, latency histograms added, never averaged.
+Any part with an error, or a worker that dies, fails the whole run.
 "#;
 
 const BENCH_SECTIONS: &[(&str, &str)] = &[
@@ -624,6 +641,18 @@ The server's memory for 1,000 idle connections:
 .EX
 $ upcase\-bench idle \-\-addr 127.0.0.1:12345 \-\-connections 1000 \e
       \-\-duration 2 \-\-server\-pid $pid
+.EE
+.RE
+.PP
+100,000 connections held for a minute, against several daemons sharing
+one port with
+.B reuse_port
+(6 worker processes and 50 source addresses, chosen by themselves):
+.PP
+.RS
+.EX
+$ upcase\-bench idle \-\-addr 127.0.0.1:12000 \-\-connections 100000 \e
+      \-\-duration 1m \-\-max\-connecting 1024 \-\-connect\-timeout 5m
 .EE
 .RE
 "#,

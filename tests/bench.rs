@@ -60,11 +60,20 @@ fn mangle(bytes: &mut [u8]) {
 
 /// A TCP server on a thread per connection that answers with `wrong`.
 fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
+    tcp_server(move |_, bytes| wrong(bytes))
+}
+
+/// A TCP server on a thread per connection that answers every read with
+/// its bytes after `answer(client address, bytes)`.
+fn tcp_server(answer: impl Fn(SocketAddr, &mut [u8]) + Copy + Send + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
+            let Ok(peer) = stream.peer_addr() else {
+                continue;
+            };
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 loop {
@@ -72,7 +81,7 @@ fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
-                    wrong(&mut buf[..n]);
+                    answer(peer, &mut buf[..n]);
                     if stream.write_all(&buf[..n]).is_err() {
                         return;
                     }
@@ -449,4 +458,127 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
     // cells only.
     assert!(!md.contains("| tcp 10 x 64 B | upcased-ascii |"), "{md}");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}
+
+/// Runs the binary with `--json`; it must pass. Returns its report.
+fn passing_json(addr: SocketAddr, args: &[&str]) -> serde_json::Value {
+    let out = bench_binary(addr, &[args, &["--json"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    // One JSON object: the workers' own results went to the coordinator.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// A run split over worker processes (the binary runs itself with the
+/// hidden `--part I/N`): the figures are the parts' sums, and upcased's own
+/// counters agree with them to the connection and the byte.
+#[test]
+fn worker_processes_add_up_exactly() {
+    let server = InProcess::start(loopback_config());
+    // idle: one 64-byte request per connection, so the server's counters
+    // say exactly what all the workers together did.
+    let json = passing_json(server.tcp, &["idle", "-c", "30", "--workers", "3"]);
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["connections"], 30, "{json}");
+    assert_eq!(json["connections_up"], 30, "{json}");
+    assert_eq!(json["errors"]["other"], 0, "{json}");
+    // tcp, split over 3 processes of 2 threads each: 6 event loops.
+    let args = ["tcp", "-c", "12", "--workers", "3", "--threads", "2"];
+    let json = passing_json(server.tcp, &args);
+    assert_eq!(json["connections_up"], 12, "{json}");
+    let messages = json["messages"].as_u64().unwrap_or(0);
+    assert!(messages > 0, "{json}");
+    // The replies per connection were summed over every part: their mean
+    // times the connections is the message count.
+    let mean = json["fairness"]["mean"].as_f64().unwrap_or(0.0);
+    assert_eq!((mean * 12.0).round() as u64, messages, "{json}");
+    // The merged histogram holds every reply of every part.
+    let latency = &json["latency_us"];
+    assert!(latency["p50"].as_f64().unwrap_or(0.0) > 0.0, "{json}");
+    assert!(latency["max"].as_f64() >= latency["p99"].as_f64(), "{json}");
+    let c = server.stop();
+    assert_eq!((c.conns_accepted, c.closed_done), (42, 42), "{c:?}");
+    // The idle run's 30 requests of 64 bytes are in there, exactly once.
+    assert_eq!(c.bytes_in, c.bytes_out, "{c:?}");
+    assert_eq!(c.bytes_in % 64, 0, "{c:?}");
+    assert!(c.bytes_in >= (30 + messages) * 64, "{c:?}");
+}
+
+/// A server that upper-cases ASCII right, except for clients from
+/// 127.0.0.3: those get an echo.
+fn wrong_for_127_0_0_3() -> SocketAddr {
+    tcp_server(|peer, bytes| {
+        if peer.ip() != std::net::Ipv4Addr::new(127, 0, 0, 3) {
+            bytes.make_ascii_uppercase();
+        }
+    })
+}
+
+/// One worker of three meets a wrong server (its connection comes from
+/// 127.0.0.3): the whole run fails, exit status 1, with that worker's
+/// wrong byte in the report.
+#[test]
+fn one_failing_worker_fails_the_run() {
+    let addr = wrong_for_127_0_0_3();
+    let out = bench_binary(
+        addr,
+        &["tcp", "-c", "3", "--workers", "3", "--source-addrs", "3"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let pos = first_wrong_byte(PayloadKind::Ascii, 64, echo);
+    // Connection 2 of the run is worker 2's first (its connection 0).
+    let needle = format!("worker 2: connection 0: wrong byte at byte {pos} ");
+    assert!(stdout.contains(&needle), "no {needle:?} in:\n{stdout}");
+    assert!(stdout.contains("errors: 1 ("), "{stdout}");
+    assert!(stdout.trim_end().ends_with("FAILED"), "{stdout}");
+    // The same three connections from one address all get right replies.
+    let out = bench_binary(
+        addr,
+        &["tcp", "-c", "3", "--workers", "3", "--source-addrs", "1"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+}
+
+/// `--source-addrs` spreads the connections over 127.0.0.1, .2, .3: a
+/// server that allows 2 connections per address takes 6 of them from 3
+/// addresses (also split over event loops), and refuses 4 of 6 from one.
+#[test]
+fn source_addresses_spread_connections() {
+    // A fresh server per run: the last run's connections may still count
+    // against their address for a moment after the client saw their end.
+    let limited = || {
+        let mut config = loopback_config();
+        config.tcp.max_connections_per_ip = std::num::NonZeroUsize::new(2);
+        InProcess::start(config)
+    };
+    for extra in [&[][..], &["--threads", "3"]] {
+        let server = limited();
+        let mut args = vec!["idle", "-c", "6", "--source-addrs", "3"];
+        args.extend_from_slice(extra);
+        let report = run(server.tcp, &args);
+        assert!(report.ok, "{args:?}: {report}");
+        assert_eq!(report.connections_up, 6, "{report}");
+        let c = server.stop();
+        assert_eq!((c.conns_accepted, c.closed_limit), (6, 0), "{c:?}");
+    }
+    let server = limited();
+    let report = run(server.tcp, &["idle", "-c", "6", "--source-addrs", "1"]);
+    assert!(!report.ok, "{report}");
+    assert_eq!(report.connections_up, 2, "{report}");
+    let c = server.stop();
+    assert_eq!((c.conns_accepted, c.closed_limit), (6, 4), "{c:?}");
+}
+
+/// Worker processes re-execute the binary: called as a library, the bench
+/// says so instead of starting the test binary.
+#[test]
+fn worker_processes_need_the_binary() {
+    let server = InProcess::start(loopback_config());
+    let e = bench::run(&options(server.tcp, &["tcp", "-c", "4", "--workers", "2"]))
+        .expect_err("no binary to re-execute");
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("upcase-bench binary"), "{e}");
 }

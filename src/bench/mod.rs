@@ -33,9 +33,11 @@
 
 pub mod payload;
 pub mod report;
+mod source;
 mod tcp;
 mod udp;
 pub mod verify;
+mod workers;
 
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +50,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use payload::PayloadKind;
 pub use report::Report;
 use report::{Errors, ProcSample};
+pub use workers::{enable_worker_processes, Part};
 
 use crate::units::{self, DeprecatedSeconds};
 
@@ -125,6 +128,33 @@ pub struct Options {
     /// After how long a UDP datagram with no reply counts as lost.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = DeprecatedSeconds::nonzero())]
     pub udp_timeout: Duration,
+    /// tcp, idle: split the run over N processes (the binary runs itself N
+    /// times), the figures merged exactly [default: enough processes for
+    /// --connections under the descriptor limit, 19,936 each here].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// tcp, idle: event loops (threads) per process. One loop drives about
+    /// one server core; more help only when the server has more cores than
+    /// one loop keeps busy (several reuse_port instances under full load)
+    /// and the machine has cores to spare for them.
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub threads: NonZeroUsize,
+    /// tcp, idle: connect from 127.0.0.1 ... 127.0.0.N in turn (the server
+    /// must be on 127.0.0.0/8), N times the ephemeral ports of one source
+    /// address, and quicker connects [default: one address per 2,000
+    /// connections].
+    #[arg(long, value_name = "N")]
+    pub source_addrs: Option<usize>,
+    /// This process runs part I of N of the run (set for the worker
+    /// processes it starts).
+    #[arg(long, value_name = "I/N", hide = true)]
+    pub part: Option<Part>,
+    /// The number of this part's first connection in the whole run.
+    #[arg(skip)]
+    pub first_connection: usize,
+    /// Source addresses in use (resolved from --source-addrs).
+    #[arg(skip)]
+    pub sources: usize,
 }
 
 /// Why the bench could not run (as opposed to: it ran and found errors,
@@ -168,6 +198,11 @@ impl BenchError {
 /// whether every reply was verified (exit status 0, else 1).
 pub fn run_and_print(options: &Options) -> Result<bool, BenchError> {
     let report = run(options)?;
+    if options.part.is_some() {
+        // A worker process: its figures go to the process that started it.
+        workers::print_part(&report)?;
+        return Ok(report.ok);
+    }
     if options.json {
         println!("{}", serde_json::to_string(&report)?);
         if !report.ok {
@@ -189,8 +224,10 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
         eprintln!("upcase-bench: warning: cannot raise the file descriptor limit: {e}");
     }
     match options.kind {
-        Kind::Tcp | Kind::Idle => tcp::run(options),
+        Kind::Tcp | Kind::Idle => workers::run(options),
         Kind::Udp => {
+            // Flows are not split: this only rejects the options that would.
+            workers::check_unsplit(options)?;
             if options.size.get() < payload::UDP_HEADER {
                 return Err(BenchError::Usage(format!(
                     "udp: --size must be at least {} (the sequence header)",
@@ -200,6 +237,15 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
             udp::run(options)
         }
     }
+}
+
+/// An empty latency histogram, nanoseconds: every part of a run makes
+/// its own the same way, so they add up.
+fn latency_histogram() -> Histogram<u64> {
+    // 1 ns to 1 hour at 3 significant digits; bounds are valid
+    // constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"))
 }
 
 /// How many error descriptions a report keeps (the counts keep the rest).
@@ -250,7 +296,12 @@ struct Recorder {
 impl Recorder {
     fn new(options: &Options) -> Recorder {
         // Hidden unless stderr is a terminal: scripts get no escape codes.
-        let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        // A part of a split run draws none: the parts would fight for it.
+        let target = match options.part {
+            Some(_) => ProgressDrawTarget::hidden(),
+            None => ProgressDrawTarget::stderr(),
+        };
+        let progress = ProgressBar::with_draw_target(None, target);
         progress.set_style(
             ProgressStyle::with_template("{spinner} {elapsed} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -258,10 +309,7 @@ impl Recorder {
         Recorder {
             window: None,
             max_messages: options.messages.map(NonZeroU64::get),
-            // 1 ns to 1 hour at 3 significant digits; bounds are valid
-            // constants, so this cannot fail.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid")),
+            latency: latency_histogram(),
             messages: 0,
             reply_bytes: 0,
             errors: Errors::default(),
@@ -378,6 +426,7 @@ impl Recorder {
             report.mb_per_s = self.reply_bytes as f64 / window_s / 1e6;
         }
         report.latency_us = report::Latency::from_histogram(&self.latency);
+        report.latency_histogram = Some(self.latency);
         if let (Some(start), Some(end)) = (self.server_start, self.server_end) {
             {
                 let cpu_s = end.cpu.saturating_sub(start.cpu).as_secs_f64();

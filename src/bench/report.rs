@@ -5,11 +5,11 @@ use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors counted by kind. Any of them makes the run fail; UDP loss is not
 /// among them (datagrams may be dropped) and is reported in [`UdpFigures`].
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Errors {
     /// Connects refused or failed (the server is down, or its backlog and
     /// the SYN retries gave up).
@@ -91,6 +91,9 @@ pub struct Fairness {
     pub max: u64,
     /// Connections that got no reply at all in the window.
     pub stalled: u64,
+    /// Connections counted (for merging the parts of a split run).
+    #[serde(skip)]
+    pub connections: u64,
 }
 
 impl Fairness {
@@ -109,6 +112,7 @@ impl Fairness {
             f.max = f.max.max(c);
             f.stalled += u64::from(c == 0);
         }
+        f.connections = n;
         if n == 0 {
             f.min = 0;
         } else {
@@ -132,7 +136,7 @@ pub struct UdpFigures {
 }
 
 /// What the server process used, from `/proc/PID/stat` and `/proc/PID/status`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ServerUsage {
     /// Server CPU time (user + system) during the measured window, seconds.
     pub cpu_s: f64,
@@ -165,6 +169,9 @@ pub struct Report {
     pub pipeline: usize,
     /// The payload kind.
     pub payload: String,
+    /// From the start until every connection was up (or given up on),
+    /// seconds; a split run: until the last part's were.
+    pub connect_s: f64,
     /// Length of the measured window, seconds.
     pub window_s: f64,
     /// Verified replies in the window.
@@ -188,6 +195,11 @@ pub struct Report {
     pub server: Option<ServerUsage>,
     /// No errors of any kind.
     pub ok: bool,
+    /// The latency histogram (nanoseconds) behind `latency_us`: reports of
+    /// several processes merge exactly by adding these
+    /// (`Histogram::add`), never by averaging percentiles.
+    #[serde(skip)]
+    pub latency_histogram: Option<Histogram<u64>>,
 }
 
 impl fmt::Display for Report {
@@ -208,6 +220,9 @@ impl fmt::Display for Report {
             self.payload,
             self.pipeline
         )?;
+        if self.kind == "idle" {
+            writeln!(f, "  all connections up in {:.2} s", self.connect_s)?;
+        }
         if self.kind != "idle" {
             writeln!(
                 f,

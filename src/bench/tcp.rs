@@ -20,7 +20,8 @@ use slab::Slab;
 use super::payload::Payloads;
 use super::report::{Fairness, ProcSample, Report};
 use super::verify::StreamCheck;
-use super::{BenchError, ErrorKind, Kind, Options, Recorder};
+use super::workers::Gate;
+use super::{source, BenchError, ErrorKind, Kind, Options, Recorder};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,9 @@ struct Conn {
 enum Phase {
     /// Connections are being opened.
     Connect,
+    /// A part of a split run, settled: waits for the other parts, which
+    /// start their warm-up at the same moment.
+    Gated,
     /// Every connection is up; load runs, not measured yet.
     Warmup { until: Instant },
     /// The measured window (idle: the hold).
@@ -99,7 +103,8 @@ enum Outcome {
     Remove,
 }
 
-pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
+/// Runs `options`; `gate`: this is a part of a split run ([`super::workers`]).
+pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, BenchError> {
     let idle = options.kind == Kind::Idle;
     let payloads = Payloads::new(options.payload, options.size.get());
     let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
@@ -125,6 +130,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     let mut phase = Phase::Connect;
     let mut fairness = Fairness::default();
     let mut idle_end: Option<ProcSample> = None;
+    let mut connect_s = 0.0;
 
     loop {
         let now = Instant::now();
@@ -169,8 +175,22 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
                         }
                         started = options.connections.get();
                     }
+                    connect_s = now.duration_since(start).as_secs_f64();
+                    phase = match &mut gate {
+                        Some(gate) => {
+                            gate.settled();
+                            Phase::Gated
+                        }
+                        None => Phase::Warmup {
+                            until: now + options.warmup,
+                        },
+                    };
+                }
+            }
+            Phase::Gated => {
+                if let Some(at) = gate.as_mut().map(Gate::poll).transpose()?.flatten() {
                     phase = Phase::Warmup {
-                        until: now + options.warmup,
+                        until: at + options.warmup,
                     };
                 }
             }
@@ -246,6 +266,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
         }
         let label = match phase {
             Phase::Connect => "connecting",
+            Phase::Gated => "waiting for the other parts",
             Phase::Warmup { .. } => "warm-up",
             Phase::Measure if idle => "holding",
             Phase::Measure => "measuring",
@@ -278,6 +299,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     let mut report = Report {
         kind: if idle { "idle" } else { "tcp" }.into(),
         connections_up: sh.up,
+        connect_s,
         fairness,
         ..Report::default()
     };
@@ -321,13 +343,16 @@ fn start_connects(
         allowed = allowed.min(due.saturating_sub(*started));
     }
     for _ in 0..allowed {
+        // Its number in the whole run (over every part) picks its source.
+        let from = source::of_connection(options.first_connection + *started, options.sources);
         *started += 1;
-        let mut stream = match TcpStream::connect(options.addr) {
+        let mut stream = match source::connect(options.addr, from) {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE, EADDRNOTAVAIL (out of source ports), ...
-                sh.rec.error(ErrorKind::ConnectFailed, || {
-                    format!("connect to {}: {e}", options.addr)
+                sh.rec.error(ErrorKind::ConnectFailed, || match from {
+                    Some(from) => format!("connect to {} from {from}: {e}", options.addr),
+                    None => format!("connect to {}: {e}", options.addr),
                 });
                 continue;
             }

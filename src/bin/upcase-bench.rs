@@ -12,6 +12,8 @@ use upcase::bench::{self, Options};
 fn main() -> ExitCode {
     // clap exits with 2 on bad usage, 0 for --help and --version.
     let options = Options::parse();
+    // --workers re-executes this binary with these arguments.
+    bench::enable_worker_processes();
     match bench::run_and_print(&options) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
