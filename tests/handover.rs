@@ -518,3 +518,27 @@ fn the_store_limit_bounds_the_handover() {
         assert_eq!(read_exact(c, 5), b"AGAIN", "client {i}");
     }
 }
+
+/// Every unit lets the manager keep `max_connections` connections plus
+/// the listeners and the state, and tells the daemon so in `$FDSTORE`
+/// (systemd 252 does not set it): the same number in both places.
+#[test]
+fn the_units_keep_a_store_for_every_connection() {
+    let max_connections = upcase::config::Config::default().tcp.max_connections.get();
+    for unit in [
+        "upcased.service",
+        "upcased@.service",
+        "upcased-activated.service",
+    ] {
+        let path = format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let value = |key: &str| -> usize {
+            let found: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix(key)).collect();
+            assert_eq!(found.len(), 1, "{unit}: {key} once");
+            found[0].trim().parse().unwrap()
+        };
+        let max = value("FileDescriptorStoreMax=");
+        assert_eq!(value("Environment=FDSTORE="), max, "{unit}");
+        assert!(max >= max_connections + 3, "{unit}: {max}");
+    }
+}
