@@ -13,6 +13,7 @@ mod hostile;
 mod interop;
 mod lifecycle;
 mod memory;
+mod real_systemd;
 mod systemd;
 mod tcp;
 mod telnet;
