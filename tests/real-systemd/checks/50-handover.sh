@@ -7,7 +7,11 @@
 # connection fails. The pause clients saw (the bench's max latency) and the
 # daemon's own account ("handed over N", "adopted N") are printed.
 
-bench=$REPO/target/release/upcase-bench
+# The package's own load generator, run on the host in the container's
+# network namespace (whatever target directory built the package).
+mkdir -p "$RS_WORK/deb"
+dpkg-deb -x "$DEB" "$RS_WORK/deb"
+bench=$RS_WORK/deb/usr/bin/upcase-bench
 svc=upcased.service
 act=upcased-activated.service
 sock=upcased.socket
