@@ -360,8 +360,12 @@ impl Server {
         self.deadline = Some(now + timeout);
         self.handover.active = true;
         let open = count(self.conns.len() as u64, "connection");
-        self.notify(&format!("STOPPING=1\nSTATUS=handing over {open}"));
-        info!(target: super::LOG_TARGET, "handing over: {open} to the next process (deadline {})",
+        // A stop and a restart look alike from here (SIGTERM either way):
+        // on a stop the manager closes what it was handed.
+        self.notify(&format!(
+            "STOPPING=1\nSTATUS=shutting down: handing over {open}"
+        ));
+        info!(target: super::LOG_TARGET, "shutting down: handing over {open} to the service manager for the next process (deadline {})",
             crate::config::format_duration(timeout));
         let registry = self.poll.registry();
         for mut l in self.acceptor.listeners.drain(..) {

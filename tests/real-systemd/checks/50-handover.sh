@@ -147,6 +147,25 @@ under_load activated "$act" restart_unit "$act"
 report activated "$act"
 
 # --- a real stop closes what the store kept: clients see EOF, not a hang ------
+# A client answered, then waiting: the stop hands its connection to the
+# store, which systemd closes once the unit is stopped.
+held=$RS_WORK/held.txt
+in_netns python3 -c '
+import socket
+s = socket.create_connection(("127.0.0.1", 12000), 5)
+s.settimeout(30)
+s.sendall(b"held\n")
+got = b""
+while len(got) < 5:
+    got += s.recv(64)
+print("answered", got, flush=True)
+rest = s.recv(64)
+print("eof" if rest == b"" else "more %r" % rest, flush=True)' >"$held" 2>&1 &
+held_pid=$!
+answered() { grep -q answered "$held"; }
+check "a client is answered before the stop" wait_for 30 answered
 in_container systemctl stop "$sock" "$act"
+wait "$held_pid"
+check "stop: the waiting client got a clean EOF ($(tail -n 1 "$held"))" grep -qx eof "$held"
 check "after stop, nothing listens on 12000" \
     bash -c "! printf x | timeout 5 nsenter -t $RS_INIT -n nc -N 127.0.0.1 12000"
