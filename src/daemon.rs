@@ -22,7 +22,7 @@ use crate::cli::DaemonArgs;
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, LogControl};
 use crate::rlimit;
-use crate::server::{Reloader, Server, ServerError};
+use crate::server::{Inherited, Reloader, Server, ServerError};
 use crate::systemd::{self, ListenFd};
 
 /// The log target of the lines written here: the binary's name, as when
@@ -95,13 +95,18 @@ pub fn run(args: DaemonArgs) -> Result<(), DaemonError> {
 
 /// The server's sockets: under socket activation the ones systemd passed
 /// (`passed`, which replace both listen lists of `config`), otherwise bound
-/// from `config`.
+/// from `config`; and what a previous process left in the service
+/// manager's store (listeners taken instead of bound, connections served
+/// on: see `server::handover`).
 pub fn open(config: Config, passed: Vec<ListenFd>) -> Result<Server, ServerError> {
-    if passed.is_empty() {
-        Server::bind(config)
+    let (activated, mut inherited) = Inherited::split(passed);
+    let mut server = if activated.is_empty() {
+        Server::bind_inheriting(config, &mut inherited)?
     } else {
-        Server::adopt(config, passed)
-    }
+        Server::adopt(config, activated)?
+    };
+    server.take_over(inherited, systemd::fd_store_max());
+    Ok(server)
 }
 
 /// What SIGHUP does: read the config file again with the flags of `args`

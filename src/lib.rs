@@ -36,12 +36,15 @@
 //!   (UDP reflection guard: blocked source ports, per-source rate),
 //!   `turns.rs` (the run queue: work left over from one turn for the next,
 //!   each source once), `throttle.rs` (rate-limited log lines), `timer.rs`
-//!   (the loop's deadline timer), `stats.rs` (counters).
+//!   (the loop's deadline timer), `stats.rs` (counters), `handover.rs`
+//!   (restarts: listeners and connections through systemd's file
+//!   descriptor store, with each connection's state in a memfd).
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
 //! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
 //!   watchdog: the sd_notify protocol)
-//!   and socket activation (`LISTEN_FDS`), without libsystemd.
+//!   and socket activation (`LISTEN_FDS`), the file descriptor store
+//!   (`FDSTORE=1`, descriptors as `SCM_RIGHTS`), without libsystemd.
 //! - [`rlimit`]: the file-descriptor limit, raised at start-up (daemon and
 //!   bench), and what it means for `max_connections`.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.

@@ -9,10 +9,19 @@
 //!   `LISTEN_FDNAMES` hand over already-bound sockets as descriptors 3, 4, ….
 //! - **Watchdog**: `WATCHDOG_USEC` (and `WATCHDOG_PID`) ask for a
 //!   `WATCHDOG=1` at least that often.
+//! - **File descriptor store**: `FDSTORE=1` with `FDNAME=` and the
+//!   descriptors attached (`SCM_RIGHTS`, at most [`MAX_FDS_PER_MESSAGE`] a
+//!   message) asks the manager to keep them; they come back to the next
+//!   process of the service in `LISTEN_FDS`/`LISTEN_FDNAMES`, until
+//!   `FDSTOREREMOVE=1` removes them or the service really stops.
+//!   `BARRIER=1` with one descriptor, which the manager closes once it has
+//!   read every message before it, is how a process about to exit knows
+//!   its messages were taken (after it exits they could not be attributed
+//!   to the service).
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -24,20 +33,125 @@ const LISTEN_FDS_START: i32 = 3;
 /// Sends `state` (e.g. `"READY=1"`) to the service manager, if there is one.
 /// Returns whether a notification was sent.
 pub fn notify(state: &str) -> io::Result<bool> {
+    notify_with_fds(state, &[])
+}
+
+/// Sends `state` with `fds` attached (`SCM_RIGHTS`; at most
+/// [`MAX_FDS_PER_MESSAGE`]), if there is a service manager.
+pub fn notify_with_fds(state: &str, fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(false);
     };
     let socket = UnixDatagram::unbound()?;
+    // A manager that stopped reading must not hang a process that is
+    // handing over (a full queue blocks the send).
+    socket.set_write_timeout(Some(SEND_TIMEOUT))?;
     let target = target.as_encoded_bytes();
     if let Some(name) = target.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-        socket.send_to_addr(state.as_bytes(), &addr)?;
+        socket.connect_addr(&addr)?;
     } else {
-        let path = Path::new(OsStr::from_bytes(target));
-        socket.send_to(state.as_bytes(), path)?;
+        socket.connect(Path::new(OsStr::from_bytes(target)))?;
+    }
+    if fds.is_empty() {
+        socket.send(state.as_bytes())?;
+        return Ok(true);
+    }
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} descriptors in one notification (at most {MAX_FDS_PER_MESSAGE})",
+                fds.len()
+            ),
+        ));
+    }
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other(
+            "no room for the descriptors in the control message",
+        ));
+    }
+    let sent = rustix::net::sendmsg(
+        &socket,
+        &[io::IoSlice::new(state.as_bytes())],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    if sent != state.len() {
+        return Err(io::Error::other("notification sent in part"));
     }
     Ok(true)
+}
+
+/// The most descriptors one message may carry: Linux refuses more
+/// (`SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// How long one notification may wait for room in the manager's queue.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many descriptors the service manager keeps for this service, when it
+/// keeps any: `$FDSTORE`, which systemd 254 and later set from
+/// `FileDescriptorStoreMax=` and our units set by hand for systemd 252
+/// (`Environment=FDSTORE=`, kept equal to it). `None` without a manager or
+/// without the variable: then nothing is stored.
+pub fn fd_store_max() -> Option<usize> {
+    std::env::var_os("NOTIFY_SOCKET")?;
+    let max: usize = std::env::var("FDSTORE").ok()?.trim().parse().ok()?;
+    (max > 0).then_some(max)
+}
+
+/// Asks the manager to keep `fds` under `name` (`FDSTORE=1`), in as many
+/// messages as it takes. An error says how many went out before it.
+pub fn store_fds(name: &str, fds: &[BorrowedFd<'_>]) -> Result<(), (usize, io::Error)> {
+    let message = format!("FDSTORE=1\nFDNAME={name}");
+    let mut sent = 0;
+    for batch in fds.chunks(MAX_FDS_PER_MESSAGE) {
+        notify_with_fds(&message, batch).map_err(|e| (sent, e))?;
+        sent += batch.len();
+    }
+    Ok(())
+}
+
+/// Asks the manager to close and forget every descriptor it keeps under
+/// `name` (`FDSTOREREMOVE=1`).
+pub fn remove_stored(name: &str) -> io::Result<bool> {
+    notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"))
+}
+
+/// Waits (at most `timeout`) until the manager has read every notification
+/// sent before: `BARRIER=1` carries one end of a socket pair, which the
+/// manager closes after reading it; the other end then reads EOF. `Ok(false)`
+/// without a manager.
+pub fn barrier(timeout: Duration) -> io::Result<bool> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    if !notify_with_fds("BARRIER=1", &[theirs.as_fd()])? {
+        return Ok(false);
+    }
+    drop(theirs);
+    ours.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    let mut byte = [0u8; 1];
+    match io::Read::read(&mut &ours, &mut byte) {
+        Ok(0) => Ok(true),
+        Ok(_) => Err(io::Error::other("unexpected data on the barrier socket")),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the service manager did not answer the barrier in time",
+            ))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The `RELOADING=1` message: systemd wants the moment the reload began on

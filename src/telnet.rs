@@ -230,6 +230,50 @@ impl Filter {
         }
     }
 
+    /// The filter's whole state in three bytes (where it stands, the verb
+    /// of a command cut after it, the two flags), for a restart that hands
+    /// the connection to the next process (see `server::handover`).
+    pub fn to_bytes(&self) -> [u8; 3] {
+        let (tag, verb) = match self.state {
+            State::Undecided => (0, 0),
+            State::FirstIac => (1, 0),
+            State::Raw => (2, 0),
+            State::Data => (3, 0),
+            State::Iac => (4, 0),
+            State::Verb(verb) => (5, verb),
+            State::Sub => (6, 0),
+            State::SubIac => (7, 0),
+            State::Ended => (8, 0),
+        };
+        let flags = u8::from(self.after_cr) | u8::from(self.ayt_answered) << 1;
+        [tag, verb, flags]
+    }
+
+    /// The filter [`to_bytes`](Filter::to_bytes) described; `None` for
+    /// bytes it never writes.
+    pub fn from_bytes([tag, verb, flags]: [u8; 3]) -> Option<Filter> {
+        let state = match (tag, verb) {
+            (0, 0) => State::Undecided,
+            (1, 0) => State::FirstIac,
+            (2, 0) => State::Raw,
+            (3, 0) => State::Data,
+            (4, 0) => State::Iac,
+            (5, WILL | WONT | DO | DONT) => State::Verb(verb),
+            (6, 0) => State::Sub,
+            (7, 0) => State::SubIac,
+            (8, 0) => State::Ended,
+            _ => return None,
+        };
+        if flags > 3 {
+            return None;
+        }
+        Some(Filter {
+            state,
+            after_cr: flags & 1 != 0,
+            ayt_answered: flags & 2 != 0,
+        })
+    }
+
     /// The client turned out not to speak telnet: the filter only passes
     /// bytes through from now on, and the caller may drop it.
     pub fn is_raw(&self) -> bool {
@@ -583,5 +627,29 @@ mod tests {
         run(&mut filter, &[1, 2, IAC], &mut out);
         run(&mut filter, &[SE, b'c'], &mut out);
         assert_eq!(out, [b'a', IAC, WONT, 34, b'b', b'c']);
+    }
+
+    /// Every state survives the trip through three bytes, at every point
+    /// of a stream full of commands; bytes the filter never writes are
+    /// refused.
+    #[test]
+    fn the_state_survives_to_bytes_and_back_anywhere_in_a_stream() {
+        let input: &[u8] =
+            b"\xFF\xFD\x01ab\r\0c\xFF\xFA\x18\x01\xFF\xFF\xFF\xF0\xFF\xF6\xFF\xF6d\xFF\xEC";
+        for start in [Filter::auto(), Filter::new()] {
+            let (mut whole, mut want) = (start.clone(), Vec::new());
+            run(&mut whole, input, &mut want);
+            for cut in 0..=input.len() {
+                let (mut first, mut out) = (start.clone(), Vec::new());
+                run(&mut first, &input[..cut], &mut out);
+                let mut second = Filter::from_bytes(first.to_bytes()).expect("valid");
+                assert_eq!(second.to_bytes(), first.to_bytes());
+                run(&mut second, &input[cut..], &mut out);
+                assert_eq!(out, want, "cut at {cut}");
+            }
+        }
+        for bad in [[9, 0, 0], [5, 0, 0], [5, b'a', 0], [3, 1, 0], [3, 0, 4]] {
+            assert!(Filter::from_bytes(bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -219,6 +219,30 @@ impl Upcaser {
     pub fn carried(&self) -> usize {
         usize::from(self.carry_len)
     }
+
+    /// The carried bytes themselves: what a restart hands to the next
+    /// process (see `server::handover`).
+    pub fn carry(&self) -> &[u8] {
+        &self.carry[..usize::from(self.carry_len)]
+    }
+
+    /// A transformer in the middle of a stream, holding `carry` as
+    /// [`feed`](Upcaser::feed) left it in another process. `None` when
+    /// `carry` is nothing `feed` could have left (more than 3 bytes, any
+    /// in ascii mode, or not the start of a valid but unfinished UTF-8
+    /// character): the rest of the transform relies on that.
+    pub fn resume(mode: Mode, carry: &[u8]) -> Option<Upcaser> {
+        let mut upcaser = Upcaser::new(mode);
+        if carry.is_empty() {
+            return Some(upcaser);
+        }
+        if mode == Mode::Ascii || carry.len() > 3 || !matches!(decode(carry), Seq::Incomplete) {
+            return None;
+        }
+        upcaser.carry[..carry.len()].copy_from_slice(carry);
+        upcaser.carry_len = carry.len() as u8;
+        Some(upcaser)
+    }
 }
 
 /// One-shot transform of a whole message (a UDP datagram), appended to
@@ -1021,5 +1045,38 @@ mod tests {
             let pieces = split_at_all(&bytes, &cuts_from(&cuts, bytes.len()));
             prop_assert_eq!(&stream(Mode::Ascii, &pieces), &one_shot);
         }
+    }
+
+    /// A stream cut inside a character and resumed in another transformer
+    /// (a restart) gives the bytes of the whole stream; a carry `feed`
+    /// could never leave is refused.
+    #[test]
+    fn resume_carries_on_where_feed_stopped_and_refuses_impossible_carries() {
+        for input in ["x\u{e4}y", "\u{6771}\u{4eac}", "a\u{1f600}b", "stra\u{df}e"] {
+            let bytes = input.as_bytes();
+            for cut in 0..=bytes.len() {
+                let mut first = Upcaser::new(Mode::Unicode);
+                let mut out = Vec::new();
+                first.feed(&bytes[..cut], &mut out);
+                let mut second = Upcaser::resume(Mode::Unicode, first.carry()).expect("resumable");
+                second.feed(&bytes[cut..], &mut out);
+                second.finish(&mut out);
+                assert_eq!(out, upcase(Mode::Unicode, bytes), "{input:?} cut at {cut}");
+            }
+        }
+        for bad in [
+            &b"A"[..],
+            b"\xC3A",
+            b"\xF0\x9F\x98\x80",
+            b"\x80",
+            b"\xE1\x80\x80\x80",
+        ] {
+            assert!(Upcaser::resume(Mode::Unicode, bad).is_none(), "{bad:?}");
+        }
+        assert!(Upcaser::resume(Mode::Ascii, b"\xC3").is_none());
+        assert_eq!(
+            Upcaser::resume(Mode::Ascii, b"").map(|u| u.mode()),
+            Some(Mode::Ascii)
+        );
     }
 }

@@ -8,6 +8,7 @@ mod util;
 
 mod bench;
 mod config;
+mod handover;
 mod hostile;
 mod interop;
 mod lifecycle;

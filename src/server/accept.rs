@@ -157,6 +157,13 @@ impl Acceptor {
         }
     }
 
+    /// A connection the previous process handed over (handover.rs) counts
+    /// against its address's limit, like one accepted here; it is never
+    /// refused for it.
+    pub fn count_adopted(&mut self, ip: IpAddr) {
+        *self.per_ip.entry(canonical_ip(ip)).or_insert(0) += 1;
+    }
+
     /// Takes one client off listener `i`, `open` connections being open.
     pub fn accept_one(
         &mut self,

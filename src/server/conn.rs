@@ -170,6 +170,10 @@ enum Input {
     Discarding(bool),
     /// The client sent EOF.
     Eof,
+    /// A restart hands the connection over (`handover.rs`): what the kernel
+    /// held when it began is answered; the rest stays in the kernel, unread,
+    /// for the next process.
+    Parked,
 }
 
 /// One accepted client, on a socket of type `S` (in the daemon always a
@@ -200,12 +204,49 @@ pub struct Connection<S = TcpStream> {
     /// until `WouldBlock` before taking a short read for drained (Linux ends
     /// a read at the urgent mark, short, with more data behind it).
     hup: bool,
+    /// A restart hands this connection to the next process: once what the
+    /// kernel held is answered, input is `Parked` instead of ended.
+    handing_over: bool,
+}
+
+/// Where a connection handed to the next process stands (its input side;
+/// see [`Snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Serving: read, transform, reply.
+    Open,
+    /// The client's EOF was read: the pending replies, then our FIN.
+    Eof,
+    /// Input is read and dropped until the client's EOF (after a telnet
+    /// `IAC EOF`); `true` once our FIN is sent.
+    Discarding(bool),
+}
+
+/// Everything a connection is besides its socket, as a restart hands it to
+/// the next process (`handover.rs` serializes it).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The transform, with the part of a character it carries.
+    pub upcaser: Upcaser,
+    /// The telnet filter, with a command cut short and the `auto` decision.
+    pub telnet: Option<telnet::Filter>,
+    /// Replies the kernel had not taken.
+    pub pending: Vec<u8>,
+    /// The input side.
+    pub stage: Stage,
 }
 
 impl Connection<TcpStream> {
     /// The socket, for (de)registration by the loop.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
+    }
+
+    /// The socket, to hand over to the service manager.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 }
 
@@ -227,7 +268,82 @@ impl<S: Socket> Connection<S> {
             readable: false,
             input: Input::Open,
             hup: false,
+            handing_over: false,
         }
+    }
+
+    /// A connection handed over by the previous process, as it was there
+    /// (`snapshot`); its pending replies go out at the first event, which
+    /// registering the socket raises when the kernel can take them.
+    pub fn restore(stream: S, snapshot: Snapshot, shared: &mut Shared) -> Connection<S> {
+        let out = (!snapshot.pending.is_empty()).then(|| {
+            let mut out = shared.pool.take();
+            out.data.extend_from_slice(&snapshot.pending);
+            out
+        });
+        Connection {
+            stream,
+            peer: snapshot.peer,
+            upcaser: snapshot.upcaser,
+            telnet: snapshot.telnet,
+            out,
+            // As for a new connection: registering reports what is there.
+            readable: false,
+            input: match snapshot.stage {
+                Stage::Open => Input::Open,
+                Stage::Eof => Input::Eof,
+                Stage::Discarding(fin) => Input::Discarding(fin),
+            },
+            hup: false,
+            handing_over: false,
+        }
+    }
+
+    /// What the next process needs to carry on with this connection.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            peer: self.peer,
+            upcaser: self.upcaser.clone(),
+            telnet: self.telnet.clone(),
+            pending: self
+                .out
+                .as_ref()
+                .map_or(Vec::new(), |out| out.unsent().to_vec()),
+            stage: match self.input {
+                Input::Eof => Stage::Eof,
+                Input::Discarding(fin) => Stage::Discarding(fin),
+                Input::Open | Input::Draining(_) | Input::Parked => Stage::Open,
+            },
+        }
+    }
+
+    /// A restart begins: as a graceful shutdown, the input the kernel holds
+    /// now is answered, but then the connection parks (no FIN, nothing
+    /// finished) to be handed over.
+    pub fn begin_handover(&mut self, shared: &mut Shared) -> Status {
+        self.handing_over = true;
+        self.begin_shutdown(shared)
+    }
+
+    /// Whether the connection has done what it can before the handover:
+    /// parked, or its input already ended, or held back by a client that
+    /// does not read its replies (what it has not read stays in the kernel).
+    pub fn ready_for_handover(&self, max_pending_output: usize) -> bool {
+        match self.input {
+            Input::Parked | Input::Eof | Input::Discarding(_) => true,
+            Input::Draining(_) => self.pending_output() >= max_pending_output,
+            Input::Open => false,
+        }
+    }
+
+    /// The connection stays after all (the handover failed, or had no room
+    /// for it): a graceful shutdown from where it stands.
+    pub fn abandon_handover(&mut self, shared: &mut Shared) -> Status {
+        self.handing_over = false;
+        if self.input == Input::Parked {
+            self.input = Input::Draining(0);
+        }
+        self.run(shared)
     }
 
     /// The client's address.
@@ -299,7 +415,7 @@ impl<S: Socket> Connection<S> {
         }
         let cap = shared.max_pending_output;
         let mut reads = 0;
-        while self.readable && self.input != Input::Eof {
+        while self.readable && !matches!(self.input, Input::Eof | Input::Parked) {
             if self.pending_output() >= cap {
                 // Back-pressure: the client is not reading its replies. Leave
                 // its input in the kernel, so TCP flow control slows it down;
@@ -373,7 +489,7 @@ impl<S: Socket> Connection<S> {
                     send_fin(&self.stream)?;
                     self.input = Input::Discarding(true);
                 }
-                Input::Open | Input::Draining(_) | Input::Discarding(true) => {}
+                Input::Open | Input::Draining(_) | Input::Discarding(true) | Input::Parked => {}
             }
         }
         Ok(Status::Waiting)
@@ -383,6 +499,12 @@ impl<S: Socket> Connection<S> {
     /// split at the very end passes through as it is); from now on input is
     /// read and dropped.
     fn stop_answering(&mut self, shared: &mut Shared) -> io::Result<()> {
+        if self.handing_over {
+            // The next process answers the rest; what the filter and the
+            // transform hold goes with the connection.
+            self.input = Input::Parked;
+            return Ok(());
+        }
         self.finish(shared)?;
         self.input = Input::Discarding(false);
         Ok(())
@@ -1414,5 +1536,74 @@ mod tests {
         assert_eq!(conn.stream.written, b"X");
         assert_eq!(conn.pending_output(), 2);
         assert_eq!(conn.stream.fins(), [1]);
+    }
+
+    /// A restart: the bytes the kernel held are answered, up to a character
+    /// cut at their end, which stays carried; no FIN, nothing read after
+    /// the count. The next process, given the snapshot, completes the
+    /// character and carries on as if nothing happened.
+    #[test]
+    fn handover_answers_what_was_received_then_parks_and_resumes_elsewhere() {
+        let fake = Fake::new().with([data(b"ab\xC3"), Rd::WouldBlock, data(b"later")]);
+        let mut conn = on(fake, Mode::Unicode);
+        let mut shared = shared();
+        assert!(!conn.ready_for_handover(shared.max_pending_output));
+        assert_eq!(conn.begin_handover(&mut shared), WAITING);
+        assert!(conn.ready_for_handover(shared.max_pending_output));
+        assert_eq!(conn.input, Input::Parked);
+        assert_eq!(conn.stream.written, b"AB");
+        assert!(conn.stream.fins().is_empty(), "FIN at a handover");
+        // Parked: a new event reads nothing.
+        assert_eq!(conn.ready(true, true, &mut shared), WAITING);
+        assert_eq!(conn.stream.read_calls, 1);
+
+        let snapshot = conn.snapshot();
+        assert_eq!(snapshot.upcaser.carry(), b"\xC3");
+        assert_eq!(snapshot.stage, Stage::Open);
+        assert!(snapshot.pending.is_empty());
+        let next = Fake::new().with([data(b"\xA4!"), Rd::Eof]);
+        let mut conn = Connection::restore(next, snapshot, &mut shared);
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, "\u{c4}!".as_bytes());
+        assert_eq!(conn.stream.fins(), [3]);
+    }
+
+    /// A client that does not read its replies: the connection is ready as
+    /// soon as its backlog is at the cap, and the backlog goes with it, in
+    /// order, ahead of everything answered after the restart.
+    #[test]
+    fn handover_under_back_pressure_takes_the_unsent_replies_along() {
+        let fake = Fake::new().with([data(b"abcdefgh"), data(b"ijkl"), Rd::WouldBlock]);
+        let mut conn = on(fake, Mode::Ascii);
+        conn.stream.room = 3;
+        let mut shared = Shared::new(4);
+        assert_eq!(conn.begin_handover(&mut shared), WAITING);
+        assert_eq!(conn.input, Input::Draining(4));
+        assert!(conn.ready_for_handover(shared.max_pending_output));
+        let snapshot = conn.snapshot();
+        assert_eq!(conn.stream.written, b"ABC");
+        assert_eq!(snapshot.pending, b"DEFGH");
+
+        let next = Fake::new().with([data(b"ijkl"), data(b"m"), Rd::Eof]);
+        let mut conn = Connection::restore(next, snapshot, &mut Shared::new(4));
+        assert_eq!(conn.pending_output(), 5);
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
+        assert_eq!(conn.stream.written, b"DEFGHIJKLM");
+    }
+
+    /// A handover that cannot take the connection after all: it shuts down
+    /// gracefully from where it parked (what is held comes back raw, then
+    /// the FIN), as if no handover had been tried.
+    #[test]
+    fn an_abandoned_handover_is_a_graceful_shutdown() {
+        let fake = Fake::new().with([data(b"x\xC3"), Rd::WouldBlock, Rd::Eof]);
+        let mut conn = on(fake, Mode::Unicode);
+        let mut shared = shared();
+        assert_eq!(conn.begin_handover(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"X");
+        assert_eq!(conn.abandon_handover(&mut shared), WAITING);
+        assert_eq!(conn.stream.written, b"X\xC3");
+        assert_eq!(conn.stream.fins(), [2]);
+        assert_eq!(conn.ready(true, true, &mut shared), DONE);
     }
 }

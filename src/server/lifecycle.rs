@@ -57,6 +57,11 @@ impl Server {
         if self.deadline.is_some() {
             return Ok(());
         }
+        if self.can_hand_over() {
+            // A restart through the service manager's store (handover.rs).
+            self.begin_handover(now);
+            return Ok(());
+        }
         let timeout = self.config.shutdown_timeout;
         self.deadline = Some(now + timeout);
         self.notify(&format!(

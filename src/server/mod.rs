@@ -30,6 +30,7 @@ mod accept;
 mod buffers;
 mod conn;
 mod guard;
+mod handover;
 mod idle;
 mod lifecycle;
 mod mmsg;
@@ -57,6 +58,7 @@ use accept::{Accepted, Acceptor};
 use buffers::Shared;
 use conn::{Close, Connection, Status};
 use guard::UdpGuard;
+pub use handover::Inherited;
 use idle::{IdleList, Link, Linked};
 use lifecycle::Watchdog;
 pub use stats::Counters;
@@ -183,16 +185,32 @@ pub struct Server {
     deadline: Option<Instant>,
     /// systemd's watchdog, when the service manager asked for one.
     watchdog: Option<Watchdog>,
+    /// Restarts through the service manager's file descriptor store.
+    handover: handover::Handover,
 }
 
 impl Server {
     /// Binds every configured socket (the addresses are logged by `run`).
     pub fn bind(config: Config) -> Result<Server, ServerError> {
+        Server::bind_inheriting(config, &mut Inherited::default())
+    }
+
+    /// As [`bind`](Server::bind), but an address whose socket a previous
+    /// process left in the service manager's store is taken from there
+    /// (`handover.rs`) instead of bound.
+    pub fn bind_inheriting(
+        config: Config,
+        inherited: &mut Inherited,
+    ) -> Result<Server, ServerError> {
         if config.tcp.listen.is_empty() && config.udp.listen.is_empty() {
             return Err(ServerError::NothingToServe);
         }
         let mut listeners = Vec::new();
         for &addr in &config.tcp.listen {
+            if let Some(listener) = inherited.take_tcp(addr, &config)? {
+                listeners.push(listener);
+                continue;
+            }
             let listener = accept::bind(
                 addr,
                 config.tcp.backlog,
@@ -208,6 +226,10 @@ impl Server {
         }
         let mut udp = Vec::new();
         for &addr in &config.udp.listen {
+            if let Some(endpoint) = inherited.take_udp(addr)? {
+                udp.push(endpoint);
+                continue;
+            }
             let endpoint =
                 udp::bind(addr, config.reuse_port).map_err(|source| ServerError::Bind {
                     proto: "udp",
@@ -306,6 +328,7 @@ impl Server {
             guard,
             deadline: None,
             watchdog: Watchdog::from_environment(),
+            handover: handover::Handover::default(),
         })
     }
 
@@ -389,6 +412,7 @@ impl Server {
             }
             self.expire(now);
             self.tick_watchdog(now);
+            self.handover_turn(now);
             if let Some(deadline) = self.deadline {
                 if !self.conns.is_empty() && now >= deadline {
                     self.cut_all();
@@ -553,11 +577,19 @@ impl Server {
         }
         // SO_OOBINLINE and the buffer sizes of `[tcp] socket_buffer` come
         // from the listener (tcp.rs), as accepted sockets inherit them.
+        let conn = Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet);
+        self.insert_connection(conn, ip_counted, now);
+    }
+
+    /// Takes a connection (accepted, or handed over by the previous
+    /// process) into the slab and the poll.
+    fn insert_connection(&mut self, conn: Connection, ip_counted: bool, now: Instant) {
+        let peer = conn.peer();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token(self.conn_base + key);
         let mut slot = Slot {
-            conn: Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet),
+            conn,
             last_active: now,
             link: Link::default(),
             ip_counted,

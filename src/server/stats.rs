@@ -21,6 +21,8 @@ pub struct Counters {
     pub closed_error: u64,
     /// Cut by the shutdown deadline.
     pub closed_cut: u64,
+    /// Handed to the service manager's store for the next process.
+    pub closed_handed_over: u64,
     /// Accepted, then closed at once: its address had `max_connections_per_ip` open.
     pub closed_limit: u64,
     /// Bytes read from TCP clients and UDP datagrams.
@@ -47,7 +49,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={} limit={}; \
+            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={} handed_over={} limit={}; \
              bytes in={} out={}; datagrams in={} out={} dropped={} blocked={} limited={}; \
              errors={} accept_pauses={}",
             self.conns_open,
@@ -57,6 +59,7 @@ impl fmt::Display for Counters {
             self.closed_idle,
             self.closed_error,
             self.closed_cut,
+            self.closed_handed_over,
             self.closed_limit,
             self.bytes_in,
             self.bytes_out,
