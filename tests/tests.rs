@@ -6,6 +6,7 @@
 
 mod util;
 
+mod agent;
 mod bench;
 mod config;
 mod hostile;
