@@ -39,6 +39,9 @@
 //!   (the loop's deadline timer), `stats.rs` (counters), `handover.rs`
 //!   (restarts: listeners and connections through systemd's file
 //!   descriptor store, with each connection's state in a memfd).
+//! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer puts
+//!   before a relayed connection, parsed from bytes (pure), and the
+//!   networks trusted to send it.
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
 //! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
@@ -68,6 +71,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod proxy;
 pub mod rlimit;
 pub mod server;
 pub mod signals;

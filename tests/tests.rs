@@ -6,6 +6,7 @@
 
 mod util;
 
+mod agent;
 mod bench;
 mod config;
 mod handover;
@@ -13,6 +14,7 @@ mod hostile;
 mod interop;
 mod lifecycle;
 mod memory;
+mod proxy;
 mod real_systemd;
 mod systemd;
 mod tcp;

@@ -31,6 +31,10 @@ pub fn loopback_config() -> Config {
 pub struct InProcess {
     pub tcp: SocketAddr,
     pub udp: SocketAddr,
+    /// The PROXY listeners (`[tcp] proxy_listen`), in config order.
+    pub proxy: Vec<SocketAddr>,
+    /// The agent-check sockets (`[agent] listen`), in config order.
+    pub agent: Vec<SocketAddr>,
     handle: Handle,
     thread: Option<JoinHandle<Counters>>,
 }
@@ -48,11 +52,15 @@ impl InProcess {
             .first()
             .copied()
             .unwrap_or(([0, 0, 0, 0], 0).into());
+        let proxy = server.proxy_addrs();
+        let agent = server.agent_addrs();
         let handle = server.handle();
         let thread = thread::spawn(move || server.run().expect("server run"));
         InProcess {
             tcp,
             udp,
+            proxy,
+            agent,
             handle,
             thread: Some(thread),
         }
@@ -80,6 +88,32 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream.set_write_timeout(Some(PATIENCE)).unwrap();
     stream
+}
+
+/// Connects to a PROXY listener and sends `header`, exactly these bytes, as
+/// a balancer does first on each connection (`upcase::proxy::encode` makes
+/// them as HAProxy and nginx do; tests also write them out by hand).
+pub fn connect_with_header(addr: SocketAddr, header: &[u8]) -> TcpStream {
+    let mut stream = connect(addr);
+    stream.write_all(header).expect("send PROXY header");
+    stream
+}
+
+/// Whether the server closes `stream` without a byte of reply: EOF or a
+/// reset, and nothing read before it.
+pub fn closed_unanswered(stream: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => got.is_empty(),
+        Err(e) => got.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// What the agent check on `addr` says: everything up to its EOF, the way
+/// HAProxy's `agent-check` connects and reads (sending nothing).
+pub fn agent_says(addr: SocketAddr) -> String {
+    let mut stream = connect(addr);
+    String::from_utf8(read_to_eof(&mut stream)).expect("the agent's line is text")
 }
 
 /// Reads exactly `n` bytes.
@@ -220,6 +254,10 @@ pub struct Daemon {
     pub child: Child,
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    /// `[tcp] proxy_listen` sockets (`listening on tcp://ADDR (PROXY protocol)`).
+    pub proxy: Vec<SocketAddr>,
+    /// `[agent] listen` sockets (`listening on tcp://ADDR (agent)`).
+    pub agent: Vec<SocketAddr>,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     reader: Option<JoinHandle<()>>,
 }
@@ -238,19 +276,28 @@ impl Daemon {
     /// Starts `upcased -c FILE` on loopback port 0 (TCP and UDP), FILE
     /// holding `config`; the file lives as long as the returned guard.
     pub fn with_config(name: &str, config: &str) -> (TempFile, Daemon) {
+        Daemon::with_config_listening(name, config, 2)
+    }
+
+    /// As [`Daemon::with_config`], waiting for `sockets` "listening on"
+    /// lines (the config adds PROXY or agent listeners).
+    pub fn with_config_listening(name: &str, config: &str, sockets: usize) -> (TempFile, Daemon) {
         let file = TempFile::new(name, config);
-        let daemon = Daemon::start(
-            &[
-                "-c",
-                file.path(),
-                "--tcp",
-                "127.0.0.1:0",
-                "--udp",
-                "127.0.0.1:0",
-            ],
-            2,
-        );
-        (file, daemon)
+        let mut command = Command::new(daemon_path());
+        command.args(Daemon::config_args(&file));
+        (file, Daemon::start_with(&mut command, sockets))
+    }
+
+    /// `-c FILE` and TCP and UDP on loopback port 0.
+    pub fn config_args(file: &TempFile) -> [&str; 6] {
+        [
+            "-c",
+            file.path(),
+            "--tcp",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+        ]
     }
 
     /// Spawns `command` (the daemon, or something that execs it) with its
@@ -287,6 +334,8 @@ impl Daemon {
             child,
             tcp: Vec::new(),
             udp: Vec::new(),
+            proxy: Vec::new(),
+            agent: Vec::new(),
             log,
             reader: Some(reader),
         }
@@ -305,8 +354,16 @@ impl Daemon {
             if listening.len() >= sockets {
                 for line in listening {
                     let url = line.split("listening on ").nth(1).unwrap().trim();
+                    // `tcp://ADDR`, or `tcp://ADDR (what)` for the sockets
+                    // that serve something else than plain TCP.
+                    let (url, what) = url.split_once(' ').unwrap_or((url, ""));
                     if let Some(addr) = url.strip_prefix("tcp://") {
-                        daemon.tcp.push(addr.parse().expect("tcp address in log"));
+                        let addr = addr.parse().expect("tcp address in log");
+                        match what {
+                            "(PROXY protocol)" => daemon.proxy.push(addr),
+                            "(agent)" => daemon.agent.push(addr),
+                            _ => daemon.tcp.push(addr),
+                        }
                     } else if let Some(addr) = url.strip_prefix("udp://") {
                         daemon.udp.push(addr.parse().expect("udp address in log"));
                     }
@@ -457,6 +514,25 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Makes `command` run with a soft and hard `RLIMIT_NOFILE` of `limit`
+/// (set in the child before exec), to drive the daemon out of descriptors.
+pub fn limit_descriptors(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit in the child before exec touches nothing shared.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -319,7 +319,7 @@ impl Server {
             }
             self.shared.counters.conns_accepted += 1;
             let conn = Connection::restore(stream, snapshot, &mut self.shared);
-            self.insert_connection(conn, ip_counted, now);
+            self.insert_connection(conn, ip_counted, false, now);
             adopted += 1;
         }
         let mut also = String::new();
@@ -343,7 +343,7 @@ impl Server {
     fn close_stored(&mut self, fd: OwnedFd) {
         let stream = std::net::TcpStream::from(fd);
         if stream.set_nonblocking(true).is_ok() {
-            conn::refuse(mio::net::TcpStream::from_std(stream), &mut self.shared);
+            conn::refuse(&mut mio::net::TcpStream::from_std(stream), &mut self.shared);
         }
     }
 
@@ -376,6 +376,20 @@ impl Server {
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
+            if self.conns[key].header.is_some() {
+                // Accepted on a PROXY listener moments ago, its header not
+                // yet whole: its bytes were only peeked at, and the state
+                // format has no record of a header still awaited, so the
+                // next process would take the header for data. Closed
+                // unanswered (counted `proxy`), as at the header timeout;
+                // the balancer sees a connection closed before any reply.
+                self.refuse_header(
+                    key,
+                    "shutting down for a restart before its header came",
+                    now,
+                );
+                continue;
+            }
             let status = self.conns[key].conn.begin_handover(&mut self.shared);
             self.after(key, status);
         }

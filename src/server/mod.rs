@@ -27,6 +27,7 @@
 //! `guard.rs` their policy.
 
 mod accept;
+mod agent;
 mod buffers;
 mod conn;
 mod guard;
@@ -34,6 +35,7 @@ mod handover;
 mod idle;
 mod lifecycle;
 mod mmsg;
+mod proxied;
 mod stats;
 mod throttle;
 mod timer;
@@ -71,6 +73,9 @@ const WAKER: Token = Token(1);
 const TIMER: Token = Token(2);
 /// Tokens from here on are listeners, then UDP sockets, then connections.
 const FIRST_SOCKET: usize = 3;
+/// The agent-check listeners' tokens, from here on: far above any
+/// connection's (the slab never holds 2^62 connections).
+const AGENT_BASE: usize = usize::MAX / 2;
 
 /// Capacity of the events array: how many readiness events one `poll` returns.
 const EVENTS_CAPACITY: usize = 1024;
@@ -147,6 +152,9 @@ struct Slot {
     ip_counted: bool,
     /// Its place in the run queue (queued, last turn it ran).
     mark: Mark,
+    /// On a PROXY listener, awaiting its header since this instant
+    /// (`proxied.rs`); `None` once served.
+    header: Option<Instant>,
 }
 
 impl Linked for Slot {
@@ -187,6 +195,10 @@ pub struct Server {
     watchdog: Option<Watchdog>,
     /// Restarts through the service manager's file descriptor store.
     handover: handover::Handover,
+    /// Connections on PROXY listeners awaiting their header.
+    headers: proxied::Headers,
+    /// The HAProxy agent-check sockets (`[agent] listen`).
+    agent: agent::Agent,
 }
 
 impl Server {
@@ -202,16 +214,29 @@ impl Server {
         config: Config,
         inherited: &mut Inherited,
     ) -> Result<Server, ServerError> {
-        if config.tcp.listen.is_empty() && config.udp.listen.is_empty() {
+        if config.tcp.listen.is_empty()
+            && config.udp.listen.is_empty()
+            && config.tcp.proxy_listen.is_empty()
+        {
             return Err(ServerError::NothingToServe);
         }
         let mut listeners = Vec::new();
-        for &addr in &config.tcp.listen {
-            if let Some(listener) = inherited.take_tcp(addr, &config)? {
+        let proxy_listen = config.tcp.proxy_listen.iter().map(|&addr| (addr, true));
+        for (addr, proxy) in config
+            .tcp
+            .listen
+            .iter()
+            .map(|&a| (a, false))
+            .chain(proxy_listen)
+        {
+            // Whether a listener wants a PROXY header comes from the
+            // config, never from the store: a stored socket is only a socket.
+            if let Some(mut listener) = inherited.take_tcp(addr, &config)? {
+                listener.proxy = proxy;
                 listeners.push(listener);
                 continue;
             }
-            let listener = accept::bind(
+            let mut listener = accept::bind(
                 addr,
                 config.tcp.backlog,
                 config.reuse_port,
@@ -222,6 +247,7 @@ impl Server {
                 addr,
                 source,
             })?;
+            listener.proxy = proxy;
             listeners.push(listener);
         }
         let mut udp = Vec::new();
@@ -296,6 +322,11 @@ impl Server {
         let timer = Timer::new(poll.registry(), TIMER).map_err(ServerError::Setup)?;
         let registry = poll.registry();
         let first_udp = FIRST_SOCKET + listeners.len();
+        for l in listeners.iter_mut() {
+            // Under socket activation, a passed socket is a PROXY listener
+            // when its address is one of proxy_listen.
+            l.proxy |= config.tcp.proxy_listen.contains(&l.addr);
+        }
         for (i, l) in listeners.iter_mut().enumerate() {
             registry
                 .register(&mut l.socket, Token(FIRST_SOCKET + i), Interest::READABLE)
@@ -304,6 +335,18 @@ impl Server {
         for (i, u) in udp.iter_mut().enumerate() {
             registry
                 .register(&mut u.socket, Token(first_udp + i), Interest::READABLE)
+                .map_err(ServerError::Setup)?;
+        }
+        let mut agent = agent::Agent::bind(&config.agent.listen, config.reuse_port).map_err(
+            |(addr, source)| ServerError::Bind {
+                proto: "tcp",
+                addr,
+                source,
+            },
+        )?;
+        for (i, l) in agent.listeners.iter_mut().enumerate() {
+            registry
+                .register(&mut l.socket, Token(AGENT_BASE + i), Interest::READABLE)
                 .map_err(ServerError::Setup)?;
         }
         let conn_base = first_udp + udp.len();
@@ -329,6 +372,8 @@ impl Server {
             deadline: None,
             watchdog: Watchdog::from_environment(),
             handover: handover::Handover::default(),
+            headers: proxied::Headers::default(),
+            agent,
         })
     }
 
@@ -356,9 +401,21 @@ impl Server {
         }
     }
 
-    /// The bound TCP addresses (port 0 resolved).
+    /// The bound TCP addresses (port 0 resolved), PROXY listeners aside.
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        self.acceptor.listeners.iter().map(|l| l.addr).collect()
+        let listeners = self.acceptor.listeners.iter();
+        listeners.filter(|l| !l.proxy).map(|l| l.addr).collect()
+    }
+
+    /// The bound addresses of the PROXY listeners (`[tcp] proxy_listen`).
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        let listeners = self.acceptor.listeners.iter();
+        listeners.filter(|l| l.proxy).map(|l| l.addr).collect()
+    }
+
+    /// The bound addresses of the agent-check sockets (`[agent] listen`).
+    pub fn agent_addrs(&self) -> Vec<SocketAddr> {
+        self.agent.listeners.iter().map(|a| a.addr).collect()
     }
 
     /// The bound UDP addresses (port 0 resolved).
@@ -375,10 +432,14 @@ impl Server {
     pub fn run(mut self) -> Result<Counters, ServerError> {
         transform::warm_up(self.config.mode);
         for l in &self.acceptor.listeners {
-            info!("listening on tcp://{}", l.addr);
+            let proxy = if l.proxy { " (PROXY protocol)" } else { "" };
+            info!("listening on tcp://{}{proxy}", l.addr);
         }
         for u in &self.udp {
             info!("listening on udp://{}", u.addr);
+        }
+        for a in &self.agent.listeners {
+            info!("listening on tcp://{} (agent)", a.addr);
         }
         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
@@ -436,6 +497,7 @@ impl Server {
         let nearest = [
             self.idle_deadline(),
             self.acceptor.backoff_until(),
+            self.headers.deadline(),
             self.deadline,
             watchdog,
         ]
@@ -451,6 +513,9 @@ impl Server {
     /// The run-queue mark of the source behind `token`, if it still exists.
     fn mark(&mut self, token: Token) -> Option<&mut Mark> {
         match token.0 {
+            t if t >= AGENT_BASE => {
+                (self.agent.listeners.get_mut(t - AGENT_BASE)).map(|a| &mut a.mark)
+            }
             t if t >= self.conn_base => self.conns.get_mut(t - self.conn_base).map(|s| &mut s.mark),
             t if t >= self.first_udp => self.udp.get_mut(t - self.first_udp).map(|u| &mut u.mark),
             t if t >= FIRST_SOCKET => self
@@ -478,6 +543,7 @@ impl Server {
             }
             // What is due is done after every batch of events (`expire`).
             TIMER => self.timer.fired(),
+            Token(t) if t >= AGENT_BASE => self.on_agent(t - AGENT_BASE, token),
             Token(t) if t >= self.conn_base => {
                 self.on_connection(t - self.conn_base, readable, hup, now)
             }
@@ -551,7 +617,8 @@ impl Server {
                     stream,
                     peer,
                     ip_counted,
-                } => self.add_connection(stream, peer, ip_counted, now),
+                    proxy,
+                } => self.add_connection(stream, peer, ip_counted, proxy, now),
                 Accepted::Nothing => {}
                 Accepted::Stop => return,
             }
@@ -562,12 +629,14 @@ impl Server {
             .requeue(Token(FIRST_SOCKET + i), &mut listener.mark);
     }
 
-    /// Takes an accepted client into the slab and the poll.
+    /// Takes an accepted client into the slab and the poll; from a PROXY
+    /// listener (`proxy`), to await its header.
     fn add_connection(
         &mut self,
         stream: mio::net::TcpStream,
         peer: SocketAddr,
         ip_counted: bool,
+        proxy: bool,
         now: Instant,
     ) {
         // Replies are written whole as soon as they are made; Nagle's
@@ -578,12 +647,13 @@ impl Server {
         // SO_OOBINLINE and the buffer sizes of `[tcp] socket_buffer` come
         // from the listener (tcp.rs), as accepted sockets inherit them.
         let conn = Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet);
-        self.insert_connection(conn, ip_counted, now);
+        self.insert_connection(conn, ip_counted, proxy, now);
     }
 
     /// Takes a connection (accepted, or handed over by the previous
-    /// process) into the slab and the poll.
-    fn insert_connection(&mut self, conn: Connection, ip_counted: bool, now: Instant) {
+    /// process) into the slab and the poll; `proxy`: it awaits its PROXY
+    /// header (never so for a handed-over one).
+    fn insert_connection(&mut self, conn: Connection, ip_counted: bool, proxy: bool, now: Instant) {
         let peer = conn.peer();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -594,6 +664,7 @@ impl Server {
             link: Link::default(),
             ip_counted,
             mark: Mark::default(),
+            header: proxy.then_some(now),
         };
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
@@ -614,6 +685,9 @@ impl Server {
         }
         entry.insert(slot);
         self.idle.push_back(&mut self.conns, key);
+        if proxy {
+            self.headers.wait(key, now);
+        }
         self.shared.counters.conns_open += 1;
         debug!("{peer}: connected");
     }
@@ -630,6 +704,10 @@ impl Server {
             slot.conn.note(readable, hup);
             return;
         }
+        if slot.header.is_some() && !self.await_header(key, hup, now) {
+            return;
+        }
+        let slot = &mut self.conns[key];
         let moved = self.shared.counters.bytes_in + self.shared.counters.bytes_out;
         let status = slot.conn.ready(readable, hup, &mut self.shared);
         if self.shared.counters.bytes_in + self.shared.counters.bytes_out != moved {
@@ -687,6 +765,7 @@ impl Server {
 
     /// Timers: idle connections and the end of an accept back-off.
     fn expire(&mut self, now: Instant) {
+        self.expire_headers(now);
         if self.acceptor.backoff_over(now) {
             self.resume_accepting();
         }

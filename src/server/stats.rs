@@ -25,6 +25,13 @@ pub struct Counters {
     pub closed_handed_over: u64,
     /// Accepted, then closed at once: its address had `max_connections_per_ip` open.
     pub closed_limit: u64,
+    /// Closed unanswered on a PROXY listener (`[tcp] proxy_listen`): no
+    /// valid header (malformed, cut short by EOF, or not whole within the
+    /// header timeout).
+    pub closed_proxy: u64,
+    /// Closed unanswered on a PROXY listener: the peer is not in
+    /// `[tcp] proxy_trusted`.
+    pub closed_untrusted: u64,
     /// Bytes read from TCP clients and UDP datagrams.
     pub bytes_in: u64,
     /// Bytes of replies handed to the kernel.
@@ -49,7 +56,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={} handed_over={} limit={}; \
+            "connections open={} accepted={} closed: done={} reset={} idle={} error={} proxy={} untrusted={} cut={} handed_over={} limit={}; \
              bytes in={} out={}; datagrams in={} out={} dropped={} blocked={} limited={}; \
              errors={} accept_pauses={}",
             self.conns_open,
@@ -58,6 +65,8 @@ impl fmt::Display for Counters {
             self.closed_reset,
             self.closed_idle,
             self.closed_error,
+            self.closed_proxy,
+            self.closed_untrusted,
             self.closed_cut,
             self.closed_handed_over,
             self.closed_limit,
