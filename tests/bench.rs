@@ -450,3 +450,147 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
     assert!(!md.contains("| tcp 10 x 64 B | upcased-ascii |"), "{md}");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
 }
+
+/// A server that answers the first 64-byte request right and then hangs up
+/// (an orderly FIN, reading on so that it is no reset): fine for a client
+/// that asks once, wrong for one that asks more on the same connection. A
+/// thread per connection, so churn's many connections are served at once.
+fn answers_once_then_hangs_up() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                if stream.read_exact(&mut buf).is_ok() {
+                    let reply = upcase::transform::upcase(Mode::Ascii, &buf);
+                    let _ = stream.write_all(&reply);
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
+            });
+        }
+    });
+    addr
+}
+
+fn churn_figures(report: &Report) -> &upcase::bench::report::ChurnFigures {
+    report
+        .churn
+        .as_ref()
+        .expect("a churn report has churn figures")
+}
+
+#[test]
+fn churn_fails_against_wrong_servers_with_the_right_error() {
+    for close in ["fin", "rst"] {
+        for wrong in [echo as Wrong, mangle] {
+            let addr = wrong_tcp_server(wrong);
+            let report = run(addr, &["churn", "-c", "2", "--close", close]);
+            assert_wrong_byte_reported(&report, first_wrong_byte(PayloadKind::Ascii, 64, wrong));
+            // Every client's first connection got a wrong byte, so none is
+            // up, and each failed while exchanging.
+            assert_eq!(report.connections_up, 0, "{report}");
+            assert_eq!(report.errors.mismatch, 2, "{report}");
+            assert_eq!(churn_figures(&report).failures.exchange, 2, "{report}");
+        }
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let report = run(addr, &["churn", "-c", "3", "--close", close]);
+        assert!(!report.ok);
+        assert_eq!(report.errors.connect_failed, 3, "{report}");
+        assert_eq!(churn_figures(&report).failures.connect, 3, "{report}");
+    }
+}
+
+#[test]
+fn churn_with_several_requests_fails_against_a_server_that_hangs_up_after_one() {
+    let addr = answers_once_then_hangs_up();
+    for close in ["fin", "rst"] {
+        let report = run(
+            addr,
+            &[
+                "churn",
+                "-c",
+                "2",
+                "--requests-per-connection",
+                "3",
+                "--close",
+                close,
+            ],
+        );
+        assert!(!report.ok, "{report}");
+        assert_eq!(report.errors.unexpected_close, 2, "{report}");
+        assert_eq!(report.errors.total(), 2, "{report}");
+        assert_eq!(churn_figures(&report).failures.exchange, 2, "{report}");
+        assert!(
+            report.error_samples[0]
+                .contains("closed by the server with 2 replies awaited, after 1 verified"),
+            "{report}"
+        );
+    }
+    // One request per connection is all that server gets right: it passes.
+    let report = run(addr, &["churn", "-c", "2"]);
+    assert!(report.ok, "{report}");
+    assert!(churn_figures(&report).connections_total > 0, "{report}");
+}
+
+#[test]
+fn upcased_passes_churn_with_fin_and_rst() {
+    let server = InProcess::start(loopback_config());
+    for args in [
+        &["churn", "-c", "8", "--close", "fin"][..],
+        &["churn", "-c", "8", "--close", "rst"],
+        &[
+            "churn",
+            "-c",
+            "4",
+            "--close",
+            "fin",
+            "--requests-per-connection",
+            "5",
+            "--pipeline",
+            "2",
+            "--payload",
+            "utf8",
+        ],
+        &[
+            "churn",
+            "-c",
+            "4",
+            "--close",
+            "rst",
+            "--requests-per-connection",
+            "3",
+            "--size",
+            "4096",
+        ],
+    ] {
+        let report = run(server.tcp, args);
+        assert!(report.ok, "{args:?}: {report}");
+        assert_eq!(report.connections_up, report.connections, "{report}");
+        let churn = churn_figures(&report);
+        assert!(
+            churn.connections_total >= report.connections as u64,
+            "{report}"
+        );
+        let f = &churn.failures;
+        assert_eq!((f.connect, f.exchange, f.close), (0, 0, 0), "{report}");
+    }
+    let counters = server.stop();
+    assert_eq!(counters.errors, 0, "{counters:?}");
+}
+
+#[test]
+fn options_of_one_kind_are_usage_errors_with_another() {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    for args in [
+        &["tcp", "--close", "rst"][..],
+        &["idle", "--requests-per-connection", "2"],
+        &["churn", "--rate", "100"],
+        &["udp", "--rate", "100"],
+    ] {
+        let err = bench::run(&options(addr, args)).expect_err("a usage error");
+        assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+    }
+}

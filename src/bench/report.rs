@@ -53,12 +53,16 @@ impl Errors {
 pub struct Latency {
     /// Median.
     pub p50: f64,
+    /// 75th percentile.
+    pub p75: f64,
     /// 90th percentile.
     pub p90: f64,
     /// 99th percentile.
     pub p99: f64,
     /// 99.9th percentile.
     pub p999: f64,
+    /// 99.99th percentile.
+    pub p9999: f64,
     /// Slowest reply.
     pub max: f64,
 }
@@ -72,9 +76,11 @@ impl Latency {
         }
         Latency {
             p50: us(h.value_at_quantile(0.50)),
+            p75: us(h.value_at_quantile(0.75)),
             p90: us(h.value_at_quantile(0.90)),
             p99: us(h.value_at_quantile(0.99)),
             p999: us(h.value_at_quantile(0.999)),
+            p9999: us(h.value_at_quantile(0.9999)),
             max: us(h.max()),
         }
     }
@@ -146,6 +152,9 @@ pub struct ServerUsage {
     /// (kernel socket memory is not in a process's RSS, so this is the
     /// server's user-space memory per connection).
     pub idle_bytes_per_conn: Option<f64>,
+    /// `churn` mode: CPU time per completed connection, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_conn: Option<f64>,
 }
 
 /// Everything a run measured.
@@ -186,12 +195,155 @@ pub struct Report {
     pub udp: Option<UdpFigures>,
     /// With `--server-pid`.
     pub server: Option<ServerUsage>,
+    /// `churn` mode: completed connections per second in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_per_second: Option<f64>,
+    /// `churn` mode's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnFigures>,
+    /// `tcp --rate` (open loop): offered against achieved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoopFigures>,
     /// No errors of any kind.
     pub ok: bool,
+    /// The latency histogram (nanoseconds) behind `latency_us`: reports of
+    /// several processes merge exactly by adding these
+    /// (`Histogram::add`), never by averaging percentiles.
+    #[serde(skip)]
+    pub latency_histogram: Option<Histogram<u64>>,
+}
+
+/// What the `churn` mode measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChurnFigures {
+    /// Requests (each verified) on each connection.
+    pub requests_per_connection: u32,
+    /// How each connection ended: `fin` or `rst`.
+    pub close: String,
+    /// Connections completed (connect, every reply verified, closed) in the
+    /// measured window.
+    pub connections: u64,
+    /// Connections completed in the whole run, the phases outside the
+    /// window included (what the server's counters see).
+    pub connections_total: u64,
+    /// From `connect()` to the connection being established.
+    pub connect_us: Latency,
+    /// From sending the first request to the last byte of its reply.
+    pub first_reply_us: Latency,
+    /// From starting the close (half-close, or the close with a reset) to
+    /// its end (the server's EOF, or the close call returning).
+    pub close_us: Latency,
+    /// From `connect()` to the end of the close: one whole connection.
+    pub connection_us: Latency,
+    /// Failures by the phase they happened in (the kinds are in `errors`).
+    pub failures: ChurnFailures,
+    /// What limits the connection rate besides the server, in words
+    /// (ephemeral ports and TIME_WAIT).
+    pub limits: String,
+    /// The histograms (nanoseconds) behind the phase figures, in the order
+    /// connect, first reply, close, connection; for exact merging.
+    #[serde(skip)]
+    pub histograms: Vec<Histogram<u64>>,
+}
+
+/// Churn failures by phase; they add up to `errors.total()`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChurnFailures {
+    /// Connect refused, failed or not completed.
+    pub connect: u64,
+    /// While requests and replies were exchanged (wrong byte, reset,
+    /// the server closed early, a reply missing).
+    pub exchange: u64,
+    /// While closing (bytes after the last reply, a reset on a FIN close,
+    /// no EOF from the server).
+    pub close: u64,
+}
+
+/// What `tcp --rate` (open loop) measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpenLoopFigures {
+    /// The rate asked for, requests per second.
+    pub offered_per_s: f64,
+    /// Verified replies per second in the measured window.
+    pub achieved_per_s: f64,
+    /// Requests whose scheduled time fell in the window.
+    pub scheduled: u64,
+    /// Of those, how many were sent more than 1 ms after their time (the
+    /// connection still had `--pipeline` requests in flight, or its socket
+    /// was full): the server did not keep up.
+    pub sent_late: u64,
+    /// The longest any request waited past its scheduled time to be sent,
+    /// microseconds.
+    pub max_send_delay_us: f64,
+    /// Scheduled requests never sent: their connection was gone, or the
+    /// run ended first.
+    pub unsent: u64,
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+}
+
+impl Report {
+    /// The `churn` mode's summary.
+    fn fmt_churn(&self, f: &mut fmt::Formatter<'_>, c: &ChurnFigures) -> fmt::Result {
+        writeln!(
+            f,
+            "churn {}: {} of {} clients up, {} x {} B {} per connection, pipeline {}, close {}",
+            self.addr,
+            self.connections_up,
+            self.connections,
+            c.requests_per_connection,
+            self.size,
+            self.payload,
+            self.pipeline,
+            c.close
+        )?;
+        writeln!(
+            f,
+            "  {} connections in {:.2} s: {:.0} connections/s; {} replies: {:.0} msgs/s",
+            c.connections,
+            self.window_s,
+            self.connections_per_second.unwrap_or(0.0),
+            self.messages,
+            self.msgs_per_s
+        )?;
+        writeln!(f, "  connect µs:     {}", c.connect_us)?;
+        writeln!(f, "  first reply µs: {}", c.first_reply_us)?;
+        writeln!(f, "  close µs:       {}", c.close_us)?;
+        writeln!(f, "  connection µs:  {}", c.connection_us)?;
+        if c.requests_per_connection > 1 {
+            writeln!(f, "  every reply µs: {}", self.latency_us)?;
+        }
+        writeln!(
+            f,
+            "  failures by phase: connect {}, exchange {}, close {}",
+            c.failures.connect, c.failures.exchange, c.failures.close
+        )?;
+        writeln!(f, "  limits: {}", c.limits)
+    }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.churn {
+            self.fmt_churn(f, c)?;
+        } else {
+            self.fmt_head(f)?;
+        }
+        self.fmt_tail(f)
+    }
+}
+
+impl Report {
+    /// The first lines of the `tcp`, `udp` and `idle` summaries.
+    fn fmt_head(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "{} {}: {} of {} {} up, {} B {} payload, pipeline {}",
@@ -220,6 +372,25 @@ impl fmt::Display for Report {
                 "  latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
                 l.p50, l.p90, l.p99, l.p999, l.max
             )?;
+            if let Some(o) = &self.open_loop {
+                writeln!(
+                    f,
+                    "  open loop: offered {:.0} req/s, achieved {:.0} replies/s; {} of {} sent \
+                     more than 1 ms late (at most {:.1} µs), {} never sent",
+                    o.offered_per_s,
+                    o.achieved_per_s,
+                    o.sent_late,
+                    o.scheduled,
+                    o.max_send_delay_us,
+                    o.unsent
+                )?;
+                writeln!(
+                    f,
+                    "  latency µs from the scheduled send: p50 {:.1}  p75 {:.1}  p90 {:.1}  \
+                     p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
+                    l.p50, l.p75, l.p90, l.p99, l.p999, l.p9999, l.max
+                )?;
+            }
             let fa = &self.fairness;
             writeln!(
                 f,
@@ -234,12 +405,21 @@ impl fmt::Display for Report {
                 u.sent, u.received, u.lost, u.late
             )?;
         }
+        Ok(())
+    }
+
+    /// The server's figures, the errors and the verdict, for every kind.
+    fn fmt_tail(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(s) = &self.server {
             write!(
                 f,
-                "  server: cpu {:.3} s ({:.2} µs/msg), rss {} KiB, peak {} KiB",
-                s.cpu_s, s.cpu_us_per_msg, s.rss_kib, s.peak_rss_kib
+                "  server: cpu {:.3} s ({:.2} µs/msg",
+                s.cpu_s, s.cpu_us_per_msg
             )?;
+            if let Some(c) = s.cpu_us_per_conn {
+                write!(f, ", {c:.2} µs/connection")?;
+            }
+            write!(f, "), rss {} KiB, peak {} KiB", s.rss_kib, s.peak_rss_kib)?;
             if let Some(b) = s.idle_bytes_per_conn {
                 write!(f, ", {b:.0} B per idle connection")?;
             }

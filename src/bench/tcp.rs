@@ -107,7 +107,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     let mut conns: Slab<Conn> = Slab::with_capacity(options.connections.get());
     let mut sh = Shared {
         payloads: &payloads,
-        rec: Recorder::new(options),
+        rec: Recorder::new(options)?,
         buf: vec![0; 64 * 1024],
         scratch: Vec::new(),
         may_send: true,
@@ -172,6 +172,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
                     phase = Phase::Warmup {
                         until: now + options.warmup,
                     };
+                    sh.rec.expect_end(now + options.warmup + options.duration);
                 }
             }
             Phase::Warmup { until } if now >= until => {
@@ -281,7 +282,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
         fairness,
         ..Report::default()
     };
-    sh.rec.finish(&mut report, options);
+    sh.rec.finish(&mut report, options)?;
     if idle {
         if let (Some(server), Some(before), Some(after)) = (&mut report.server, baseline, idle_end)
         {
