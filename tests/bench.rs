@@ -594,3 +594,141 @@ fn options_of_one_kind_are_usage_errors_with_another() {
         assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn open_loop_fails_against_wrong_servers_with_the_right_error() {
+    for wrong in [echo as Wrong, mangle] {
+        let addr = wrong_tcp_server(wrong);
+        let report = run(addr, &["tcp", "-c", "2", "--rate", "1000"]);
+        assert_wrong_byte_reported(&report, first_wrong_byte(PayloadKind::Ascii, 64, wrong));
+        assert_eq!(report.errors.mismatch, 2, "{report}");
+    }
+    // Up after its first exchange, then the schedule's first request meets
+    // the server's EOF.
+    let report = run(
+        answers_once_then_hangs_up(),
+        &["tcp", "-c", "2", "--rate", "1000"],
+    );
+    assert!(!report.ok, "{report}");
+    assert_eq!(report.connections_up, 2, "{report}");
+    assert_eq!(report.errors.unexpected_close, 2, "{report}");
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let report = run(addr, &["tcp", "-c", "3", "--rate", "1000"]);
+    assert_eq!(report.errors.connect_failed, 3, "{report}");
+}
+
+#[test]
+fn upcased_passes_open_loop_and_writes_its_histogram_and_timeline() {
+    let server = InProcess::start(loopback_config());
+    let hgrm = TempFile::new("open-loop.hgrm", "");
+    let timeline = TempFile::new("open-loop.csv", "");
+    let report = run(
+        server.tcp,
+        &[
+            "tcp",
+            "-c",
+            "4",
+            "--rate",
+            "2000",
+            "--pipeline",
+            "4",
+            "--payload",
+            "utf8",
+            "--latency-out",
+            hgrm.path(),
+            "--timeline",
+            timeline.path(),
+        ],
+    );
+    assert!(report.ok, "{report}");
+    assert_eq!(report.connections_up, 4, "{report}");
+    assert!(report.messages > 0, "{report}");
+    let open = report.open_loop.as_ref().expect("open-loop figures");
+    assert_eq!(open.offered_per_s, 2000.0);
+    // The schedule is exact arithmetic: 2,000 a second for 0.3 s.
+    assert_eq!(open.scheduled, 600, "{report}");
+    // `run` does not write files: the binary does, through run_and_print.
+    // So write the histogram the way it does and check the text.
+    bench::write_latency_out(std::path::Path::new(hgrm.path()), &report).unwrap();
+    let text = std::fs::read_to_string(hgrm.path()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "       Value     Percentile TotalCount 1/(1-Percentile)"
+    );
+    let total = format!("Total count    = {:>12}]", report.messages);
+    assert!(
+        lines.iter().any(|l| l.ends_with(&total)),
+        "no {total:?} in:\n{text}"
+    );
+    let rows = std::fs::read_to_string(timeline.path()).unwrap();
+    let mut rows = rows.lines();
+    assert_eq!(
+        rows.next(),
+        Some("second,span_s,phase,replies,replies_per_s,errors,connections,p50_us,p99_us")
+    );
+    // Every verified reply of the run is in some second's row.
+    let replies: u64 = rows
+        .map(|r| r.split(',').nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(replies >= report.messages + 4, "{replies} rows: {report}");
+    let counters = server.stop();
+    assert_eq!(counters.errors, 0, "{counters:?}");
+}
+
+/// Piped, the progress line is not drawn at all: stdout holds the report
+/// alone and stderr stays empty, with and without --json.
+#[test]
+fn no_progress_line_when_not_a_terminal() {
+    let server = InProcess::start(loopback_config());
+    for args in [
+        &["churn", "-c", "2"][..],
+        &["tcp", "-c", "2", "--rate", "500"],
+        &["churn", "-c", "2", "--close", "rst", "--json"],
+    ] {
+        let out = bench_binary(server.tcp, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !args.contains(&"--json") {
+            assert!(stdout.ends_with("OK\n"), "{args:?}: {stdout}");
+            continue;
+        }
+        // The contract's keys, and churn's own.
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(json["ok"], true, "{json}");
+        assert_eq!(json["connections_up"], 2, "{json}");
+        for key in ["p50", "p99", "p999", "max"] {
+            assert!(json["latency_us"][key].as_f64().is_some(), "{key}: {json}");
+        }
+        assert!(json["msgs_per_s"].as_f64().is_some(), "{json}");
+        assert_eq!(json["errors"]["reset"], 0, "{json}");
+        assert!(json["connections_per_second"].as_f64().is_some(), "{json}");
+        assert_eq!(json["churn"]["close"], "rst", "{json}");
+        assert_eq!(json["churn"]["failures"]["connect"], 0, "{json}");
+    }
+}
+
+/// On a terminal the progress line is there while the run goes on
+/// (connections up of the target, replies a second, errors, elapsed of
+/// total), and gone when the report is printed.
+#[test]
+fn a_progress_line_on_a_terminal() {
+    if !have_tool("tmux") {
+        return;
+    }
+    let server = InProcess::start(loopback_config());
+    let command = format!(
+        "{} churn -c 3 --addr {} --duration 8s --warmup 0s; echo EXIT $?; sleep 600",
+        env!("CARGO_BIN_EXE_upcase-bench"),
+        server.tcp
+    );
+    let tmux = Tmux::start("bench-progress", &command);
+    let screen = tmux.wait_for("measuring: 3/3 up");
+    assert!(screen.contains("replies/s, 0 errors"), "{screen}");
+    assert!(screen.contains("s/8."), "elapsed of the total: {screen}");
+    // At the end the line is cleared and the report takes its place.
+    let screen = tmux.wait_for("EXIT 0");
+    assert!(!screen.contains("measuring:"), "{screen}");
+    assert!(screen.contains("churn 127.0.0.1:"), "{screen}");
+}

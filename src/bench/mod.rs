@@ -33,6 +33,7 @@
 
 mod churn;
 mod hgrm;
+mod openloop;
 pub mod payload;
 pub mod progress;
 pub mod report;
@@ -219,8 +220,8 @@ impl BenchError {
 /// whether every reply was verified (exit status 0, else 1).
 pub fn run_and_print(options: &Options) -> Result<bool, BenchError> {
     let report = run(options)?;
-    if let (Some(path), Some(h)) = (&options.latency_out, &report.latency_histogram) {
-        hgrm::write(path, h).map_err(BenchError::io("write --latency-out"))?;
+    if let Some(path) = &options.latency_out {
+        write_latency_out(path, &report).map_err(BenchError::io("write --latency-out"))?;
     }
     if options.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -232,6 +233,15 @@ pub fn run_and_print(options: &Options) -> Result<bool, BenchError> {
         println!("{report}");
     }
     Ok(report.ok)
+}
+
+/// Writes the report's latency histogram (of the measured window) to
+/// `path` as HdrHistogram percentile distribution text, in milliseconds.
+pub fn write_latency_out(path: &std::path::Path, report: &Report) -> io::Result<()> {
+    match &report.latency_histogram {
+        Some(h) => hgrm::write(path, h),
+        None => hgrm::write(path, &new_histogram()),
+    }
 }
 
 /// Runs the benchmark described by `options` and returns its report.

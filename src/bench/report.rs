@@ -268,15 +268,17 @@ pub struct OpenLoopFigures {
     pub achieved_per_s: f64,
     /// Requests whose scheduled time fell in the window.
     pub scheduled: u64,
+    /// Requests sent during the window (whenever they were due).
+    pub sent: u64,
     /// Of those, how many were sent more than 1 ms after their time (the
     /// connection still had `--pipeline` requests in flight, or its socket
     /// was full): the server did not keep up.
     pub sent_late: u64,
-    /// The longest any request waited past its scheduled time to be sent,
+    /// The longest any of them waited past its scheduled time to be sent,
     /// microseconds.
     pub max_send_delay_us: f64,
-    /// Scheduled requests never sent: their connection was gone, or the
-    /// run ended first.
+    /// Requests due in the window never sent: their connection was gone,
+    /// or the backlog was still behind them when the window ended.
     pub unsent: u64,
 }
 
@@ -375,14 +377,16 @@ impl Report {
             if let Some(o) = &self.open_loop {
                 writeln!(
                     f,
-                    "  open loop: offered {:.0} req/s, achieved {:.0} replies/s; {} of {} sent \
-                     more than 1 ms late (at most {:.1} µs), {} never sent",
+                    "  open loop: offered {:.0} req/s, achieved {:.0} replies/s; {} sent, {} of \
+                     them more than 1 ms after their time (at most {:.1} µs); {} of the {} due \
+                     never sent",
                     o.offered_per_s,
                     o.achieved_per_s,
+                    o.sent,
                     o.sent_late,
-                    o.scheduled,
                     o.max_send_delay_us,
-                    o.unsent
+                    o.unsent,
+                    o.scheduled
                 )?;
                 writeln!(
                     f,

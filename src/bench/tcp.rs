@@ -17,10 +17,16 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::openloop::Schedule;
 use super::payload::Payloads;
 use super::report::{Fairness, ProcSample, Report};
 use super::verify::StreamCheck;
 use super::{BenchError, ErrorKind, Kind, Options, Recorder};
+use crate::server::timer::Timer;
+
+/// The open-loop schedule's timer (`--rate`): a timerfd, since `poll`'s
+/// own timeout has millisecond steps and sends would leave in bursts.
+const TIMER: Token = Token(usize::MAX);
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +58,9 @@ struct Conn {
     up: bool,
     /// Replies completed in the measured window.
     in_window: u64,
+    /// `--rate`: scheduled requests sent so far (its k-th is request
+    /// number k·C + key of the schedule).
+    scheduled_sent: u64,
 }
 
 /// Where the whole run is.
@@ -89,6 +98,11 @@ struct Shared<'a> {
     up: usize,
     /// Connects in progress.
     connecting: usize,
+    /// `--rate`: one request per connection until the schedule starts
+    /// (with the warm-up), then the schedule's.
+    rate: Option<u64>,
+    /// The open-loop schedule, once started.
+    schedule: Option<Schedule>,
 }
 
 /// What a handler tells the loop.
@@ -115,6 +129,14 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
         idle,
         up: 0,
         connecting: 0,
+        rate: options.rate.map(|r| r.get()),
+        schedule: None,
+    };
+    let mut timer = match sh.rate {
+        Some(_) => {
+            Some(Timer::new(poll.registry(), TIMER).map_err(BenchError::io("create timer"))?)
+        }
+        None => None,
     };
     // The server's memory before any of our connections, for the memory
     // per idle connection.
@@ -173,6 +195,9 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
                         until: now + options.warmup,
                     };
                     sh.rec.expect_end(now + options.warmup + options.duration);
+                    if let Some(rate) = sh.rate {
+                        sh.schedule = Some(Schedule::new(now, rate, options.connections.get()));
+                    }
                 }
             }
             Phase::Warmup { until } if now >= until => {
@@ -254,6 +279,9 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
             Phase::Close { .. } => "closing",
         };
         sh.rec.tick(now, label, sh.up);
+        if let (Some(timer), true) = (&mut timer, sh.may_send) {
+            release_due(&poll, &mut conns, &mut sh, now, timer)?;
+        }
 
         match poll.poll(&mut events, Some(Duration::from_millis(20))) {
             Ok(()) => {}
@@ -261,6 +289,12 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
             Err(e) => return Err(BenchError::io("poll")(e)),
         }
         for event in events.iter() {
+            if event.token() == TIMER {
+                if let Some(timer) = &mut timer {
+                    timer.fired();
+                }
+                continue;
+            }
             let key = event.token().0;
             // A connection removed earlier in this batch: sporadic events
             // for it can be ignored.
@@ -280,6 +314,10 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
         kind: if idle { "idle" } else { "tcp" }.into(),
         connections_up: sh.up,
         fairness,
+        open_loop: sh
+            .schedule
+            .as_ref()
+            .map(|s| s.figures(sh.rec.window, sh.rec.messages)),
         ..Report::default()
     };
     sh.rec.finish(&mut report, options)?;
@@ -354,6 +392,7 @@ fn start_connects(
             sent: 0,
             up: false,
             in_window: 0,
+            scheduled_sent: 0,
         });
     }
 }
@@ -488,14 +527,64 @@ fn io_error(key: usize, e: io::Error, sh: &mut Shared) -> Outcome {
     Outcome::Remove
 }
 
+/// Whether a connection sends one request only: `idle` mode, and `--rate`
+/// before its schedule starts (a connection is up after one exchange; the
+/// load is the schedule's).
+fn one_only(sh: &Shared) -> bool {
+    sh.idle || (sh.rate.is_some() && sh.schedule.is_none())
+}
+
+/// `--rate`: hands every request that fell due to its connection and sets
+/// the timer for the next.
+fn release_due(
+    poll: &Poll,
+    conns: &mut Slab<Conn>,
+    sh: &mut Shared,
+    now: Instant,
+    timer: &mut Timer,
+) -> Result<(), BenchError> {
+    let Some(schedule) = &mut sh.schedule else {
+        return Ok(());
+    };
+    let due: Vec<usize> = schedule.release(now).collect();
+    let next = schedule.next_due();
+    for key in due {
+        // A connection that is gone (an error ended it) sends nothing:
+        // its share shows as `unsent`.
+        let Some(conn) = conns.get_mut(key) else {
+            continue;
+        };
+        if let Outcome::Remove = fill_and_flush(conn, key, sh) {
+            remove(poll, conns, sh, key);
+        }
+    }
+    timer.wake_by(next).map_err(BenchError::io("set the timer"))
+}
+
 /// Queues requests up to the pipeline depth and writes until `WouldBlock`.
 fn fill_and_flush(conn: &mut Conn, key: usize, sh: &mut Shared) -> Outcome {
     if conn.state != State::Open {
         return Outcome::Keep;
     }
-    if sh.may_send && !(sh.idle && conn.sent > 0) && conn.check.pending() < sh.depth {
+    if let (Some(schedule), true) = (&mut sh.schedule, sh.may_send) {
+        // Open loop: what the schedule says is due, each tagged with the
+        // time it was due, so the wait for a free slot counts in its
+        // latency.
         let now = Instant::now();
-        while conn.check.pending() < sh.depth && !(sh.idle && conn.sent > 0) {
+        while conn.check.pending() < sh.depth {
+            let Some((_, due)) = schedule.owed(key, conn.scheduled_sent) else {
+                break;
+            };
+            schedule.sent(due, now, sh.rec.window);
+            let variant = (key as u64 + conn.sent) as usize;
+            conn.check.expect(variant, due);
+            conn.unsent.push_back(variant);
+            conn.sent += 1;
+            conn.scheduled_sent += 1;
+        }
+    } else if sh.may_send && !(one_only(sh) && conn.sent > 0) && conn.check.pending() < sh.depth {
+        let now = Instant::now();
+        while conn.check.pending() < sh.depth && !(one_only(sh) && conn.sent > 0) {
             // The variant is the request number: replies to neighbouring
             // requests differ, so a reordered or repeated reply is a wrong
             // byte. Connections start at different variants.
