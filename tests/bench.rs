@@ -423,6 +423,7 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
         .expect("run bench/run");
     let md = std::fs::read_to_string(out.join("latest.md")).unwrap_or_default();
     let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap_or_default();
+    let timeline = std::fs::read_to_string(out.join("timeline.svg")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&out);
     assert!(
         result.status.success(),
@@ -438,6 +439,11 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
         "| mode: tcp 10 x 4 KiB ascii text | upcased | ascii |",
         "| mode: tcp 10 x 4 KiB ascii text | upcased-ascii | ascii |",
         "| mode: tcp 10 x 4 KiB utf8 text | upcased | utf8 |",
+        "| churn 2, fin | upcased |",
+        "| churn 2, rst | upcased |",
+        "| open loop: 50% of upcased's capacity, tcp 10 x 64 B, pipeline 4 | upcased |",
+        "| open loop: 90% of upcased's capacity, tcp 10 x 64 B, pipeline 4 | upcased |",
+        "![throughput and p99 over time](timeline.svg)",
         "## Targets",
     ] {
         assert!(md.contains(row), "no {row:?} in latest.md:\n{md}");
@@ -449,6 +455,10 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
     // cells only.
     assert!(!md.contains("| tcp 10 x 64 B | upcased-ascii |"), "{md}");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    assert!(
+        timeline.starts_with("<svg") && timeline.contains("churn 2, rst: connections/s"),
+        "{timeline}"
+    );
 }
 
 /// A server that answers the first 64-byte request right and then hangs up
