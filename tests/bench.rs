@@ -58,29 +58,34 @@ fn mangle(bytes: &mut [u8]) {
     }
 }
 
-/// A TCP server on a thread per connection that answers with `wrong`.
-fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
+/// A TCP server that runs `serve` on a thread per connection.
+fn tcp_server(serve: impl Fn(std::net::TcpStream) + Copy + Send + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    wrong(&mut buf[..n]);
-                    if stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
+            let Ok(stream) = stream else { return };
+            thread::spawn(move || serve(stream));
         }
     });
     addr
+}
+
+/// A TCP server on a thread per connection that answers with `wrong`.
+fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
+    tcp_server(move |mut stream| {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            wrong(&mut buf[..n]);
+            if stream.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// A UDP server that answers every datagram with `wrong`.
@@ -197,21 +202,7 @@ fn nothing_listening_is_a_failed_connect() {
 #[test]
 fn a_server_that_closes_early_is_an_unexpected_close() {
     // Answers the first request correctly, then hangs up.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buf = [0u8; 64];
-            if stream.read_exact(&mut buf).is_ok() {
-                let reply = upcase::transform::upcase(Mode::Ascii, &buf);
-                let _ = stream.write_all(&reply);
-            }
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            // Keep reading so the close is a FIN, not a reset.
-            let _ = std::io::copy(&mut stream, &mut std::io::sink());
-        }
-    });
+    let addr = answers_once_then_hangs_up();
     let report = run(addr, &["tcp", "--connections", "1"]);
     assert!(!report.ok);
     assert_eq!(report.errors.unexpected_close, 1, "{report}");
@@ -466,23 +457,15 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
 /// that asks once, wrong for one that asks more on the same connection. A
 /// thread per connection, so churn's many connections are served at once.
 fn answers_once_then_hangs_up() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                if stream.read_exact(&mut buf).is_ok() {
-                    let reply = upcase::transform::upcase(Mode::Ascii, &buf);
-                    let _ = stream.write_all(&reply);
-                }
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                let _ = std::io::copy(&mut stream, &mut std::io::sink());
-            });
+    tcp_server(|mut stream| {
+        let mut buf = [0u8; 64];
+        if stream.read_exact(&mut buf).is_ok() {
+            let reply = upcase::transform::upcase(Mode::Ascii, &buf);
+            let _ = stream.write_all(&reply);
         }
-    });
-    addr
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::copy(&mut stream, &mut std::io::sink());
+    })
 }
 
 fn churn_figures(report: &Report) -> &upcase::bench::report::ChurnFigures {

@@ -29,7 +29,7 @@
 //! the client goes on with a new connection.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::payload::Payloads;
 use super::report::{ChurnFailures, ChurnFigures, Latency, Report};
+use super::tcp::{connected, write_unsent};
 use super::verify::StreamCheck;
 use super::{new_histogram, BenchError, Close, ErrorKind, Options, Recorder};
 
@@ -502,25 +503,16 @@ fn service(
     sh: &mut Shared,
 ) -> Outcome {
     if conn.step == Step::Connecting {
-        match conn.stream.take_error() {
-            Ok(Some(e)) | Err(e) => {
+        match connected(&conn.stream) {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Keep,
+            Err(e) => {
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
                     ErrorKind::ConnectTimeout
                 } else {
                     ErrorKind::ConnectFailed
                 };
                 return fail(conn, i, kind, sh, || format!("connect: {e}"));
-            }
-            Ok(None) => {}
-        }
-        match conn.stream.peer_addr() {
-            Ok(_) => {}
-            // Not yet: a spurious wake-up.
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Keep,
-            Err(e) => {
-                return fail(conn, i, ErrorKind::ConnectFailed, sh, || {
-                    format!("connect: {e}")
-                })
             }
         }
         let now = Instant::now();
@@ -624,37 +616,14 @@ fn fill_and_flush(conn: &mut Conn, i: usize, sh: &mut Shared) -> Outcome {
         conn.sent += 1;
         conn.first_sent.get_or_insert(now);
     }
-    while !conn.unsent.is_empty() {
-        sh.scratch.clear();
-        for (k, &v) in conn.unsent.iter().enumerate() {
-            let req = sh.payloads.request(v);
-            sh.scratch.extend_from_slice(if k == 0 {
-                &req[conn.unsent_offset..]
-            } else {
-                req
-            });
-        }
-        match conn.stream.write(&sh.scratch) {
-            Ok(mut n) => {
-                while n > 0 {
-                    let Some(&front) = conn.unsent.front() else {
-                        break;
-                    };
-                    let left = sh.payloads.request(front).len() - conn.unsent_offset;
-                    if n >= left {
-                        n -= left;
-                        conn.unsent.pop_front();
-                        conn.unsent_offset = 0;
-                    } else {
-                        conn.unsent_offset += n;
-                        n = 0;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return io_failure(conn, i, e, sh),
-        }
+    if let Err(e) = write_unsent(
+        &mut conn.stream,
+        &mut conn.unsent,
+        &mut conn.unsent_offset,
+        sh.payloads,
+        &mut sh.scratch,
+    ) {
+        return io_failure(conn, i, e, sh);
     }
     Outcome::Keep
 }

@@ -1,5 +1,6 @@
 //! `upcase-bench`, the load generator: many concurrent TCP clients, a UDP
-//! flood, or a crowd of idle connections, every reply checked byte for byte.
+//! flood, a crowd of idle connections, or connection churn, every reply
+//! checked byte for byte.
 //!
 //! # Layout
 //!
@@ -11,6 +12,12 @@
 //! - `tcp` (the `tcp` and `idle` modes) and `udp`: one `mio::Poll` each
 //!   driving every client socket from one thread; the bench is pinned to
 //!   one core, and a second thread would only compete with the first.
+//! - `churn`: the `churn` mode (connect, requests, verify, close with FIN
+//!   or RST), one `mio::Poll` too.
+//! - `openloop`: the schedule of `tcp --rate` (open loop, latency from
+//!   each request's scheduled time), sans I/O.
+//! - [`progress`]: the progress line on a terminal and `--timeline`;
+//!   `hgrm`: `--latency-out`, HdrHistogram's percentile distribution text.
 //! - [`report`]: the figures, shown as text or JSON, and `/proc` sampling
 //!   of the server.
 //!

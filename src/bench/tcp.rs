@@ -418,20 +418,9 @@ fn service(
     sh: &mut Shared,
 ) -> Outcome {
     if conn.state == State::Connecting {
-        // A connect finished (or failed) once the socket is writable or
-        // has an error; other wake-ups are spurious.
-        match conn.stream.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                sh.rec.error(ErrorKind::ConnectFailed, || {
-                    format!("connection {key}: connect: {e}")
-                });
-                return Outcome::Remove;
-            }
-            Ok(None) => {}
-        }
-        match conn.stream.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Keep,
+        match connected(&conn.stream) {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Keep,
             Err(e) => {
                 sh.rec.error(ErrorKind::ConnectFailed, || {
                     format!("connection {key}: connect: {e}")
@@ -594,39 +583,71 @@ fn fill_and_flush(conn: &mut Conn, key: usize, sh: &mut Shared) -> Outcome {
             conn.sent += 1;
         }
     }
-    while !conn.unsent.is_empty() {
+    if let Err(e) = write_unsent(
+        &mut conn.stream,
+        &mut conn.unsent,
+        &mut conn.unsent_offset,
+        sh.payloads,
+        &mut sh.scratch,
+    ) {
+        return io_error(key, e, sh);
+    }
+    Outcome::Keep
+}
+
+/// Writes the queued requests `unsent` (the first from byte `offset` on)
+/// until they are all written or the socket says `WouldBlock`; what is
+/// written leaves the queue. Shared with the `churn` mode.
+pub(super) fn write_unsent(
+    stream: &mut TcpStream,
+    unsent: &mut VecDeque<usize>,
+    offset: &mut usize,
+    payloads: &Payloads,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    while !unsent.is_empty() {
         // One write for everything queued: a pipelined burst leaves in as
         // few segments as the kernel likes.
-        sh.scratch.clear();
-        for (i, &v) in conn.unsent.iter().enumerate() {
-            let req = sh.payloads.request(v);
-            sh.scratch.extend_from_slice(if i == 0 {
-                &req[conn.unsent_offset..]
-            } else {
-                req
-            });
+        scratch.clear();
+        for (i, &v) in unsent.iter().enumerate() {
+            let req = payloads.request(v);
+            scratch.extend_from_slice(if i == 0 { &req[*offset..] } else { req });
         }
-        match conn.stream.write(&sh.scratch) {
+        match stream.write(scratch) {
             Ok(mut n) => {
                 while n > 0 {
-                    let Some(&front) = conn.unsent.front() else {
+                    let Some(&front) = unsent.front() else {
                         break;
                     };
-                    let left = sh.payloads.request(front).len() - conn.unsent_offset;
+                    let left = payloads.request(front).len() - *offset;
                     if n >= left {
                         n -= left;
-                        conn.unsent.pop_front();
-                        conn.unsent_offset = 0;
+                        unsent.pop_front();
+                        *offset = 0;
                     } else {
-                        conn.unsent_offset += n;
+                        *offset += n;
                         n = 0;
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return io_error(key, e, sh),
+            Err(e) => return Err(e),
         }
     }
-    Outcome::Keep
+    Ok(())
+}
+
+/// Whether a non-blocking connect is complete: `Ok(false)` not yet (a
+/// spurious wake-up), `Err` it failed. A connect finished (or failed) once
+/// the socket is writable or has an error. Shared with the `churn` mode.
+pub(super) fn connected(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
 }
