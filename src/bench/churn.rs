@@ -88,6 +88,10 @@ struct Conn {
     unsent_offset: usize,
     /// Requests queued so far on this connection.
     sent: u32,
+    /// The variant of its first request: each connection starts at another
+    /// one, so a server that answers with a previous connection's bytes
+    /// sends wrong bytes.
+    first_variant: usize,
     /// When `connect()` was called.
     started: Instant,
     /// When the first request was queued.
@@ -242,11 +246,18 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
             }
             _ => {}
         }
-        // New connections, except once the window is over.
+        // New connections, except once the window is over. A client
+        // whose connect could not even start (no port, no descriptor)
+        // tries again after the next poll.
         if !matches!(phase, RunPhase::Drain { .. }) {
-            for i in idle.drain(..) {
-                if !clients[i].retired {
-                    start_connection(&poll, &mut clients[i], i, &mut sh);
+            let waiting = std::mem::take(&mut idle);
+            for i in waiting {
+                if clients[i].retired {
+                    continue;
+                }
+                let started = start_connection(&poll, &mut clients[i], i, &mut sh);
+                if !started && !clients[i].retired {
+                    idle.push(i);
                 }
             }
         }
@@ -333,9 +344,10 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// Opens a client's next connection; a failure to even start one is
-/// counted, and the client tries again after the next batch.
-fn start_connection(poll: &Poll, client: &mut Client, i: usize, sh: &mut Shared) {
+/// Opens a client's next connection; returns whether it started. A failure
+/// to even start one is counted; a client that has not been up yet stops
+/// there, the others try again.
+fn start_connection(poll: &Poll, client: &mut Client, i: usize, sh: &mut Shared) -> bool {
     let started = Instant::now();
     let mut stream = match open(sh.options.addr, sh.options.close.unwrap_or(Close::Fin)) {
         Ok(s) => s,
@@ -349,7 +361,7 @@ fn start_connection(poll: &Poll, client: &mut Client, i: usize, sh: &mut Shared)
             if !client.up {
                 client.retired = true;
             }
-            return;
+            return false;
         }
     };
     if let Err(e) = poll.registry().register(
@@ -361,9 +373,8 @@ fn start_connection(poll: &Poll, client: &mut Client, i: usize, sh: &mut Shared)
         sh.rec
             .error(ErrorKind::Other, || format!("client {i}: register: {e}"));
         client.retired = true;
-        return;
+        return false;
     }
-    client.serial += 1;
     client.conn = Some(Conn {
         stream,
         step: Step::Connecting,
@@ -371,10 +382,13 @@ fn start_connection(poll: &Poll, client: &mut Client, i: usize, sh: &mut Shared)
         unsent: VecDeque::new(),
         unsent_offset: 0,
         sent: 0,
+        first_variant: i.wrapping_add(client.serial as usize),
         started,
         first_sent: None,
         close_started: None,
     });
+    client.serial += 1;
+    true
 }
 
 /// A non-blocking socket with a connect to `addr` under way.
@@ -610,7 +624,7 @@ fn fill_and_flush(conn: &mut Conn, i: usize, sh: &mut Shared) -> Outcome {
     while conn.check.pending() < sh.depth && conn.sent < sh.requests {
         // Neighbouring requests differ, so a reply repeated or out of
         // order is a wrong byte.
-        let variant = conn.sent as usize;
+        let variant = conn.first_variant + conn.sent as usize;
         conn.check.expect(variant, (now, variant));
         conn.unsent.push_back(variant);
         conn.sent += 1;
