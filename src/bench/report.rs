@@ -213,6 +213,50 @@ pub struct Report {
     pub latency_histogram: Option<Histogram<u64>>,
 }
 
+/// A latency histogram as plain numbers, for carrying it between
+/// processes (a worker's JSON) and merging it exactly: every recorded
+/// bucket as `[value, count]`, the value being the bucket's lowest
+/// equivalent, so [`HistogramCounts::to_histogram`] rebuilds a histogram
+/// with the very same counts in the very same buckets. Adding rebuilt
+/// histograms (`Histogram::add`) is then the exact merge; averaging
+/// percentiles never is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HistogramCounts {
+    /// Significant digits of the histogram (3 for every bench histogram).
+    pub sigfig: u8,
+    /// Recorded buckets, ascending: `[lowest value of the bucket, count]`.
+    pub counts: Vec<(u64, u64)>,
+}
+
+impl HistogramCounts {
+    /// The buckets of `h`.
+    pub fn from_histogram(h: &Histogram<u64>) -> HistogramCounts {
+        HistogramCounts {
+            sigfig: h.sigfig(),
+            counts: h
+                .iter_recorded()
+                .map(|v| {
+                    (
+                        h.lowest_equivalent(v.value_iterated_to()),
+                        v.count_at_value(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// A histogram with these buckets (1 ns to 1 hour, as the bench's);
+    /// a value out of that range is clamped into it.
+    pub fn to_histogram(&self) -> Histogram<u64> {
+        let mut h = Histogram::new_with_bounds(1, 3_600_000_000_000, self.sigfig.clamp(1, 5))
+            .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"));
+        for &(value, count) in &self.counts {
+            h.saturating_record_n(value, count);
+        }
+        h
+    }
+}
+
 /// What the `churn` mode measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ChurnFigures {
@@ -506,6 +550,40 @@ mod tests {
     fn reads_this_process() {
         let s = ProcSample::read(std::process::id() as i32).unwrap();
         assert!(s.rss_kib > 0 && s.peak_rss_kib >= s.rss_kib);
+    }
+
+    #[test]
+    fn histograms_travel_as_counts_and_merge_exactly() {
+        let bounds = |sigfig| Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, sigfig);
+        let (mut a, mut b) = (bounds(3).unwrap(), bounds(3).unwrap());
+        for v in [1u64, 999, 2049, 123_456, 7_000_000_000] {
+            a.record_n(v, 3).unwrap();
+            b.record(v * 7 + 1).unwrap();
+        }
+        let mut whole = a.clone();
+        whole.add(&b).unwrap();
+        // Through JSON, as a worker's report would carry them.
+        let json = serde_json::to_string(&HistogramCounts::from_histogram(&a)).unwrap();
+        let a2 = serde_json::from_str::<HistogramCounts>(&json)
+            .unwrap()
+            .to_histogram();
+        let mut merged = a2;
+        merged
+            .add(HistogramCounts::from_histogram(&b).to_histogram())
+            .unwrap();
+        assert_eq!(merged.len(), whole.len());
+        assert_eq!(merged.max(), whole.max());
+        for q in [0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(
+                merged.value_at_quantile(q),
+                whole.value_at_quantile(q),
+                "{q}"
+            );
+        }
+        assert_eq!(
+            HistogramCounts::from_histogram(&merged),
+            HistogramCounts::from_histogram(&whole)
+        );
     }
 
     #[test]
