@@ -35,7 +35,7 @@ mod lifecycle;
 mod mmsg;
 mod stats;
 mod throttle;
-mod timer;
+pub(crate) mod timer;
 mod turns;
 mod udp;
 
