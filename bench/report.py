@@ -43,6 +43,19 @@ def is_mode(cell):
     return cell.startswith("mode:")
 
 
+def is_churn(cell):
+    return cell.startswith("churn ")
+
+
+def is_open_loop(cell):
+    return cell.startswith("open loop:")
+
+
+def is_special(cell):
+    """Cells with tables of their own, outside the matrix and its targets."""
+    return is_mode(cell) or is_churn(cell) or is_open_loop(cell)
+
+
 def reference(cell):
     return MODE_REFERENCE if is_mode(cell) else REFERENCE
 
@@ -95,6 +108,19 @@ def cpu_of(run):
 
 def p99_of(run):
     return run["report"]["latency_us"]["p99"] if run and run["report"] else None
+
+
+def p999_of(run):
+    return run["report"]["latency_us"]["p999"] if run and run["report"] else None
+
+
+def cps_of(run):
+    return run["report"].get("connections_per_second") if run and run["report"] else None
+
+
+def cpu_conn_of(run):
+    s = run and run["report"] and run["report"].get("server")
+    return s.get("cpu_us_per_conn") if s else None
 
 
 def run_errors(run):
@@ -169,6 +195,12 @@ def summarize(runs):
                 "stalled": max((x["fairness"]["stalled"] for x in reps), default=None),
                 "lost": sum((x["udp"] or {}).get("lost", 0) for x in reps if x.get("udp")),
                 "threads": [r.get("threads") for r in rs if r.get("threads")],
+                "cps": median([x.get("connections_per_second") for x in reps]),
+                "cpu_conn": median([(x.get("server") or {}).get("cpu_us_per_conn") for x in reps]),
+                "churn": [x["churn"] for x in reps if x.get("churn")],
+                "open_loop": [x["open_loop"] for x in reps if x.get("open_loop")],
+                "p999": median([x["latency_us"]["p999"] for x in reps]),
+                "p9999": median([x["latency_us"].get("p9999") for x in reps]),
             }
         ref = table[cell].get(reference(cell))
         tokio_mt = table[cell].get(TOKIO_MT)
@@ -269,6 +301,8 @@ def markdown(table, args, with_chart):
                 )
                 continue
             is_ref = server == reference(cell)
+            if is_churn(cell) or is_open_loop(cell):
+                continue
             if is_mode(cell):
                 per_byte = f["cpu"] * 1000 / f["size"] if f["cpu"] is not None and f["size"] else None
                 mode_rows.append(
@@ -325,6 +359,11 @@ def markdown(table, args, with_chart):
         lines[-1] += "every connection got replies in every measured window."
     if with_chart:
         lines += ["", "![throughput and p99 against connections](chart.svg)"]
+    lines += churn_section(table) + open_loop_section(table)
+    if any(r for by in table.values() for f in by.values() for r in f["by_round"].values()
+           if r.get("timeline")):
+        lines += ["", "Throughput and p99 of each second of the churn and open-loop runs "
+                  "(round 1; from `--timeline`):", "", "![throughput and p99 over time](timeline.svg)"]
     lines += targets(table)
     lines.append("")
     return "\n".join(lines)
@@ -431,7 +470,7 @@ def targets(table):
         return [
             c
             for c, by in table.items()
-            if not is_mode(c) and SUBJECT in by and pred(by[SUBJECT])
+            if not is_special(c) and SUBJECT in by and pred(by[SUBJECT])
         ]
 
     busy = lambda f: f["kind"] in ("tcp", "udp")
@@ -524,6 +563,164 @@ def targets(table):
     ]
     lines += [f"| {n} | {what} | {figs} | {res} |" for n, what, figs, res in rows]
     return lines
+
+
+def phase_p(f, phase, key):
+    """Median over the rounds of one churn phase's percentile."""
+    return median([c[phase][key] for c in f["churn"]])
+
+
+def churn_section(table):
+    rows = []
+    for cell, by in table.items():
+        if not is_churn(cell):
+            continue
+        ref = by.get(REFERENCE)
+        for server, f in by.items():
+            is_ref = server == REFERENCE
+            vs = paired(f["by_round"], ref and ref["by_round"], cps_of)
+            cpu_vs = paired(f["by_round"], ref and ref["by_round"], cpu_conn_of)
+            failures = [c["failures"] for c in f["churn"]]
+            by_phase = "/".join(str(sum(x[k] for x in failures)) for k in ("connect", "exchange", "close"))
+            err = f"{f['errors']}" + (f" ({f['failed']} runs failed)" if f["failed"] else "")
+            rows.append(
+                f"| {cell} | {server} | {fmt(f['cps'])} | {'1.00' if is_ref and vs else vs.show()} | "
+                f"{fmt(f['cpu_conn'], 2)} | {'1.00' if is_ref and cpu_vs else cpu_vs.show()} | "
+                f"{fmt(phase_p(f, 'connect_us', 'p50'), 1)} / {fmt(phase_p(f, 'connect_us', 'p99'), 1)} | "
+                f"{fmt(phase_p(f, 'first_reply_us', 'p50'), 1)} / {fmt(phase_p(f, 'first_reply_us', 'p99'), 1)} | "
+                f"{fmt(phase_p(f, 'close_us', 'p50'), 1)} / {fmt(phase_p(f, 'close_us', 'p99'), 1)} | "
+                f"{by_phase} | {err} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Connection churn",
+        "",
+        "`upcase-bench churn`: each client loops connect, one 64 B request, verify, close "
+        "(`fin`: half-close and await the server's EOF; `rst`: `SO_LINGER` 0). Connections/s "
+        "and server CPU per connection are medians over the rounds, *vs C* the median of the "
+        f"per-round ratios against `{REFERENCE}` (range in brackets); phase latencies are "
+        "medians of each run's p50 / p99, in µs. Failures by phase: connect/exchange/close.",
+        "",
+        "| cell | server | connections/s | vs C | server CPU µs/conn | CPU vs C | "
+        "connect p50 / p99 | first reply p50 / p99 | close p50 / p99 | failures | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ] + rows
+
+
+def open_loop_section(table):
+    rows = []
+    for cell, by in table.items():
+        if not is_open_loop(cell):
+            continue
+        ref = by.get(REFERENCE)
+        for server, f in by.items():
+            is_ref = server == REFERENCE
+            ol = f["open_loop"]
+            offered = median([o["offered_per_s"] for o in ol])
+            achieved = median([o["achieved_per_s"] for o in ol])
+            late = sum(o["sent_late"] for o in ol)
+            sent = sum(o["sent"] for o in ol)
+            p99_vs = paired(f["by_round"], ref and ref["by_round"], p99_of)
+            p999_vs = paired(f["by_round"], ref and ref["by_round"], p999_of)
+            err = f"{f['errors']}" + (f" ({f['failed']} runs failed)" if f["failed"] else "")
+            rows.append(
+                f"| {cell} | {server} | {fmt(offered)} | {fmt(achieved)} | {fmt(f['p50'], 1)} | "
+                f"{fmt(f['p99'], 1)} | {'1.00' if is_ref and p99_vs else p99_vs.show()} | "
+                f"{fmt(f['p999'], 1)} | {'1.00' if is_ref and p999_vs else p999_vs.show()} | "
+                f"{fmt(f['p9999'], 1)} | {late:,} of {sent:,} | {err} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Open loop: the same offered load",
+        "",
+        "`upcase-bench tcp --rate R`: R requests a second spread evenly over the connections, "
+        "each sent at its scheduled time (or as soon after as its connection has one of its 4 "
+        "slots free) and timed from that time, so a server's stall shows in the latency of "
+        "every request it delayed (coordinated omission corrected, as wrk2 does). R is 50% and "
+        "90% of the calibration run's msgs/s (`calibration.json`). Latency in µs, medians over "
+        f"the rounds; *vs C* the median of per-round ratios against `{REFERENCE}`. "
+        "*late*: sends more than 1 ms after their time, in all rounds.",
+        "",
+        "| cell | server | offered/s | achieved/s | p50 | p99 | p99 vs C | p99.9 | p99.9 vs C | "
+        "p99.99 | late | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ] + rows
+
+
+def timeline_chart(table):
+    """Per churn or open-loop cell, throughput and p99 of each second of
+    round 1 (the measured window and the seconds around it), one line per
+    server."""
+    cells = []
+    for cell, by in table.items():
+        series = {}
+        for server, f in by.items():
+            run = f["by_round"].get(1) or next(iter(f["by_round"].values()), None)
+            rows = (run or {}).get("timeline") or []
+            if rows:
+                series[server] = rows
+        if series:
+            cells.append((cell, series))
+    if not cells:
+        return None
+    W, H, M = 420, 160, 60
+    out = []
+    for row, (cell, series) in enumerate(cells):
+        y0 = row * (H + M) + 40
+        churn = is_churn(cell)
+        for col, (key, label) in enumerate([
+            ("rate", ("connections" if churn else "replies") + "/s"),
+            ("p99_us", "p99 µs"),
+        ]):
+            x0 = col * (W + M) + M
+            pts = {}
+            for server, rows in series.items():
+                p = []
+                for r in rows:
+                    span = r.get("span_s") or 1.0
+                    if key == "rate":
+                        v = (r["connections"] if churn else r["replies"]) / span
+                    else:
+                        v = r.get("p99_us")
+                    if v is not None:
+                        p.append((r["second"] + span / 2, v))
+                pts[server] = p
+            allp = [v for p in pts.values() for v in p]
+            if not allp:
+                continue
+            xmax = max(x for x, _ in allp) or 1.0
+            ymax = max(v for _, v in allp) * 1.1 or 1.0
+            lx = lambda x: x0 + x / xmax * W
+            ly = lambda v: y0 + H - v / ymax * H
+            out.append(f'<rect x="{x0}" y="{y0}" width="{W}" height="{H}" fill="none" stroke="#999"/>')
+            out.append(f'<text x="{x0 + W / 2}" y="{y0 - 8}" text-anchor="middle" font-weight="bold">'
+                       f"{cell}: {label}</text>")
+            for i in range(5):
+                v = ymax * i / 4
+                out.append(f'<text x="{x0 - 4}" y="{ly(v) + 4:.1f}" text-anchor="end" font-size="10">{v:,.0f}</text>')
+            out.append(f'<text x="{x0 + W / 2}" y="{y0 + H + 14}" text-anchor="middle" font-size="10">'
+                       f"seconds since start (0 – {xmax:.1f})</text>")
+            for server, p in pts.items():
+                color = COLORS.get(server, "#555")
+                path = " ".join(f"{lx(x):.1f},{ly(v):.1f}" for x, v in p)
+                out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+    servers = list(OrderedDict.fromkeys(s for _, series in cells for s in series))
+    legend = [
+        f'<rect x="{M + i * 140}" y="8" width="12" height="12" fill="{COLORS.get(s, "#555")}"/>'
+        f'<text x="{M + i * 140 + 18}" y="19">{s}</text>'
+        for i, s in enumerate(servers)
+    ]
+    width = 2 * (W + M) + 20
+    height = len(cells) * (H + M) + 40
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
+        + "\n".join(legend + out) + "\n</svg>\n"
+    )
 
 
 def chart(table):
@@ -628,6 +825,10 @@ def main():
     if svg is not None:
         with open(os.path.join(args.out, "chart.svg"), "w") as f:
             f.write(svg)
+    timeline = timeline_chart(table)
+    if timeline is not None:
+        with open(os.path.join(args.out, "timeline.svg"), "w") as f:
+            f.write(timeline)
     failed = sum(f["failed"] for by in table.values() for f in by.values())
     print(f"wrote {args.out}/latest.md" + (" and chart.svg" if svg else "") + f"; {failed} runs failed")
     return 1 if failed else 0

@@ -505,7 +505,8 @@ upcase: cannot connect to 127.0.0.1:12001: connection refused
 const BENCH_DESCRIPTION: &str = r#".B upcase\-bench
 is the load generator for
 .BR \%upcased (8):
-many concurrent TCP clients, a UDP flood, or a crowd of idle connections,
+many concurrent TCP clients, a UDP flood, a crowd of idle connections, or
+connection churn,
 from one event loop (or several: see below), with every reply checked byte for byte
 against the expected upper case (computed with the daemon's own transform),
 in order.
@@ -526,6 +527,16 @@ seconds (or
 replies) are measured.
 At the end nothing new is sent, the replies in flight are awaited, every
 connection is half-closed and the server's end of stream awaited.
+With
+.BI \-\-rate " R"
+the load is an open loop: R requests a second spread evenly over the
+connections, each sent at its scheduled time (or as soon after as its
+connection has a free pipeline slot), its latency measured from that time,
+so a stalled server shows in the latency of every request it delayed
+(coordinated omission corrected, as wrk2 does).
+When the server cannot keep up the schedule keeps its times: latency grows,
+and the report gives the achieved rate against the offered one and how late
+the sends were.
 .TP
 .B udp
 .B \-\-connections
@@ -546,6 +557,26 @@ connections, verify each once, and hold them for
 with
 .B \-\-server\-pid
 it reports the server's memory per connection.
+.TP
+.B churn
+Each of
+.B \-\-connections
+clients loops: connect, send
+.B \-\-requests\-per\-connection
+requests (default 1), verify every reply, close, connect again.
+.B "\-\-close fin"
+(the default) half-closes and awaits the server's end of stream, leaving
+the client's port in TIME_WAIT (reused at once on loopback, where
+.I net.ipv4.tcp_tw_reuse
+is 2);
+.B "\-\-close rst"
+closes with
+.B SO_LINGER
+0, a reset, and no TIME_WAIT on either side.
+Reported: connections a second, the latency of the connect, the first
+reply, the close and the whole connection, failures by phase, and with
+.B \-\-server\-pid
+the server's CPU time per connection.
 .PP
 The payload is
 .B ascii
@@ -564,6 +595,16 @@ A wrong byte is printed with its position in the reply stream and both
 texts.
 .B \-\-json
 prints the report as one JSON object.
+On a terminal, a progress line on standard error shows the connections up,
+replies a second, errors and the time elapsed; it is not drawn when
+standard error is not a terminal or with
+.BR \-\-json .
+.B \-\-timeline
+writes one row per second (replies, errors, connections, p50 and p99 of
+that second);
+.B \-\-latency\-out
+writes the measured latency histogram in HdrHistogram's percentile
+distribution format (milliseconds), which HdrHistogram's plotter reads.
 .PP
 One process holds as many connections as its open-file limit allows (it
 raises its soft limit to the hard one).
@@ -584,6 +625,12 @@ connections), each with the ephemeral port range of its own.
 The parts measure the same window and their figures are merged exactly:
 counts summed, latency histograms added, never averaged.
 Any part with an error, or a worker that dies, fails the whole run.
+.B churn
+runs, and runs with
+.B \-\-rate
+or
+.BR \-\-timeline ,
+stay in one event loop: split, they are a usage error.
 "#;
 
 const BENCH_SECTIONS: &[(&str, &str)] = &[
@@ -653,6 +700,28 @@ one port with
 .EX
 $ upcase\-bench idle \-\-addr 127.0.0.1:12000 \-\-connections 100000 \e
       \-\-duration 1m \-\-max\-connecting 1024 \-\-connect\-timeout 5m
+.EE
+.RE
+.PP
+16 clients connecting, asking once and closing with a reset, for 3
+seconds, with the server's CPU time per connection:
+.PP
+.RS
+.EX
+$ upcase\-bench churn \-\-addr 127.0.0.1:12345 \-\-connections 16 \e
+      \-\-close rst \-\-server\-pid $pid
+.EE
+.RE
+.PP
+20,000 requests a second over 100 connections, latency from each
+request's scheduled time, the histogram for HdrHistogram's plotter and
+one row per second:
+.PP
+.RS
+.EX
+$ upcase\-bench tcp \-\-addr 127.0.0.1:12345 \-\-connections 100 \e
+      \-\-rate 20000 \-\-latency\-out latency.hgrm \e
+      \-\-timeline timeline.csv
 .EE
 .RE
 "#,

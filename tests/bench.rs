@@ -58,38 +58,45 @@ fn mangle(bytes: &mut [u8]) {
     }
 }
 
-/// A TCP server on a thread per connection that answers with `wrong`.
-fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
-    tcp_server(move |_, bytes| wrong(bytes))
-}
-
-/// A TCP server on a thread per connection that answers every read with
-/// its bytes after `answer(client address, bytes)`.
-fn tcp_server(answer: impl Fn(SocketAddr, &mut [u8]) + Copy + Send + 'static) -> SocketAddr {
+/// A TCP server that runs `serve` on a thread per connection.
+fn tcp_server(serve: impl Fn(std::net::TcpStream) + Copy + Send + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let Ok(peer) = stream.peer_addr() else {
-                continue;
-            };
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    answer(peer, &mut buf[..n]);
-                    if stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
+            let Ok(stream) = stream else { return };
+            thread::spawn(move || serve(stream));
         }
     });
     addr
+}
+
+/// A TCP server on a thread per connection that answers with `wrong`.
+fn wrong_tcp_server(wrong: Wrong) -> SocketAddr {
+    answering_tcp_server(move |_, bytes| wrong(bytes))
+}
+
+/// A TCP server on a thread per connection that answers every read with
+/// its bytes after `answer(client address, bytes)`.
+fn answering_tcp_server(
+    answer: impl Fn(SocketAddr, &mut [u8]) + Copy + Send + 'static,
+) -> SocketAddr {
+    tcp_server(move |mut stream| {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            answer(peer, &mut buf[..n]);
+            if stream.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// A UDP server that answers every datagram with `wrong`.
@@ -206,21 +213,7 @@ fn nothing_listening_is_a_failed_connect() {
 #[test]
 fn a_server_that_closes_early_is_an_unexpected_close() {
     // Answers the first request correctly, then hangs up.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buf = [0u8; 64];
-            if stream.read_exact(&mut buf).is_ok() {
-                let reply = upcase::transform::upcase(Mode::Ascii, &buf);
-                let _ = stream.write_all(&reply);
-            }
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            // Keep reading so the close is a FIN, not a reset.
-            let _ = std::io::copy(&mut stream, &mut std::io::sink());
-        }
-    });
+    let addr = answers_once_then_hangs_up();
     let report = run(addr, &["tcp", "--connections", "1"]);
     assert!(!report.ok);
     assert_eq!(report.errors.unexpected_close, 1, "{report}");
@@ -432,6 +425,7 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
         .expect("run bench/run");
     let md = std::fs::read_to_string(out.join("latest.md")).unwrap_or_default();
     let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap_or_default();
+    let timeline = std::fs::read_to_string(out.join("timeline.svg")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&out);
     assert!(
         result.status.success(),
@@ -447,6 +441,11 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
         "| mode: tcp 10 x 4 KiB ascii text | upcased | ascii |",
         "| mode: tcp 10 x 4 KiB ascii text | upcased-ascii | ascii |",
         "| mode: tcp 10 x 4 KiB utf8 text | upcased | utf8 |",
+        "| churn 2, fin | upcased |",
+        "| churn 2, rst | upcased |",
+        "| open loop: 50% of upcased's capacity, tcp 10 x 64 B, pipeline 4 | upcased |",
+        "| open loop: 90% of upcased's capacity, tcp 10 x 64 B, pipeline 4 | upcased |",
+        "![throughput and p99 over time](timeline.svg)",
         "## Targets",
     ] {
         assert!(md.contains(row), "no {row:?} in latest.md:\n{md}");
@@ -458,6 +457,289 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
     // cells only.
     assert!(!md.contains("| tcp 10 x 64 B | upcased-ascii |"), "{md}");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    assert!(
+        timeline.starts_with("<svg") && timeline.contains("churn 2, rst: connections/s"),
+        "{timeline}"
+    );
+}
+
+/// A server that answers the first 64-byte request right and then hangs up
+/// (an orderly FIN, reading on so that it is no reset): fine for a client
+/// that asks once, wrong for one that asks more on the same connection. A
+/// thread per connection, so churn's many connections are served at once.
+fn answers_once_then_hangs_up() -> SocketAddr {
+    tcp_server(|mut stream| {
+        let mut buf = [0u8; 64];
+        if stream.read_exact(&mut buf).is_ok() {
+            let reply = upcase::transform::upcase(Mode::Ascii, &buf);
+            let _ = stream.write_all(&reply);
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::copy(&mut stream, &mut std::io::sink());
+    })
+}
+
+fn churn_figures(report: &Report) -> &upcase::bench::report::ChurnFigures {
+    report
+        .churn
+        .as_ref()
+        .expect("a churn report has churn figures")
+}
+
+#[test]
+fn churn_fails_against_wrong_servers_with_the_right_error() {
+    for close in ["fin", "rst"] {
+        for wrong in [echo as Wrong, mangle] {
+            let addr = wrong_tcp_server(wrong);
+            let report = run(addr, &["churn", "-c", "2", "--close", close]);
+            assert_wrong_byte_reported(&report, first_wrong_byte(PayloadKind::Ascii, 64, wrong));
+            // Every client's first connection got a wrong byte, so none is
+            // up, and each failed while exchanging.
+            assert_eq!(report.connections_up, 0, "{report}");
+            assert_eq!(report.errors.mismatch, 2, "{report}");
+            assert_eq!(churn_figures(&report).failures.exchange, 2, "{report}");
+        }
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let report = run(addr, &["churn", "-c", "3", "--close", close]);
+        assert!(!report.ok);
+        assert_eq!(report.errors.connect_failed, 3, "{report}");
+        assert_eq!(churn_figures(&report).failures.connect, 3, "{report}");
+    }
+}
+
+#[test]
+fn churn_with_several_requests_fails_against_a_server_that_hangs_up_after_one() {
+    let addr = answers_once_then_hangs_up();
+    for close in ["fin", "rst"] {
+        let report = run(
+            addr,
+            &[
+                "churn",
+                "-c",
+                "2",
+                "--requests-per-connection",
+                "3",
+                "--close",
+                close,
+            ],
+        );
+        assert!(!report.ok, "{report}");
+        assert_eq!(report.errors.unexpected_close, 2, "{report}");
+        assert_eq!(report.errors.total(), 2, "{report}");
+        assert_eq!(churn_figures(&report).failures.exchange, 2, "{report}");
+        assert!(
+            report.error_samples[0]
+                .contains("closed by the server with 2 replies awaited, after 1 verified"),
+            "{report}"
+        );
+    }
+    // One request per connection is all that server gets right: it passes.
+    let report = run(addr, &["churn", "-c", "2"]);
+    assert!(report.ok, "{report}");
+    assert!(churn_figures(&report).connections_total > 0, "{report}");
+}
+
+#[test]
+fn upcased_passes_churn_with_fin_and_rst() {
+    let server = InProcess::start(loopback_config());
+    for args in [
+        &["churn", "-c", "8", "--close", "fin"][..],
+        &["churn", "-c", "8", "--close", "rst"],
+        &[
+            "churn",
+            "-c",
+            "4",
+            "--close",
+            "fin",
+            "--requests-per-connection",
+            "5",
+            "--pipeline",
+            "2",
+            "--payload",
+            "utf8",
+        ],
+        &[
+            "churn",
+            "-c",
+            "4",
+            "--close",
+            "rst",
+            "--requests-per-connection",
+            "3",
+            "--size",
+            "4096",
+        ],
+    ] {
+        let report = run(server.tcp, args);
+        assert!(report.ok, "{args:?}: {report}");
+        assert_eq!(report.connections_up, report.connections, "{report}");
+        let churn = churn_figures(&report);
+        assert!(
+            churn.connections_total >= report.connections as u64,
+            "{report}"
+        );
+        let f = &churn.failures;
+        assert_eq!((f.connect, f.exchange, f.close), (0, 0, 0), "{report}");
+    }
+    let counters = server.stop();
+    assert_eq!(counters.errors, 0, "{counters:?}");
+}
+
+#[test]
+fn options_of_one_kind_are_usage_errors_with_another() {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    for args in [
+        &["tcp", "--close", "rst"][..],
+        &["idle", "--requests-per-connection", "2"],
+        &["churn", "--rate", "100"],
+        &["udp", "--rate", "100"],
+    ] {
+        let err = bench::run(&options(addr, args)).expect_err("a usage error");
+        assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn open_loop_fails_against_wrong_servers_with_the_right_error() {
+    for wrong in [echo as Wrong, mangle] {
+        let addr = wrong_tcp_server(wrong);
+        let report = run(addr, &["tcp", "-c", "2", "--rate", "1000"]);
+        assert_wrong_byte_reported(&report, first_wrong_byte(PayloadKind::Ascii, 64, wrong));
+        assert_eq!(report.errors.mismatch, 2, "{report}");
+    }
+    // Up after its first exchange, then the schedule's first request meets
+    // the server's EOF.
+    let report = run(
+        answers_once_then_hangs_up(),
+        &["tcp", "-c", "2", "--rate", "1000"],
+    );
+    assert!(!report.ok, "{report}");
+    assert_eq!(report.connections_up, 2, "{report}");
+    assert_eq!(report.errors.unexpected_close, 2, "{report}");
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let report = run(addr, &["tcp", "-c", "3", "--rate", "1000"]);
+    assert_eq!(report.errors.connect_failed, 3, "{report}");
+}
+
+#[test]
+fn upcased_passes_open_loop_and_writes_its_histogram_and_timeline() {
+    let server = InProcess::start(loopback_config());
+    let hgrm = TempFile::new("open-loop.hgrm", "");
+    let timeline = TempFile::new("open-loop.csv", "");
+    let report = run(
+        server.tcp,
+        &[
+            "tcp",
+            "-c",
+            "4",
+            "--rate",
+            "2000",
+            "--pipeline",
+            "4",
+            "--payload",
+            "utf8",
+            "--latency-out",
+            hgrm.path(),
+            "--timeline",
+            timeline.path(),
+        ],
+    );
+    assert!(report.ok, "{report}");
+    assert_eq!(report.connections_up, 4, "{report}");
+    assert!(report.messages > 0, "{report}");
+    let open = report.open_loop.as_ref().expect("open-loop figures");
+    assert_eq!(open.offered_per_s, 2000.0);
+    // The schedule is exact arithmetic: 2,000 a second for 0.3 s.
+    assert_eq!(open.scheduled, 600, "{report}");
+    // `run` does not write files: the binary does, through run_and_print.
+    // So write the histogram the way it does and check the text.
+    bench::write_latency_out(std::path::Path::new(hgrm.path()), &report).unwrap();
+    let text = std::fs::read_to_string(hgrm.path()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "       Value     Percentile TotalCount 1/(1-Percentile)"
+    );
+    assert_hgrm_total(&text, report.messages);
+    let rows = std::fs::read_to_string(timeline.path()).unwrap();
+    let mut rows = rows.lines();
+    assert_eq!(
+        rows.next(),
+        Some("second,span_s,phase,replies,replies_per_s,errors,connections,p50_us,p99_us")
+    );
+    // Every verified reply of the run is in some second's row.
+    let replies: u64 = rows
+        .map(|r| r.split(',').nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(replies >= report.messages + 4, "{replies} rows: {report}");
+    let counters = server.stop();
+    assert_eq!(counters.errors, 0, "{counters:?}");
+}
+
+/// The `.hgrm` text `text` counts `messages` replies in all.
+fn assert_hgrm_total(text: &str, messages: u64) {
+    let total = format!("Total count    = {messages:>12}]");
+    assert!(
+        text.lines().any(|l| l.ends_with(&total)),
+        "no {total:?} in:\n{text}"
+    );
+}
+
+/// Piped, the progress line is not drawn at all: stdout holds the report
+/// alone and stderr stays empty, with and without --json.
+#[test]
+fn no_progress_line_when_not_a_terminal() {
+    let server = InProcess::start(loopback_config());
+    for args in [
+        &["churn", "-c", "2"][..],
+        &["tcp", "-c", "2", "--rate", "500"],
+        &["churn", "-c", "2", "--close", "rst", "--json"],
+    ] {
+        let out = bench_binary(server.tcp, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !args.contains(&"--json") {
+            assert!(stdout.ends_with("OK\n"), "{args:?}: {stdout}");
+            continue;
+        }
+        // The contract's keys, and churn's own.
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(json["ok"], true, "{json}");
+        assert_eq!(json["connections_up"], 2, "{json}");
+        for key in ["p50", "p99", "p999", "max"] {
+            assert!(json["latency_us"][key].as_f64().is_some(), "{key}: {json}");
+        }
+        assert!(json["msgs_per_s"].as_f64().is_some(), "{json}");
+        assert_eq!(json["errors"]["reset"], 0, "{json}");
+        assert!(json["connections_per_second"].as_f64().is_some(), "{json}");
+        assert_eq!(json["churn"]["close"], "rst", "{json}");
+        assert_eq!(json["churn"]["failures"]["connect"], 0, "{json}");
+    }
+}
+
+/// On a terminal the progress line is there while the run goes on
+/// (connections up of the target, replies a second, errors, elapsed of
+/// total), and gone when the report is printed.
+#[test]
+fn a_progress_line_on_a_terminal() {
+    if !have_tool("tmux") {
+        return;
+    }
+    let server = InProcess::start(loopback_config());
+    let command = format!(
+        "{} churn -c 3 --addr {} --duration 8s --warmup 0s; echo EXIT $?; sleep 600",
+        env!("CARGO_BIN_EXE_upcase-bench"),
+        server.tcp
+    );
+    let tmux = Tmux::start("bench-progress", &command);
+    let screen = tmux.wait_for("measuring: 3/3 up");
+    assert!(screen.contains("replies/s, 0 errors"), "{screen}");
+    assert!(screen.contains("s/8."), "elapsed of the total: {screen}");
+    // At the end the line is cleared and the report takes its place.
+    let screen = tmux.wait_for("EXIT 0");
+    assert!(!screen.contains("measuring:"), "{screen}");
+    assert!(screen.contains("churn 127.0.0.1:"), "{screen}");
 }
 
 /// Runs the binary with `--json`; it must pass. Returns its report.
@@ -508,7 +790,7 @@ fn worker_processes_add_up_exactly() {
 /// A server that upper-cases ASCII right, except for clients from
 /// 127.0.0.3: those get an echo.
 fn wrong_for_127_0_0_3() -> SocketAddr {
-    tcp_server(|peer, bytes| {
+    answering_tcp_server(|peer, bytes| {
         if peer.ip() != std::net::Ipv4Addr::new(127, 0, 0, 3) {
             bytes.make_ascii_uppercase();
         }
@@ -581,4 +863,64 @@ fn worker_processes_need_the_binary() {
         .expect_err("no binary to re-execute");
     assert_eq!(e.exit_code(), 2);
     assert!(e.to_string().contains("upcase-bench binary"), "{e}");
+}
+
+/// churn, `--rate` and `--timeline` are one event loop's: split over worker
+/// processes or threads they are usage errors (exit status 2) that say
+/// why, before any connection is made; `--latency-out` of a split run is
+/// the merged histogram, every reply of every worker in it.
+#[test]
+fn split_runs_reject_one_loop_options_and_merge_latency_out() {
+    let server = InProcess::start(loopback_config());
+    let timeline = TempFile::new("split.csv", "");
+    for (args, flag) in [
+        (&["churn", "-c", "4", "--workers", "2"][..], "--workers"),
+        (&["churn", "-c", "4", "--threads", "2"], "--workers"),
+        (
+            &["tcp", "-c", "4", "--rate", "100", "--workers", "2"],
+            "--rate",
+        ),
+        (
+            &["tcp", "-c", "4", "--rate", "100", "--threads", "2"],
+            "--rate",
+        ),
+        (
+            &[
+                "tcp",
+                "-c",
+                "4",
+                "--timeline",
+                timeline.path(),
+                "--workers",
+                "2",
+            ],
+            "--timeline",
+        ),
+    ] {
+        let out = bench_binary(server.tcp, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("upcase-bench: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let hgrm = TempFile::new("split.hgrm", "");
+    let json = passing_json(
+        server.tcp,
+        &[
+            "tcp",
+            "-c",
+            "4",
+            "--workers",
+            "2",
+            "--latency-out",
+            hgrm.path(),
+        ],
+    );
+    let messages = json["messages"].as_u64().unwrap_or(0);
+    assert!(messages > 0, "{json}");
+    assert_hgrm_total(&std::fs::read_to_string(hgrm.path()).unwrap(), messages);
+    // The rejected runs made no connection: the 4 are the last run's.
+    let c = server.stop();
+    assert_eq!(c.conns_accepted, 4, "{c:?}");
 }

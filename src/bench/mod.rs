@@ -1,5 +1,6 @@
 //! `upcase-bench`, the load generator: many concurrent TCP clients, a UDP
-//! flood, or a crowd of idle connections, every reply checked byte for byte.
+//! flood, a crowd of idle connections, or connection churn, every reply
+//! checked byte for byte.
 //!
 //! # Layout
 //!
@@ -11,8 +12,18 @@
 //! - `tcp` (the `tcp` and `idle` modes) and `udp`: one `mio::Poll` each
 //!   driving every client socket from one thread; the bench is pinned to
 //!   one core, and a second thread would only compete with the first.
+//! - `churn`: the `churn` mode (connect, requests, verify, close with FIN
+//!   or RST), one `mio::Poll` too.
+//! - `openloop`: the schedule of `tcp --rate` (open loop, latency from
+//!   each request's scheduled time), sans I/O.
+//! - [`progress`]: the progress line on a terminal and `--timeline`;
+//!   `hgrm`: `--latency-out`, HdrHistogram's percentile distribution text.
 //! - [`report`]: the figures, shown as text or JSON, and `/proc` sampling
 //!   of the server.
+//! - `workers` and `source`: a `tcp` or `idle` run split over processes
+//!   and event loops (`--workers`, `--threads`), merged exactly, and its
+//!   source addresses (`--source-addrs`). `churn`, `--rate` and
+//!   `--timeline` stay in one loop: split, they are usage errors.
 //!
 //! # A run
 //!
@@ -31,7 +42,11 @@
 //! (`--duration 3`, the old spelling) still works, with a deprecation
 //! warning on standard error.
 
+mod churn;
+mod hgrm;
+mod openloop;
 pub mod payload;
+pub mod progress;
 pub mod report;
 mod source;
 mod tcp;
@@ -41,13 +56,14 @@ mod workers;
 
 use std::io;
 use std::net::SocketAddr;
-use std::num::{NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use payload::PayloadKind;
+use progress::{Progress, Status, Timeline};
 pub use report::Report;
 use report::{Errors, ProcSample};
 pub use workers::{enable_worker_processes, Part};
@@ -64,6 +80,31 @@ pub enum Kind {
     /// Open `--connections` TCP connections, verify each once, hold them
     /// for `--duration` (for the server's memory per connection).
     Idle,
+    /// Connection churn: each of `--connections` clients loops connect,
+    /// `--requests-per-connection` requests, verify, close (`--close`).
+    Churn,
+}
+
+/// How a churn client ends each connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Close {
+    /// Half-close (shutdown of the write side), wait for the server's EOF,
+    /// then close: the orderly end, which leaves the client's side in
+    /// TIME_WAIT.
+    Fin,
+    /// Close with `SO_LINGER` 0: the kernel sends a reset, and neither side
+    /// keeps a TIME_WAIT.
+    Rst,
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Close::Fin => "fin",
+            Close::Rst => "rst",
+        })
+    }
 }
 
 /// The command line of `upcase-bench`; also what tests pass to [`run`].
@@ -77,13 +118,14 @@ pub enum Kind {
                   close, failed connect, missing reply); 2 bad usage; 3 the bench itself failed."
 )]
 pub struct Options {
-    /// tcp, udp or idle.
+    /// tcp, udp, idle or churn.
     #[arg(value_enum)]
     pub kind: Kind,
     /// The server's address.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:12000")]
     pub addr: SocketAddr,
-    /// TCP connections (tcp, idle) or UDP flows (udp).
+    /// TCP connections (tcp, idle), UDP flows (udp) or concurrent clients
+    /// each opening one connection after another (churn).
     #[arg(short, long, value_name = "N", default_value = "1")]
     pub connections: NonZeroUsize,
     /// How long the window measured lasts (idle: how long the connections
@@ -155,6 +197,27 @@ pub struct Options {
     /// Source addresses in use (resolved from --source-addrs).
     #[arg(skip)]
     pub sources: usize,
+    /// churn: requests on each connection before it is closed [default: 1].
+    #[arg(long, value_name = "N")]
+    pub requests_per_connection: Option<NonZeroU32>,
+    /// churn: how each connection ends: fin (half-close, await the
+    /// server's EOF) or rst (SO_LINGER 0) [default: fin].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub close: Option<Close>,
+    /// tcp: open loop: send this many requests per second across all
+    /// connections, each at its scheduled time, and measure latency from
+    /// that time, not from when it could be sent.
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate: Option<NonZeroU64>,
+    /// Write the latency histogram of the measured window to FILE, as
+    /// HdrHistogram's percentile distribution (.hgrm text, milliseconds).
+    #[arg(long, value_name = "FILE")]
+    pub latency_out: Option<PathBuf>,
+    /// Write one row per second of the run to FILE (replies, errors,
+    /// connections, p50 and p99 of that second): JSON lines if FILE ends
+    /// in .jsonl or .json, else CSV.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
 }
 
 /// Why the bench could not run (as opposed to: it ran and found errors,
@@ -203,6 +266,9 @@ pub fn run_and_print(options: &Options) -> Result<bool, BenchError> {
         workers::print_part(&report)?;
         return Ok(report.ok);
     }
+    if let Some(path) = &options.latency_out {
+        write_latency_out(path, &report).map_err(BenchError::io("write --latency-out"))?;
+    }
     if options.json {
         println!("{}", serde_json::to_string(&report)?);
         if !report.ok {
@@ -215,6 +281,15 @@ pub fn run_and_print(options: &Options) -> Result<bool, BenchError> {
     Ok(report.ok)
 }
 
+/// Writes the report's latency histogram (of the measured window) to
+/// `path` as HdrHistogram percentile distribution text, in milliseconds.
+pub fn write_latency_out(path: &std::path::Path, report: &Report) -> io::Result<()> {
+    match &report.latency_histogram {
+        Some(h) => hgrm::write(path, h),
+        None => hgrm::write(path, &new_histogram()),
+    }
+}
+
 /// Runs the benchmark described by `options` and returns its report.
 pub fn run(options: &Options) -> Result<Report, BenchError> {
     // Each connection is a descriptor, and the soft limit is often far
@@ -223,8 +298,14 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
     if let Err(e) = crate::rlimit::raise_nofile_limit() {
         eprintln!("upcase-bench: warning: cannot raise the file descriptor limit: {e}");
     }
+    check_kind_options(options)?;
     match options.kind {
         Kind::Tcp | Kind::Idle => workers::run(options),
+        Kind::Churn => {
+            // Not split: this only rejects the options that would.
+            workers::check_unsplit(options)?;
+            churn::run(options)
+        }
         Kind::Udp => {
             // Flows are not split: this only rejects the options that would.
             workers::check_unsplit(options)?;
@@ -239,11 +320,32 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
     }
 }
 
-/// An empty latency histogram, nanoseconds: every part of a run makes
-/// its own the same way, so they add up.
-fn latency_histogram() -> Histogram<u64> {
-    // 1 ns to 1 hour at 3 significant digits; bounds are valid
-    // constants, so this cannot fail.
+/// Options that only one kind understands are usage errors with the others:
+/// a `--rate` that an idle run silently ignored would be a wrong figure.
+fn check_kind_options(o: &Options) -> Result<(), BenchError> {
+    let only = |given: bool, flag: &str, kind: Kind, name: &str| {
+        if given && o.kind != kind {
+            Err(BenchError::Usage(format!(
+                "{flag} is for `{name}` runs only"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    only(
+        o.requests_per_connection.is_some(),
+        "--requests-per-connection",
+        Kind::Churn,
+        "churn",
+    )?;
+    only(o.close.is_some(), "--close", Kind::Churn, "churn")?;
+    only(o.rate.is_some(), "--rate", Kind::Tcp, "tcp")
+}
+
+/// A latency histogram: 1 ns to 1 hour at 3 significant digits. Every
+/// part of a split run makes its own the same way, so they add up.
+fn new_histogram() -> Histogram<u64> {
+    // The bounds are valid constants, so this cannot fail.
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"))
 }
@@ -287,29 +389,32 @@ struct Recorder {
     server_end: Option<ProcSample>,
     /// When the window closed (its end, or when `--messages` was reached).
     closed_at: Option<Instant>,
-    /// The live progress line (hidden when stderr is not a terminal).
-    progress: ProgressBar,
-    /// When the progress line was last redrawn.
-    last_progress: Instant,
+    /// Verified replies in any phase (for the replies per second shown).
+    all_replies: u64,
+    /// The live progress line (hidden when stderr is not a terminal, and
+    /// with `--json`).
+    progress: Progress,
+    /// `--timeline`: one row per second.
+    timeline: Option<Timeline>,
+    /// Connections (clients, flows) asked for, for the progress line.
+    target: usize,
+    /// When the run is expected to end, for the progress line.
+    ends: Option<Instant>,
 }
 
 impl Recorder {
-    fn new(options: &Options) -> Recorder {
-        // Hidden unless stderr is a terminal: scripts get no escape codes.
-        // A part of a split run draws none: the parts would fight for it.
-        let target = match options.part {
-            Some(_) => ProgressDrawTarget::hidden(),
-            None => ProgressDrawTarget::stderr(),
+    fn new(options: &Options) -> Result<Recorder, BenchError> {
+        let start = Instant::now();
+        let timeline = match &options.timeline {
+            Some(path) => {
+                Some(Timeline::create(path, start).map_err(BenchError::io("create --timeline"))?)
+            }
+            None => None,
         };
-        let progress = ProgressBar::with_draw_target(None, target);
-        progress.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        Recorder {
+        Ok(Recorder {
             window: None,
             max_messages: options.messages.map(NonZeroU64::get),
-            latency: latency_histogram(),
+            latency: new_histogram(),
             messages: 0,
             reply_bytes: 0,
             errors: Errors::default(),
@@ -317,14 +422,18 @@ impl Recorder {
             server_start: None,
             server_end: None,
             closed_at: None,
-            progress,
-            last_progress: Instant::now(),
-        }
+            all_replies: 0,
+            progress: Progress::new(options.json, start),
+            timeline,
+            target: options.connections.get(),
+            ends: None,
+        })
     }
 
     /// Opens the measured window at `now`, for `duration`.
     fn start_window(&mut self, now: Instant, duration: Duration, server_pid: Option<i32>) {
         self.window = Some((now, now + duration));
+        self.ends = Some(now + duration);
         self.server_start = server_pid.and_then(ProcSample::read);
     }
 
@@ -354,18 +463,25 @@ impl Recorder {
     /// Notes a verified reply of `bytes` bytes sent at `sent`; returns
     /// whether it counted in the window.
     fn reply(&mut self, sent: Instant, now: Instant, bytes: usize) -> bool {
+        self.all_replies += 1;
+        let ns = now.saturating_duration_since(sent).as_nanos() as u64;
+        if let Some(t) = &mut self.timeline {
+            t.reply(now, ns);
+        }
         if !self.in_window(now) {
             return false;
         }
         self.messages += 1;
         self.reply_bytes += bytes as u64;
-        let ns = now.saturating_duration_since(sent).as_nanos() as u64;
         self.latency.saturating_record(ns.max(1));
         true
     }
 
     /// Counts an error; keeps its description if it is one of the first.
     fn error(&mut self, kind: ErrorKind, describe: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.timeline {
+            t.error(Instant::now());
+        }
         let e = &mut self.errors;
         *match kind {
             ErrorKind::ConnectFailed => &mut e.connect_failed,
@@ -386,29 +502,37 @@ impl Recorder {
         }
     }
 
-    /// Redraws the progress line at most 5 times a second.
-    fn tick(&mut self, now: Instant, phase: &str, up: usize) {
-        if now.duration_since(self.last_progress) < Duration::from_millis(200) {
-            return;
+    /// Redraws the progress line (at most 5 times a second) and writes the
+    /// timeline's rows of the seconds that ended.
+    fn tick(&mut self, now: Instant, phase: &'static str, up: usize) {
+        if let Some(t) = &mut self.timeline {
+            t.phase(now, phase);
         }
-        self.last_progress = now;
-        let rate = match self.window {
-            Some((start, _)) if now > start => {
-                self.messages as f64 / now.duration_since(start).as_secs_f64()
-            }
-            _ => 0.0,
-        };
-        self.progress.set_message(format!(
-            "{phase}: {up} up, {} replies measured, {rate:.0} msgs/s, {} errors",
-            self.messages,
-            self.errors.total()
-        ));
-        self.progress.tick();
+        self.progress.update(
+            now,
+            &Status {
+                phase,
+                up,
+                target: self.target,
+                replies: self.all_replies,
+                errors: self.errors.total(),
+                ends: self.ends,
+            },
+        );
+    }
+
+    /// Notes when the run is expected to end, for the progress line.
+    fn expect_end(&mut self, at: Instant) {
+        self.ends = Some(at);
     }
 
     /// Fills in the common figures of `report` at the end of the run.
-    fn finish(self, report: &mut Report, options: &Options) {
-        self.progress.finish_and_clear();
+    fn finish(mut self, report: &mut Report, options: &Options) -> Result<(), BenchError> {
+        self.progress.finish();
+        if let Some(t) = self.timeline.take() {
+            t.finish(Instant::now())
+                .map_err(BenchError::io("write --timeline"))?;
+        }
         let window_s = match (self.window, self.closed_at) {
             (Some((start, end)), Some(closed)) => end.min(closed).saturating_duration_since(start),
             _ => Duration::ZERO,
@@ -440,12 +564,14 @@ impl Recorder {
                     rss_kib: end.rss_kib,
                     peak_rss_kib: end.peak_rss_kib,
                     idle_bytes_per_conn: None,
+                    cpu_us_per_conn: None,
                 });
             }
         }
         report.ok = self.errors.total() == 0;
         report.errors = self.errors;
         report.error_samples = self.samples;
+        Ok(())
     }
 }
 

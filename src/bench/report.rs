@@ -53,12 +53,16 @@ impl Errors {
 pub struct Latency {
     /// Median.
     pub p50: f64,
+    /// 75th percentile.
+    pub p75: f64,
     /// 90th percentile.
     pub p90: f64,
     /// 99th percentile.
     pub p99: f64,
     /// 99.9th percentile.
     pub p999: f64,
+    /// 99.99th percentile.
+    pub p9999: f64,
     /// Slowest reply.
     pub max: f64,
 }
@@ -72,9 +76,11 @@ impl Latency {
         }
         Latency {
             p50: us(h.value_at_quantile(0.50)),
+            p75: us(h.value_at_quantile(0.75)),
             p90: us(h.value_at_quantile(0.90)),
             p99: us(h.value_at_quantile(0.99)),
             p999: us(h.value_at_quantile(0.999)),
+            p9999: us(h.value_at_quantile(0.9999)),
             max: us(h.max()),
         }
     }
@@ -150,6 +156,9 @@ pub struct ServerUsage {
     /// (kernel socket memory is not in a process's RSS, so this is the
     /// server's user-space memory per connection).
     pub idle_bytes_per_conn: Option<f64>,
+    /// `churn` mode: CPU time per completed connection, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_conn: Option<f64>,
 }
 
 /// Everything a run measured.
@@ -193,6 +202,15 @@ pub struct Report {
     pub udp: Option<UdpFigures>,
     /// With `--server-pid`.
     pub server: Option<ServerUsage>,
+    /// `churn` mode: completed connections per second in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_per_second: Option<f64>,
+    /// `churn` mode's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnFigures>,
+    /// `tcp --rate` (open loop): offered against achieved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoopFigures>,
     /// No errors of any kind.
     pub ok: bool,
     /// The latency histogram (nanoseconds) behind `latency_us`: reports of
@@ -202,8 +220,183 @@ pub struct Report {
     pub latency_histogram: Option<Histogram<u64>>,
 }
 
+/// A latency histogram as plain numbers, for carrying it between
+/// processes (a worker's JSON) and merging it exactly: every recorded
+/// bucket as `[value, count]`, the value being the bucket's lowest
+/// equivalent, so [`HistogramCounts::to_histogram`] rebuilds a histogram
+/// with the very same counts in the very same buckets. Adding rebuilt
+/// histograms (`Histogram::add`) is then the exact merge; averaging
+/// percentiles never is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HistogramCounts {
+    /// Significant digits of the histogram (3 for every bench histogram).
+    pub sigfig: u8,
+    /// Recorded buckets, ascending: `[lowest value of the bucket, count]`.
+    pub counts: Vec<(u64, u64)>,
+}
+
+impl HistogramCounts {
+    /// The buckets of `h`.
+    pub fn from_histogram(h: &Histogram<u64>) -> HistogramCounts {
+        HistogramCounts {
+            sigfig: h.sigfig(),
+            counts: h
+                .iter_recorded()
+                .map(|v| {
+                    (
+                        h.lowest_equivalent(v.value_iterated_to()),
+                        v.count_at_value(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// A histogram with these buckets (1 ns to 1 hour, as the bench's);
+    /// a value out of that range is clamped into it.
+    pub fn to_histogram(&self) -> Histogram<u64> {
+        let mut h = Histogram::new_with_bounds(1, 3_600_000_000_000, self.sigfig.clamp(1, 5))
+            .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"));
+        for &(value, count) in &self.counts {
+            h.saturating_record_n(value, count);
+        }
+        h
+    }
+}
+
+/// What the `churn` mode measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChurnFigures {
+    /// Requests (each verified) on each connection.
+    pub requests_per_connection: u32,
+    /// How each connection ended: `fin` or `rst`.
+    pub close: String,
+    /// Connections completed (connect, every reply verified, closed) in the
+    /// measured window.
+    pub connections: u64,
+    /// Connections completed in the whole run, the phases outside the
+    /// window included (what the server's counters see).
+    pub connections_total: u64,
+    /// From `connect()` to the connection being established.
+    pub connect_us: Latency,
+    /// From sending the first request to the last byte of its reply.
+    pub first_reply_us: Latency,
+    /// From starting the close (half-close, or the close with a reset) to
+    /// its end (the server's EOF, or the close call returning).
+    pub close_us: Latency,
+    /// From `connect()` to the end of the close: one whole connection.
+    pub connection_us: Latency,
+    /// Failures by the phase they happened in (the kinds are in `errors`).
+    pub failures: ChurnFailures,
+    /// What limits the connection rate besides the server, in words
+    /// (ephemeral ports and TIME_WAIT).
+    pub limits: String,
+    /// The histograms (nanoseconds) behind the phase figures, in the order
+    /// connect, first reply, close, connection; for exact merging.
+    #[serde(skip)]
+    pub histograms: Vec<Histogram<u64>>,
+}
+
+/// Churn failures by phase; they add up to `errors.total()`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChurnFailures {
+    /// Connect refused, failed or not completed.
+    pub connect: u64,
+    /// While requests and replies were exchanged (wrong byte, reset,
+    /// the server closed early, a reply missing).
+    pub exchange: u64,
+    /// While closing (bytes after the last reply, a reset on a FIN close,
+    /// no EOF from the server).
+    pub close: u64,
+}
+
+/// What `tcp --rate` (open loop) measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpenLoopFigures {
+    /// The rate asked for, requests per second.
+    pub offered_per_s: f64,
+    /// Verified replies per second in the measured window.
+    pub achieved_per_s: f64,
+    /// Requests whose scheduled time fell in the window.
+    pub scheduled: u64,
+    /// Requests sent during the window (whenever they were due).
+    pub sent: u64,
+    /// Of those, how many were sent more than 1 ms after their time (the
+    /// connection still had `--pipeline` requests in flight, or its socket
+    /// was full): the server did not keep up.
+    pub sent_late: u64,
+    /// The longest any of them waited past its scheduled time to be sent,
+    /// microseconds.
+    pub max_send_delay_us: f64,
+    /// Requests due in the window never sent: their connection was gone,
+    /// or the backlog was still behind them when the window ended.
+    pub unsent: u64,
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+}
+
+impl Report {
+    /// The `churn` mode's summary.
+    fn fmt_churn(&self, f: &mut fmt::Formatter<'_>, c: &ChurnFigures) -> fmt::Result {
+        writeln!(
+            f,
+            "churn {}: {} of {} clients up, {} x {} B {} per connection, pipeline {}, close {}",
+            self.addr,
+            self.connections_up,
+            self.connections,
+            c.requests_per_connection,
+            self.size,
+            self.payload,
+            self.pipeline,
+            c.close
+        )?;
+        writeln!(
+            f,
+            "  {} connections in {:.2} s: {:.0} connections/s; {} replies: {:.0} msgs/s",
+            c.connections,
+            self.window_s,
+            self.connections_per_second.unwrap_or(0.0),
+            self.messages,
+            self.msgs_per_s
+        )?;
+        writeln!(f, "  connect µs:     {}", c.connect_us)?;
+        writeln!(f, "  first reply µs: {}", c.first_reply_us)?;
+        writeln!(f, "  close µs:       {}", c.close_us)?;
+        writeln!(f, "  connection µs:  {}", c.connection_us)?;
+        if c.requests_per_connection > 1 {
+            writeln!(f, "  every reply µs: {}", self.latency_us)?;
+        }
+        writeln!(
+            f,
+            "  failures by phase: connect {}, exchange {}, close {}",
+            c.failures.connect, c.failures.exchange, c.failures.close
+        )?;
+        writeln!(f, "  limits: {}", c.limits)
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.churn {
+            self.fmt_churn(f, c)?;
+        } else {
+            self.fmt_head(f)?;
+        }
+        self.fmt_tail(f)
+    }
+}
+
+impl Report {
+    /// The first lines of the `tcp`, `udp` and `idle` summaries.
+    fn fmt_head(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "{} {}: {} of {} {} up, {} B {} payload, pipeline {}",
@@ -235,6 +428,27 @@ impl fmt::Display for Report {
                 "  latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
                 l.p50, l.p90, l.p99, l.p999, l.max
             )?;
+            if let Some(o) = &self.open_loop {
+                writeln!(
+                    f,
+                    "  open loop: offered {:.0} req/s, achieved {:.0} replies/s; {} sent, {} of \
+                     them more than 1 ms after their time (at most {:.1} µs); {} of the {} due \
+                     never sent",
+                    o.offered_per_s,
+                    o.achieved_per_s,
+                    o.sent,
+                    o.sent_late,
+                    o.max_send_delay_us,
+                    o.unsent,
+                    o.scheduled
+                )?;
+                writeln!(
+                    f,
+                    "  latency µs from the scheduled send: p50 {:.1}  p75 {:.1}  p90 {:.1}  \
+                     p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
+                    l.p50, l.p75, l.p90, l.p99, l.p999, l.p9999, l.max
+                )?;
+            }
             let fa = &self.fairness;
             writeln!(
                 f,
@@ -249,12 +463,21 @@ impl fmt::Display for Report {
                 u.sent, u.received, u.lost, u.late
             )?;
         }
+        Ok(())
+    }
+
+    /// The server's figures, the errors and the verdict, for every kind.
+    fn fmt_tail(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(s) = &self.server {
             write!(
                 f,
-                "  server: cpu {:.3} s ({:.2} µs/msg), rss {} KiB, peak {} KiB",
-                s.cpu_s, s.cpu_us_per_msg, s.rss_kib, s.peak_rss_kib
+                "  server: cpu {:.3} s ({:.2} µs/msg",
+                s.cpu_s, s.cpu_us_per_msg
             )?;
+            if let Some(c) = s.cpu_us_per_conn {
+                write!(f, ", {c:.2} µs/connection")?;
+            }
+            write!(f, "), rss {} KiB, peak {} KiB", s.rss_kib, s.peak_rss_kib)?;
             if let Some(b) = s.idle_bytes_per_conn {
                 write!(f, ", {b:.0} B per idle connection")?;
             }
@@ -337,6 +560,40 @@ mod tests {
     fn reads_this_process() {
         let s = ProcSample::read(std::process::id() as i32).unwrap();
         assert!(s.rss_kib > 0 && s.peak_rss_kib >= s.rss_kib);
+    }
+
+    #[test]
+    fn histograms_travel_as_counts_and_merge_exactly() {
+        let bounds = |sigfig| Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, sigfig);
+        let (mut a, mut b) = (bounds(3).unwrap(), bounds(3).unwrap());
+        for v in [1u64, 999, 2049, 123_456, 7_000_000_000] {
+            a.record_n(v, 3).unwrap();
+            b.record(v * 7 + 1).unwrap();
+        }
+        let mut whole = a.clone();
+        whole.add(&b).unwrap();
+        // Through JSON, as a worker's report would carry them.
+        let json = serde_json::to_string(&HistogramCounts::from_histogram(&a)).unwrap();
+        let a2 = serde_json::from_str::<HistogramCounts>(&json)
+            .unwrap()
+            .to_histogram();
+        let mut merged = a2;
+        merged
+            .add(HistogramCounts::from_histogram(&b).to_histogram())
+            .unwrap();
+        assert_eq!(merged.len(), whole.len());
+        assert_eq!(merged.max(), whole.max());
+        for q in [0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(
+                merged.value_at_quantile(q),
+                whole.value_at_quantile(q),
+                "{q}"
+            );
+        }
+        assert_eq!(
+            HistogramCounts::from_histogram(&merged),
+            HistogramCounts::from_histogram(&whole)
+        );
     }
 
     #[test]

@@ -17,11 +17,17 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::openloop::Schedule;
 use super::payload::Payloads;
 use super::report::{Fairness, ProcSample, Report};
 use super::verify::StreamCheck;
 use super::workers::Gate;
 use super::{source, BenchError, ErrorKind, Kind, Options, Recorder};
+use crate::server::timer::Timer;
+
+/// The open-loop schedule's timer (`--rate`): a timerfd, since `poll`'s
+/// own timeout has millisecond steps and sends would leave in bursts.
+const TIMER: Token = Token(usize::MAX);
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +59,9 @@ struct Conn {
     up: bool,
     /// Replies completed in the measured window.
     in_window: u64,
+    /// `--rate`: scheduled requests sent so far (its k-th is request
+    /// number k·C + key of the schedule).
+    scheduled_sent: u64,
 }
 
 /// Where the whole run is.
@@ -93,6 +102,11 @@ struct Shared<'a> {
     up: usize,
     /// Connects in progress.
     connecting: usize,
+    /// `--rate`: one request per connection until the schedule starts
+    /// (with the warm-up), then the schedule's.
+    rate: Option<u64>,
+    /// The open-loop schedule, once started.
+    schedule: Option<Schedule>,
 }
 
 /// What a handler tells the loop.
@@ -112,7 +126,7 @@ pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, B
     let mut conns: Slab<Conn> = Slab::with_capacity(options.connections.get());
     let mut sh = Shared {
         payloads: &payloads,
-        rec: Recorder::new(options),
+        rec: Recorder::new(options)?,
         buf: vec![0; 64 * 1024],
         scratch: Vec::new(),
         may_send: true,
@@ -120,6 +134,14 @@ pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, B
         idle,
         up: 0,
         connecting: 0,
+        rate: options.rate.map(|r| r.get()),
+        schedule: None,
+    };
+    let mut timer = match sh.rate {
+        Some(_) => {
+            Some(Timer::new(poll.registry(), TIMER).map_err(BenchError::io("create timer"))?)
+        }
+        None => None,
     };
     // The server's memory before any of our connections, for the memory
     // per idle connection.
@@ -181,17 +203,15 @@ pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, B
                             gate.settled();
                             Phase::Gated
                         }
-                        None => Phase::Warmup {
-                            until: now + options.warmup,
-                        },
+                        None => begin_warmup(&mut sh, options, now),
                     };
                 }
             }
             Phase::Gated => {
                 if let Some(at) = gate.as_mut().map(Gate::poll).transpose()?.flatten() {
-                    phase = Phase::Warmup {
-                        until: at + options.warmup,
-                    };
+                    // The common start may still be ahead (the coordinator
+                    // sets it a little into the future).
+                    phase = begin_warmup(&mut sh, options, at.max(now));
                 }
             }
             Phase::Warmup { until } if now >= until => {
@@ -274,6 +294,9 @@ pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, B
             Phase::Close { .. } => "closing",
         };
         sh.rec.tick(now, label, sh.up);
+        if let (Some(timer), true) = (&mut timer, sh.may_send) {
+            release_due(&poll, &mut conns, &mut sh, now, timer)?;
+        }
 
         match poll.poll(&mut events, Some(Duration::from_millis(20))) {
             Ok(()) => {}
@@ -281,6 +304,12 @@ pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, B
             Err(e) => return Err(BenchError::io("poll")(e)),
         }
         for event in events.iter() {
+            if event.token() == TIMER {
+                if let Some(timer) = &mut timer {
+                    timer.fired();
+                }
+                continue;
+            }
             let key = event.token().0;
             // A connection removed earlier in this batch: sporadic events
             // for it can be ignored.
@@ -301,9 +330,13 @@ pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, B
         connections_up: sh.up,
         connect_s,
         fairness,
+        open_loop: sh
+            .schedule
+            .as_ref()
+            .map(|s| s.figures(sh.rec.window, sh.rec.messages)),
         ..Report::default()
     };
-    sh.rec.finish(&mut report, options);
+    sh.rec.finish(&mut report, options)?;
     if idle {
         if let (Some(server), Some(before), Some(after)) = (&mut report.server, baseline, idle_end)
         {
@@ -378,6 +411,7 @@ fn start_connects(
             sent: 0,
             up: false,
             in_window: 0,
+            scheduled_sent: 0,
         });
     }
 }
@@ -403,20 +437,9 @@ fn service(
     sh: &mut Shared,
 ) -> Outcome {
     if conn.state == State::Connecting {
-        // A connect finished (or failed) once the socket is writable or
-        // has an error; other wake-ups are spurious.
-        match conn.stream.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                sh.rec.error(ErrorKind::ConnectFailed, || {
-                    format!("connection {key}: connect: {e}")
-                });
-                return Outcome::Remove;
-            }
-            Ok(None) => {}
-        }
-        match conn.stream.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Keep,
+        match connected(&conn.stream) {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Keep,
             Err(e) => {
                 sh.rec.error(ErrorKind::ConnectFailed, || {
                     format!("connection {key}: connect: {e}")
@@ -512,14 +535,76 @@ fn io_error(key: usize, e: io::Error, sh: &mut Shared) -> Outcome {
     Outcome::Remove
 }
 
+/// The warm-up from `at` on; `--rate`: the open-loop schedule starts with
+/// it.
+fn begin_warmup(sh: &mut Shared, options: &Options, at: Instant) -> Phase {
+    sh.rec.expect_end(at + options.warmup + options.duration);
+    if let Some(rate) = sh.rate {
+        sh.schedule = Some(Schedule::new(at, rate, options.connections.get()));
+    }
+    Phase::Warmup {
+        until: at + options.warmup,
+    }
+}
+
+/// Whether a connection sends one request only: `idle` mode, and `--rate`
+/// before its schedule starts (a connection is up after one exchange; the
+/// load is the schedule's).
+fn one_only(sh: &Shared) -> bool {
+    sh.idle || (sh.rate.is_some() && sh.schedule.is_none())
+}
+
+/// `--rate`: hands every request that fell due to its connection and sets
+/// the timer for the next.
+fn release_due(
+    poll: &Poll,
+    conns: &mut Slab<Conn>,
+    sh: &mut Shared,
+    now: Instant,
+    timer: &mut Timer,
+) -> Result<(), BenchError> {
+    let Some(schedule) = &mut sh.schedule else {
+        return Ok(());
+    };
+    let due: Vec<usize> = schedule.release(now).collect();
+    let next = schedule.next_due();
+    for key in due {
+        // A connection that is gone (an error ended it) sends nothing:
+        // its share shows as `unsent`.
+        let Some(conn) = conns.get_mut(key) else {
+            continue;
+        };
+        if let Outcome::Remove = fill_and_flush(conn, key, sh) {
+            remove(poll, conns, sh, key);
+        }
+    }
+    timer.wake_by(next).map_err(BenchError::io("set the timer"))
+}
+
 /// Queues requests up to the pipeline depth and writes until `WouldBlock`.
 fn fill_and_flush(conn: &mut Conn, key: usize, sh: &mut Shared) -> Outcome {
     if conn.state != State::Open {
         return Outcome::Keep;
     }
-    if sh.may_send && !(sh.idle && conn.sent > 0) && conn.check.pending() < sh.depth {
+    if let (Some(schedule), true) = (&mut sh.schedule, sh.may_send) {
+        // Open loop: what the schedule says is due, each tagged with the
+        // time it was due, so the wait for a free slot counts in its
+        // latency.
         let now = Instant::now();
-        while conn.check.pending() < sh.depth && !(sh.idle && conn.sent > 0) {
+        while conn.check.pending() < sh.depth {
+            let Some((_, due)) = schedule.owed(key, conn.scheduled_sent) else {
+                break;
+            };
+            schedule.sent(due, now, sh.rec.window);
+            let variant = (key as u64 + conn.sent) as usize;
+            conn.check.expect(variant, due);
+            conn.unsent.push_back(variant);
+            conn.sent += 1;
+            conn.scheduled_sent += 1;
+        }
+    } else if sh.may_send && !(one_only(sh) && conn.sent > 0) && conn.check.pending() < sh.depth {
+        let now = Instant::now();
+        while conn.check.pending() < sh.depth && !(one_only(sh) && conn.sent > 0) {
             // The variant is the request number: replies to neighbouring
             // requests differ, so a reordered or repeated reply is a wrong
             // byte. Connections start at different variants.
@@ -529,39 +614,71 @@ fn fill_and_flush(conn: &mut Conn, key: usize, sh: &mut Shared) -> Outcome {
             conn.sent += 1;
         }
     }
-    while !conn.unsent.is_empty() {
+    if let Err(e) = write_unsent(
+        &mut conn.stream,
+        &mut conn.unsent,
+        &mut conn.unsent_offset,
+        sh.payloads,
+        &mut sh.scratch,
+    ) {
+        return io_error(key, e, sh);
+    }
+    Outcome::Keep
+}
+
+/// Writes the queued requests `unsent` (the first from byte `offset` on)
+/// until they are all written or the socket says `WouldBlock`; what is
+/// written leaves the queue. Shared with the `churn` mode.
+pub(super) fn write_unsent(
+    stream: &mut TcpStream,
+    unsent: &mut VecDeque<usize>,
+    offset: &mut usize,
+    payloads: &Payloads,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    while !unsent.is_empty() {
         // One write for everything queued: a pipelined burst leaves in as
         // few segments as the kernel likes.
-        sh.scratch.clear();
-        for (i, &v) in conn.unsent.iter().enumerate() {
-            let req = sh.payloads.request(v);
-            sh.scratch.extend_from_slice(if i == 0 {
-                &req[conn.unsent_offset..]
-            } else {
-                req
-            });
+        scratch.clear();
+        for (i, &v) in unsent.iter().enumerate() {
+            let req = payloads.request(v);
+            scratch.extend_from_slice(if i == 0 { &req[*offset..] } else { req });
         }
-        match conn.stream.write(&sh.scratch) {
+        match stream.write(scratch) {
             Ok(mut n) => {
                 while n > 0 {
-                    let Some(&front) = conn.unsent.front() else {
+                    let Some(&front) = unsent.front() else {
                         break;
                     };
-                    let left = sh.payloads.request(front).len() - conn.unsent_offset;
+                    let left = payloads.request(front).len() - *offset;
                     if n >= left {
                         n -= left;
-                        conn.unsent.pop_front();
-                        conn.unsent_offset = 0;
+                        unsent.pop_front();
+                        *offset = 0;
                     } else {
-                        conn.unsent_offset += n;
+                        *offset += n;
                         n = 0;
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return io_error(key, e, sh),
+            Err(e) => return Err(e),
         }
     }
-    Outcome::Keep
+    Ok(())
+}
+
+/// Whether a non-blocking connect is complete: `Ok(false)` not yet (a
+/// spurious wake-up), `Err` it failed. A connect finished (or failed) once
+/// the socket is writable or has an error. Shared with the `churn` mode.
+pub(super) fn connected(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
 }

@@ -58,7 +58,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
     let payloads = Payloads::new(options.payload, options.size.get() - UDP_HEADER);
     let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
     let mut events = Events::with_capacity(1024);
-    let mut rec = Recorder::new(options);
+    let mut rec = Recorder::new(options)?;
     let mut figures = UdpFigures::default();
     // The unspecified address of the server's family: the kernel picks the
     // source address that routes to the server (loopback for loopback).
@@ -201,7 +201,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
         fairness,
         ..Report::default()
     };
-    rec.finish(&mut report, options);
+    rec.finish(&mut report, options)?;
     report.udp = Some(figures);
     Ok(report)
 }

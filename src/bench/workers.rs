@@ -141,6 +141,26 @@ impl Plan {
         // No part without a connection.
         let workers = workers.clamp(1, c);
         let threads = options.threads.get().clamp(1, (c / workers).max(1));
+        if workers > 1 || threads > 1 {
+            // The open-loop schedule and its figures, and the timeline's
+            // seconds, belong to one event loop; parts would each run the
+            // whole rate or write the same file. A usage error rather
+            // than a wrong figure.
+            let one_loop = |flag: &str| {
+                BenchError::Usage(format!(
+                    "{flag} needs the run in one event loop, but it is split over {workers} \
+                     worker process(es) x {threads} thread(s): give --workers 1 --threads 1 \
+                     (at most {} connections per process here)",
+                    per_process()
+                ))
+            };
+            if options.rate.is_some() {
+                return Err(one_loop("--rate"));
+            }
+            if options.timeline.is_some() {
+                return Err(one_loop("--timeline"));
+            }
+        }
         Ok(Plan {
             workers,
             threads,
@@ -635,7 +655,7 @@ impl Partial {
     /// The latency histogram, rebuilt from its buckets (each bucket's value
     /// lands in the same bucket again, so nothing moves).
     fn histogram(&self) -> Histogram<u64> {
-        let mut h = super::latency_histogram();
+        let mut h = super::new_histogram();
         for &(value, count) in &self.latency {
             let _ = h.record_n(value, count);
         }
@@ -760,12 +780,27 @@ mod tests {
         assert_eq!((p.workers, p.threads, p.sources), (2, 1, 1));
         let p = Plan::new(&parse(&["tcp", "-c", "10"])).unwrap();
         assert_eq!((p.workers, p.threads), (1, 1));
+        // Unsplit, --rate and --timeline run as ever, and churn is one loop.
+        for args in [
+            &["tcp", "-c", "4", "--rate", "100", "--timeline", "t.csv"][..],
+            &["churn", "-c", "4", "--workers", "1", "--threads", "1"],
+        ] {
+            let p = Plan::new(&parse(args)).unwrap();
+            assert_eq!((p.workers, p.threads), (1, 1), "{args:?}");
+        }
         for args in [
             &["udp", "--workers", "2"][..],
             &["udp", "--threads", "2"],
             &["udp", "--source-addrs", "2"],
             &["tcp", "--workers", "0"],
             &["tcp", "--source-addrs", "3", "--addr", "192.0.2.1:7"],
+            &["churn", "--workers", "2"],
+            &["churn", "--threads", "2"],
+            &["churn", "--source-addrs", "2"],
+            &["tcp", "-c", "4", "--rate", "100", "--workers", "2"],
+            &["tcp", "-c", "4", "--rate", "100", "--threads", "2"],
+            &["tcp", "-c", "4", "--timeline", "t.csv", "--threads", "2"],
+            &["idle", "-c", "4", "--timeline", "t.csv", "--workers", "2"],
         ] {
             assert!(
                 matches!(Plan::new(&parse(args)), Err(BenchError::Usage(_))),
@@ -809,7 +844,7 @@ mod tests {
     #[test]
     fn merging_adds_counts_and_histograms() {
         let part = |values: &[u64], errors: u64| {
-            let mut h = super::super::latency_histogram();
+            let mut h = super::super::new_histogram();
             for &v in values {
                 h.record(v).unwrap();
             }
@@ -849,7 +884,7 @@ mod tests {
         );
         // 90 fast and 10 slow: p50 is fast, p99 slow; an average of the
         // two parts' p50s would be neither.
-        let mut all = super::super::latency_histogram();
+        let mut all = super::super::new_histogram();
         for &v in fast.iter().chain(&slow) {
             all.record(v).unwrap();
         }

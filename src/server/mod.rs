@@ -38,7 +38,7 @@ mod mmsg;
 mod proxied;
 mod stats;
 mod throttle;
-mod timer;
+pub(crate) mod timer;
 mod turns;
 mod udp;
 
