@@ -582,8 +582,8 @@ mod tests {
         }
     }
 
-    /// The AVX2 path's classes flag the first two bytes of every char with
-    /// case (it copies what they do not flag).
+    /// The AVX2 path's classes flag, or its rules map, the first two bytes
+    /// of every char with case (it copies what neither touches).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_classes_cover_every_char_with_case() {
@@ -593,8 +593,32 @@ mod tests {
             }
             let mut buf = [0; 4];
             let bytes = ch.encode_utf8(&mut buf).as_bytes();
-            assert!(x86::flagged(bytes[0], bytes[1]), "U+{:04X}", u32::from(ch));
+            let covered =
+                x86::flagged(bytes[0], bytes[1]) || x86::ruled(bytes[0], bytes[1]).is_some();
+            assert!(covered, "U+{:04X}", u32::from(ch));
         }
+    }
+
+    /// Every pair an AVX2 rule maps is a 2-byte char whose upper case is
+    /// exactly the rule's moves away, and no rule touches anything else.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_rules_map_exactly() {
+        let mut mapped = 0;
+        for lead in 0..=255u8 {
+            for next in 0..=255u8 {
+                let Some((dl, dn)) = x86::ruled(lead, next) else {
+                    continue;
+                };
+                let s = std::str::from_utf8(&[lead, next])
+                    .expect("a ruled pair is a char")
+                    .to_owned();
+                let want = [lead.wrapping_add(dl as u8), next.wrapping_add(dn as u8)];
+                assert_eq!(s.to_uppercase().as_bytes(), want, "{lead:02X} {next:02X}");
+                mapped += 1;
+            }
+        }
+        assert!(mapped > 100);
     }
 
     /// Text in scripts the table serves (2-byte Cyrillic and Greek, caseless

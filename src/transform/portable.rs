@@ -278,9 +278,10 @@ pub(super) fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usize {
                 i += step(table, word, &mut w);
                 continue;
             }
-            // ASCII: eight bytes at once where they are there, kept up to
-            // the first non-ASCII one.
-            if len - i < 8 {
+            // ASCII: one byte between non-ASCII chars (a space, a comma)
+            // alone; else eight bytes at once where they are there, kept
+            // up to the first non-ASCII one.
+            if word & 0x8000 != 0 || len - i < 8 {
                 w.store([upcase_ascii_byte(word as u8)]);
                 w.advance(1);
                 i += 1;

@@ -1,22 +1,31 @@
 //! Unicode mode's core with AVX2 (x86_64, chosen at run time): 32 bytes at
 //! a time, the ASCII letters upper-cased in the register, and the whole
-//! block stored as it is unless it holds the start of a char that may have
-//! an upper case.
+//! block stored at once unless it holds a char that the register cannot map.
 //!
 //! Which chars have case is decided by their first two bytes (for a 2-byte
 //! char, the char itself): the pairs are few and gathered in a handful of
 //! ranges (Latin, Greek, Cyrillic, Armenian lead bytes C2..D6; a few rows
 //! of E1, E2, EA, EF and F0). Each byte and the one after it are looked up
 //! by their four nibbles in four 16-entry tables (one `vpshufb` each), in
-//! the manner of simdutf's UTF-8 validation, and a pair is flagged when all
-//! four agree on one of eight classes ([`CLASSES`], a superset of the pairs
-//! with case; a test checks it covers every such char). Everything else is
-//! left as it is by the transform whatever it is: CJK, kana, Hangul, emoji,
-//! Arabic, Hebrew, punctuation, and bytes that are not UTF-8 at all, which
-//! is what makes invalid input as cheap as text. The block's bytes before
-//! the first flagged pair are kept; from there the rest of the block goes
-//! through the portable step, one char at a time, and the next block starts
-//! where that step ended (always at or after a char boundary).
+//! the manner of simdutf's UTF-8 validation, and a pair belongs to one of
+//! eight sets when all four agree on its bit. Two such lookups run side by
+//! side:
+//!
+//! - [`RULES`]: 2-byte chars whose upper case is the same two bytes moved
+//!   by fixed amounts (а..я, ѐ..џ, α..ϋ, à..þ, µ). The moves are added in
+//!   the register: the lead's by the pair's rule, the next byte's by the
+//!   rule of the pair before it.
+//! - [`CLASSES`]: every other pair that may have case (a test checks the
+//!   two cover every char with case). Such a char is *hard*.
+//!
+//! Everything else is left as it is by the transform whatever it is: CJK,
+//! kana, Hangul, emoji, Arabic, Hebrew, upper-case Cyrillic, punctuation,
+//! and bytes that are not UTF-8 at all, which is what makes invalid input
+//! nearly as cheap as text. A block without a hard char is kept whole
+//! (less its last byte when that is the lead of a ruled pair, so the next
+//! block starts at that lead); otherwise its bytes up to the first hard
+//! char are kept, that char goes through the portable step, and the next
+//! block starts after it (always at a char boundary).
 
 use std::arch::x86_64::*;
 
@@ -49,18 +58,20 @@ const CONT: u16 = nibbles(&[8, 9, 0xA, 0xB]);
 
 /// The pairs that may start a char with case (see the module docs).
 const CLASSES: [Class; 8] = [
-    // C2..CF + continuation: Latin-1 (µ, à..þ) to Greek. C2 only for µ,
-    // but a class of its own would not fit.
+    // C3..CF + continuation: Latin-1 (à..þ) to Greek. Not C2: its only
+    // char with case, µ, is mapped by a rule, and « » are C2 AB, C2 BB.
     Class {
         lead_hi: nibbles(&[0xC]),
-        lead_lo: nibbles(&[2, 3, 4, 5, 6, 7, 8, 9, 0xA, 0xB, 0xC, 0xD, 0xE, 0xF]),
+        lead_lo: nibbles(&[3, 4, 5, 6, 7, 8, 9, 0xA, 0xB, 0xC, 0xD, 0xE, 0xF]),
         next_hi: CONT,
         next_lo: ANY,
     },
-    // D0..D6: Cyrillic, Armenian (D7.. Hebrew, Arabic: caseless).
+    // D1..D6: Cyrillic, Armenian (D7.. Hebrew, Arabic: caseless). Not
+    // D0: А..Я (D0 90..AF) are upper case already and а..п (D0 B0..BF)
+    // are mapped by a rule.
     Class {
         lead_hi: nibbles(&[0xD]),
-        lead_lo: nibbles(&[0, 1, 2, 3, 4, 5, 6]),
+        lead_lo: nibbles(&[1, 2, 3, 4, 5, 6]),
         next_hi: CONT,
         next_lo: ANY,
     },
@@ -113,12 +124,12 @@ const CLASSES: [Class; 8] = [
 ];
 
 /// The 16-entry lookup table of one nibble: bit k of entry n is set when
-/// nibble n is in the set `pick(CLASSES[k])`.
-const fn lut(pick: u8) -> [u8; 16] {
+/// nibble n is in the set `pick(classes[k])`.
+const fn lut(classes: &[Class], pick: u8) -> [u8; 16] {
     let mut t = [0u8; 16];
     let mut k = 0;
-    while k < CLASSES.len() {
-        let c = &CLASSES[k];
+    while k < classes.len() {
+        let c = &classes[k];
         let set = match pick {
             0 => c.lead_hi,
             1 => c.lead_lo,
@@ -137,10 +148,131 @@ const fn lut(pick: u8) -> [u8; 16] {
     t
 }
 
-const LEAD_HI: [u8; 16] = lut(0);
-const LEAD_LO: [u8; 16] = lut(1);
-const NEXT_HI: [u8; 16] = lut(2);
-const NEXT_LO: [u8; 16] = lut(3);
+const LEAD_HI: [u8; 16] = lut(&CLASSES, 0);
+const LEAD_LO: [u8; 16] = lut(&CLASSES, 1);
+const NEXT_HI: [u8; 16] = lut(&CLASSES, 2);
+const NEXT_LO: [u8; 16] = lut(&CLASSES, 3);
+
+/// A 2-byte char whose upper case is a 2-byte char at a fixed distance in
+/// UTF-8: its lead byte moves by `lead`, its second byte by `next`. These
+/// are mapped in the register, so most Cyrillic, Greek and Latin-1 text
+/// never leaves the vector loop.
+struct Rule {
+    pairs: Class,
+    lead: i8,
+    next: i8,
+}
+
+const fn two_byte(lead: u8, next_hi: &[u8], next_lo: u16) -> Class {
+    Class {
+        lead_hi: 1 << (lead >> 4),
+        lead_lo: 1 << (lead & 15),
+        next_hi: nibbles(next_hi),
+        next_lo,
+    }
+}
+
+/// The rules; their pairs are disjoint, so a pair matches at most one (one
+/// bit of eight). Chars left out (`÷`, `ÿ`, `ΰ`, `ς`, `ό`...) are flagged by
+/// [`CLASSES`] and taken by the portable step.
+const RULES: [Rule; 8] = [
+    // à..þ (C3 A0..BF) -> À..Þ, but not ç/ï (next rule), ÷ (C3 B7), ÿ (C3 BF).
+    Rule {
+        pairs: two_byte(0xC3, &[0xA, 0xB], ANY & !nibbles(&[7, 0xF])),
+        lead: 0,
+        next: -0x20,
+    },
+    // ç, ï (C3 A7, C3 AF).
+    Rule {
+        pairs: two_byte(0xC3, &[0xA], nibbles(&[7, 0xF])),
+        lead: 0,
+        next: -0x20,
+    },
+    // α..ω's first half (CE B1..BF) -> Α..Ο; not ΰ (CE B0).
+    Rule {
+        pairs: two_byte(0xCE, &[0xB], ANY & !1),
+        lead: 0,
+        next: -0x20,
+    },
+    // а..п (D0 B0..BF) -> А..П.
+    Rule {
+        pairs: two_byte(0xD0, &[0xB], ANY),
+        lead: 0,
+        next: -0x20,
+    },
+    // р..я (D1 80..8F) -> Р..Я (D0 A0..AF).
+    Rule {
+        pairs: two_byte(0xD1, &[8], ANY),
+        lead: -1,
+        next: 0x20,
+    },
+    // π..ϋ (CF 80..8B) -> Π..Ϋ (CE A0..AB); not ς (CF 82) nor CF 8C..8F.
+    Rule {
+        pairs: two_byte(0xCF, &[8], ANY & !nibbles(&[2, 0xC, 0xD, 0xE, 0xF])),
+        lead: -1,
+        next: 0x20,
+    },
+    // ѐ..џ (D1 90..9F) -> Ѐ..Џ (D0 80..8F).
+    Rule {
+        pairs: two_byte(0xD1, &[9], ANY),
+        lead: -1,
+        next: -0x10,
+    },
+    // µ (C2 B5) -> Μ (CE 9C).
+    Rule {
+        pairs: two_byte(0xC2, &[0xB], nibbles(&[5])),
+        lead: 0x0C,
+        next: -0x19,
+    },
+];
+
+const fn rule_pairs() -> [Class; 8] {
+    let mut out = [const {
+        Class {
+            lead_hi: 0,
+            lead_lo: 0,
+            next_hi: 0,
+            next_lo: 0,
+        }
+    }; 8];
+    let mut k = 0;
+    while k < 8 {
+        let p = &RULES[k].pairs;
+        out[k] = Class {
+            lead_hi: p.lead_hi,
+            lead_lo: p.lead_lo,
+            next_hi: p.next_hi,
+            next_lo: p.next_lo,
+        };
+        k += 1;
+    }
+    out
+}
+
+const RULE_PAIRS: [Class; 8] = rule_pairs();
+const RULE_LEAD_HI: [u8; 16] = lut(&RULE_PAIRS, 0);
+const RULE_LEAD_LO: [u8; 16] = lut(&RULE_PAIRS, 1);
+const RULE_NEXT_HI: [u8; 16] = lut(&RULE_PAIRS, 2);
+const RULE_NEXT_LO: [u8; 16] = lut(&RULE_PAIRS, 3);
+
+/// The move of a byte by the rule bits of its pair (at most one set), the
+/// low four rules indexed by the low nibble and the high four by the high
+/// one: `which` picks the lead's or the next byte's move.
+const fn moves(which: u8, high: bool) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    let mut k = 0;
+    while k < 4 {
+        let rule = &RULES[if high { k + 4 } else { k }];
+        t[1 << k] = if which == 0 { rule.lead } else { rule.next } as u8;
+        k += 1;
+    }
+    t
+}
+
+const LEAD_MOVE_LO: [u8; 16] = moves(0, false);
+const LEAD_MOVE_HI: [u8; 16] = moves(0, true);
+const NEXT_MOVE_LO: [u8; 16] = moves(1, false);
+const NEXT_MOVE_HI: [u8; 16] = moves(1, true);
 
 /// Whether the pair (lead, next) is flagged: the scalar twin of the vector
 /// lookup, for the test that checks the classes cover every char with case.
@@ -151,6 +283,23 @@ pub(super) fn flagged(lead: u8, next: u8) -> bool {
         & NEXT_HI[usize::from(next >> 4)]
         & NEXT_LO[usize::from(next & 15)]
         != 0
+}
+
+/// The rule of the pair (lead, next), if any, as (lead move, next move).
+#[cfg(test)]
+pub(super) fn ruled(lead: u8, next: u8) -> Option<(i8, i8)> {
+    let bits = RULE_LEAD_HI[usize::from(lead >> 4)]
+        & RULE_LEAD_LO[usize::from(lead & 15)]
+        & RULE_NEXT_HI[usize::from(next >> 4)]
+        & RULE_NEXT_LO[usize::from(next & 15)];
+    assert!(
+        bits.count_ones() <= 1,
+        "rules overlap on {lead:02X} {next:02X}"
+    );
+    (bits != 0).then(|| {
+        let rule = &RULES[bits.trailing_zeros() as usize];
+        (rule.lead, rule.next)
+    })
 }
 
 /// Whether this CPU can run [`body`].
@@ -176,10 +325,15 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
         };
         let (lead_hi, lead_lo) = (lut(LEAD_HI), lut(LEAD_LO));
         let (next_hi, next_lo) = (lut(NEXT_HI), lut(NEXT_LO));
+        let (rule_lead_hi, rule_lead_lo) = (lut(RULE_LEAD_HI), lut(RULE_LEAD_LO));
+        let (rule_next_hi, rule_next_lo) = (lut(RULE_NEXT_HI), lut(RULE_NEXT_LO));
+        let (lead_move_lo, lead_move_hi) = (lut(LEAD_MOVE_LO), lut(LEAD_MOVE_HI));
+        let (next_move_lo, next_move_hi) = (lut(NEXT_MOVE_LO), lut(NEXT_MOVE_HI));
         let nibble = _mm256_set1_epi8(0x0F);
         let bias = _mm256_set1_epi8((0x80u8.wrapping_sub(b'a')) as i8);
         let limit = _mm256_set1_epi8(-128 + 26);
         let case_bit = _mm256_set1_epi8(0x20);
+        let zero = _mm256_setzero_si256();
         let last = len - 36;
         while i <= last {
             let end = (i + CHUNK).min(last + 1);
@@ -191,37 +345,72 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                 // moving the range to the bottom of i8.
                 let lower = _mm256_cmpgt_epi8(limit, _mm256_add_epi8(v, bias));
                 let up = _mm256_sub_epi8(v, _mm256_and_si256(lower, case_bit));
-                _mm256_storeu_si256(w.end_ptr(32).cast(), up);
                 if _mm256_movemask_epi8(v) == 0 {
+                    _mm256_storeu_si256(w.end_ptr(32).cast(), up);
                     w.advance(32);
                     i += 32;
                     continue;
                 }
                 let n = _mm256_loadu_si256(block[1..].as_ptr().cast());
                 let hi = |x| _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble);
-                let class = _mm256_and_si256(
+                let (v_hi, v_lo, n_hi, n_lo) = (
+                    hi(v),
+                    _mm256_and_si256(v, nibble),
+                    hi(n),
+                    _mm256_and_si256(n, nibble),
+                );
+                let pairs = |a, b, c, d| {
                     _mm256_and_si256(
-                        _mm256_shuffle_epi8(lead_hi, hi(v)),
-                        _mm256_shuffle_epi8(lead_lo, _mm256_and_si256(v, nibble)),
-                    ),
-                    _mm256_and_si256(
-                        _mm256_shuffle_epi8(next_hi, hi(n)),
-                        _mm256_shuffle_epi8(next_lo, _mm256_and_si256(n, nibble)),
+                        _mm256_and_si256(
+                            _mm256_shuffle_epi8(a, v_hi),
+                            _mm256_shuffle_epi8(b, v_lo),
+                        ),
+                        _mm256_and_si256(
+                            _mm256_shuffle_epi8(c, n_hi),
+                            _mm256_shuffle_epi8(d, n_lo),
+                        ),
+                    )
+                };
+                let class = pairs(lead_hi, lead_lo, next_hi, next_lo);
+                let rule = pairs(rule_lead_hi, rule_lead_lo, rule_next_hi, rule_next_lo);
+                let calm = _mm256_movemask_epi8(_mm256_cmpeq_epi8(class, zero)) as u32;
+                let ruled = !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(rule, zero)) as u32);
+                // Pairs with case that no rule maps.
+                let hard = !calm & !ruled;
+                // The lead of a ruled pair moves by its rule, and the byte
+                // after it by the same rule's other move: the rule bits
+                // shifted up one byte (across the lanes).
+                let moved = |r, lo_t, hi_t| {
+                    _mm256_add_epi8(
+                        _mm256_shuffle_epi8(lo_t, _mm256_and_si256(r, nibble)),
+                        _mm256_shuffle_epi8(hi_t, hi(r)),
+                    )
+                };
+                let prev =
+                    _mm256_alignr_epi8(rule, _mm256_permute2x128_si256(rule, rule, 0x08), 15);
+                let mapped = _mm256_add_epi8(
+                    up,
+                    _mm256_add_epi8(
+                        moved(rule, lead_move_lo, lead_move_hi),
+                        moved(prev, next_move_lo, next_move_hi),
                     ),
                 );
-                let calm = _mm256_movemask_epi8(_mm256_cmpeq_epi8(class, _mm256_setzero_si256()));
-                let flags = !(calm as u32);
-                if flags == 0 {
-                    w.advance(32);
-                    i += 32;
+                _mm256_storeu_si256(w.end_ptr(32).cast(), mapped);
+                if hard == 0 {
+                    // A ruled pair whose second byte is beyond the block
+                    // is left for the next block, which starts at its lead.
+                    let keep = 32 - (ruled >> 31) as usize;
+                    w.advance(keep);
+                    i += keep;
                     continue;
                 }
-                // Keep the block up to the first pair with case, then go
-                // char by char to the block's end: where one char has
-                // case, its neighbours mostly do too (a Cyrillic word).
-                let first = flags.trailing_zeros() as usize;
+                // Keep the block up to the first char no rule maps, and
+                // take that char with the portable step. Where it is the
+                // block's first, such chars are likely dense (Armenian,
+                // Latin Extended): go char by char to the block's end.
+                let first = hard.trailing_zeros() as usize;
                 w.advance(first);
-                let stop = i + 32;
+                let stop = if first == 0 { i + 32 } else { i + first + 1 };
                 i += first;
                 while i < stop {
                     // i < last + 32 = len - 4: a 4-byte window is there.
