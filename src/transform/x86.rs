@@ -172,10 +172,12 @@ const fn two_byte(lead: u8, next_hi: &[u8], next_lo: u16) -> Class {
     }
 }
 
-/// The rules; their pairs are disjoint, so a pair matches at most one (one
-/// bit of eight). Chars left out (`÷`, `ÿ`, `ΰ`, `ς`, `ό`...) are flagged by
+/// The rules; their pairs are disjoint, so a pair matches at most one. Two
+/// sets of eight (one bit each): the first is looked up for every block
+/// with non-ASCII bytes, the second only for a block where the first left a
+/// hard char. Chars left out (`÷`, `ÿ`, `ß`, `ΰ`...) are flagged by
 /// [`CLASSES`] and taken by the portable step.
-const RULES: [Rule; 8] = [
+const RULES: [Rule; 16] = [
     // à..þ (C3 A0..BF) -> À..Þ, but not ç/ï (next rule), ÷ (C3 B7), ÿ (C3 BF).
     Rule {
         pairs: two_byte(0xC3, &[0xA, 0xB], ANY & !nibbles(&[7, 0xF])),
@@ -224,9 +226,64 @@ const RULES: [Rule; 8] = [
         lead: 0x0C,
         next: -0x19,
     },
+    // The second set: Greek's accented vowels and final sigma, and upper
+    // case that stays (moves of 0) so it is not hard.
+    // ς (CF 82) -> Σ (CE A3).
+    Rule {
+        pairs: two_byte(0xCF, &[8], nibbles(&[2])),
+        lead: -1,
+        next: 0x21,
+    },
+    // ό (CF 8C) -> Ό (CE 8C).
+    Rule {
+        pairs: two_byte(0xCF, &[8], nibbles(&[0xC])),
+        lead: -1,
+        next: 0,
+    },
+    // ύ, ώ (CF 8D, 8E) -> Ύ, Ώ (CE 8E, 8F).
+    Rule {
+        pairs: two_byte(0xCF, &[8], nibbles(&[0xD, 0xE])),
+        lead: -1,
+        next: 1,
+    },
+    // ά (CE AC) -> Ά (CE 86).
+    Rule {
+        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xC])),
+        lead: 0,
+        next: -0x26,
+    },
+    // έ, ή, ί (CE AD..AF) -> Έ, Ή, Ί (CE 88..8A).
+    Rule {
+        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xD, 0xE, 0xF])),
+        lead: 0,
+        next: -0x25,
+    },
+    // Greek upper case and signs, CE 81..8B, 91..9B, A1..AB: stay.
+    Rule {
+        pairs: two_byte(
+            0xCE,
+            &[8, 9, 0xA],
+            nibbles(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 0xA, 0xB]),
+        ),
+        lead: 0,
+        next: 0,
+    },
+    // Latin-1 upper case, C3 80..8E, 90..9E: stay.
+    Rule {
+        pairs: two_byte(0xC3, &[8, 9], ANY & !nibbles(&[0xF])),
+        lead: 0,
+        next: 0,
+    },
+    // Ѡ..ѿ (D1 A0..BF): the odd ones are lower case, one below their upper.
+    Rule {
+        pairs: two_byte(0xD1, &[0xA, 0xB], nibbles(&[1, 3, 5, 7, 9, 0xB, 0xD, 0xF])),
+        lead: 0,
+        next: -1,
+    },
 ];
 
-const fn rule_pairs() -> [Class; 8] {
+/// The pairs of the rules `set * 8 ..` as classes, for [`lut`].
+const fn rule_pairs(set: usize) -> [Class; 8] {
     let mut out = [const {
         Class {
             lead_hi: 0,
@@ -237,7 +294,7 @@ const fn rule_pairs() -> [Class; 8] {
     }; 8];
     let mut k = 0;
     while k < 8 {
-        let p = &RULES[k].pairs;
+        let p = &RULES[set * 8 + k].pairs;
         out[k] = Class {
             lead_hi: p.lead_hi,
             lead_lo: p.lead_lo,
@@ -249,30 +306,44 @@ const fn rule_pairs() -> [Class; 8] {
     out
 }
 
-const RULE_PAIRS: [Class; 8] = rule_pairs();
-const RULE_LEAD_HI: [u8; 16] = lut(&RULE_PAIRS, 0);
-const RULE_LEAD_LO: [u8; 16] = lut(&RULE_PAIRS, 1);
-const RULE_NEXT_HI: [u8; 16] = lut(&RULE_PAIRS, 2);
-const RULE_NEXT_LO: [u8; 16] = lut(&RULE_PAIRS, 3);
+/// Per set of rules: the four nibble tables of its pairs.
+const RULE_LUTS: [[[u8; 16]; 4]; 2] = {
+    let (a, b) = (rule_pairs(0), rule_pairs(1));
+    [
+        [lut(&a, 0), lut(&a, 1), lut(&a, 2), lut(&a, 3)],
+        [lut(&b, 0), lut(&b, 1), lut(&b, 2), lut(&b, 3)],
+    ]
+};
 
-/// The move of a byte by the rule bits of its pair (at most one set), the
-/// low four rules indexed by the low nibble and the high four by the high
-/// one: `which` picks the lead's or the next byte's move.
-const fn moves(which: u8, high: bool) -> [u8; 16] {
+/// The move of a byte by the rule bits of its pair in one set (at most one
+/// set), the set's low four rules indexed by the low nibble and its high
+/// four by the high one: `which` 0 is the lead's move, 1 the next byte's.
+const fn moves(set: usize, which: u8, high: bool) -> [u8; 16] {
     let mut t = [0u8; 16];
     let mut k = 0;
     while k < 4 {
-        let rule = &RULES[if high { k + 4 } else { k }];
+        let rule = &RULES[set * 8 + if high { k + 4 } else { k }];
         t[1 << k] = if which == 0 { rule.lead } else { rule.next } as u8;
         k += 1;
     }
     t
 }
 
-const LEAD_MOVE_LO: [u8; 16] = moves(0, false);
-const LEAD_MOVE_HI: [u8; 16] = moves(0, true);
-const NEXT_MOVE_LO: [u8; 16] = moves(1, false);
-const NEXT_MOVE_HI: [u8; 16] = moves(1, true);
+/// Per set: lead move (low, high nibble), next move (low, high nibble).
+const MOVES: [[[u8; 16]; 4]; 2] = [
+    [
+        moves(0, 0, false),
+        moves(0, 0, true),
+        moves(0, 1, false),
+        moves(0, 1, true),
+    ],
+    [
+        moves(1, 0, false),
+        moves(1, 0, true),
+        moves(1, 1, false),
+        moves(1, 1, true),
+    ],
+];
 
 /// Whether the pair (lead, next) is flagged: the scalar twin of the vector
 /// lookup, for the test that checks the classes cover every char with case.
@@ -288,10 +359,13 @@ pub(super) fn flagged(lead: u8, next: u8) -> bool {
 /// The rule of the pair (lead, next), if any, as (lead move, next move).
 #[cfg(test)]
 pub(super) fn ruled(lead: u8, next: u8) -> Option<(i8, i8)> {
-    let bits = RULE_LEAD_HI[usize::from(lead >> 4)]
-        & RULE_LEAD_LO[usize::from(lead & 15)]
-        & RULE_NEXT_HI[usize::from(next >> 4)]
-        & RULE_NEXT_LO[usize::from(next & 15)];
+    let bits = |t: &[[u8; 16]; 4]| {
+        t[0][usize::from(lead >> 4)]
+            & t[1][usize::from(lead & 15)]
+            & t[2][usize::from(next >> 4)]
+            & t[3][usize::from(next & 15)]
+    };
+    let bits = u16::from(bits(&RULE_LUTS[0])) | u16::from(bits(&RULE_LUTS[1])) << 8;
     assert!(
         bits.count_ones() <= 1,
         "rules overlap on {lead:02X} {next:02X}"
@@ -325,10 +399,8 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
         };
         let (lead_hi, lead_lo) = (lut(LEAD_HI), lut(LEAD_LO));
         let (next_hi, next_lo) = (lut(NEXT_HI), lut(NEXT_LO));
-        let (rule_lead_hi, rule_lead_lo) = (lut(RULE_LEAD_HI), lut(RULE_LEAD_LO));
-        let (rule_next_hi, rule_next_lo) = (lut(RULE_NEXT_HI), lut(RULE_NEXT_LO));
-        let (lead_move_lo, lead_move_hi) = (lut(LEAD_MOVE_LO), lut(LEAD_MOVE_HI));
-        let (next_move_lo, next_move_hi) = (lut(NEXT_MOVE_LO), lut(NEXT_MOVE_HI));
+        let rule_luts = RULE_LUTS.map(|set| set.map(lut));
+        let moves = MOVES.map(|set| set.map(lut));
         let nibble = _mm256_set1_epi8(0x0F);
         let bias = _mm256_set1_epi8((0x80u8.wrapping_sub(b'a')) as i8);
         let limit = _mm256_set1_epi8(-128 + 26);
@@ -371,30 +443,39 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                         ),
                     )
                 };
-                let class = pairs(lead_hi, lead_lo, next_hi, next_lo);
-                let rule = pairs(rule_lead_hi, rule_lead_lo, rule_next_hi, rule_next_lo);
-                let calm = _mm256_movemask_epi8(_mm256_cmpeq_epi8(class, zero)) as u32;
-                let ruled = !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(rule, zero)) as u32);
-                // Pairs with case that no rule maps.
-                let hard = !calm & !ruled;
+                let rules = |set: usize| {
+                    let [a, b, c, d] = rule_luts[set];
+                    let rule = pairs(a, b, c, d);
+                    let ruled = !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(rule, zero)) as u32);
+                    (rule, ruled)
+                };
                 // The lead of a ruled pair moves by its rule, and the byte
                 // after it by the same rule's other move: the rule bits
                 // shifted up one byte (across the lanes).
-                let moved = |r, lo_t, hi_t| {
-                    _mm256_add_epi8(
-                        _mm256_shuffle_epi8(lo_t, _mm256_and_si256(r, nibble)),
-                        _mm256_shuffle_epi8(hi_t, hi(r)),
-                    )
+                let moved = |set: usize, rule| {
+                    let [lead_lo, lead_hi, next_lo, next_hi] = moves[set];
+                    let by = |r, lo_t, hi_t| {
+                        _mm256_add_epi8(
+                            _mm256_shuffle_epi8(lo_t, _mm256_and_si256(r, nibble)),
+                            _mm256_shuffle_epi8(hi_t, hi(r)),
+                        )
+                    };
+                    let prev =
+                        _mm256_alignr_epi8(rule, _mm256_permute2x128_si256(rule, rule, 0x08), 15);
+                    _mm256_add_epi8(by(rule, lead_lo, lead_hi), by(prev, next_lo, next_hi))
                 };
-                let prev =
-                    _mm256_alignr_epi8(rule, _mm256_permute2x128_si256(rule, rule, 0x08), 15);
-                let mapped = _mm256_add_epi8(
-                    up,
-                    _mm256_add_epi8(
-                        moved(rule, lead_move_lo, lead_move_hi),
-                        moved(prev, next_move_lo, next_move_hi),
-                    ),
-                );
+                let class = pairs(lead_hi, lead_lo, next_hi, next_lo);
+                let calm = _mm256_movemask_epi8(_mm256_cmpeq_epi8(class, zero)) as u32;
+                let (rule, mut ruled) = rules(0);
+                let mut mapped = _mm256_add_epi8(up, moved(0, rule));
+                // Pairs with case that no rule maps.
+                let mut hard = !calm & !ruled;
+                if hard != 0 {
+                    let (rule, ruled_too) = rules(1);
+                    mapped = _mm256_add_epi8(mapped, moved(1, rule));
+                    ruled |= ruled_too;
+                    hard &= !ruled_too;
+                }
                 _mm256_storeu_si256(w.end_ptr(32).cast(), mapped);
                 if hard == 0 {
                     // A ruled pair whose second byte is beyond the block
