@@ -466,15 +466,24 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                 };
                 let class = pairs(lead_hi, lead_lo, next_hi, next_lo);
                 let calm = _mm256_movemask_epi8(_mm256_cmpeq_epi8(class, zero)) as u32;
-                let (rule, mut ruled) = rules(0);
-                let mut mapped = _mm256_add_epi8(up, moved(0, rule));
                 // Pairs with case that no rule maps.
-                let mut hard = !calm & !ruled;
-                if hard != 0 {
-                    let (rule, ruled_too) = rules(1);
-                    mapped = _mm256_add_epi8(mapped, moved(1, rule));
-                    ruled |= ruled_too;
-                    hard &= !ruled_too;
+                let mut hard = !calm;
+                let mut mapped = up;
+                let mut ruled = 0;
+                // Rules need a lead byte C*/D* (the first table of the
+                // first set): CJK, kana, Hangul, emoji skip them.
+                let leads = _mm256_shuffle_epi8(rule_luts[0][0], v_hi);
+                if _mm256_movemask_epi8(_mm256_cmpeq_epi8(leads, zero)) != -1 {
+                    let (rule, ruled_first) = rules(0);
+                    mapped = _mm256_add_epi8(mapped, moved(0, rule));
+                    ruled = ruled_first;
+                    hard &= !ruled_first;
+                    if hard != 0 {
+                        let (rule, ruled_too) = rules(1);
+                        mapped = _mm256_add_epi8(mapped, moved(1, rule));
+                        ruled |= ruled_too;
+                        hard &= !ruled_too;
+                    }
                 }
                 _mm256_storeu_si256(w.end_ptr(32).cast(), mapped);
                 if hard == 0 {
