@@ -146,15 +146,6 @@ fn output(imp: Imp, path: usize, c: &Corpus) -> Vec<u8> {
     out
 }
 
-fn reference(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for chunk in input.utf8_chunks() {
-        out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
-        out.extend_from_slice(chunk.invalid());
-    }
-    out
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (what, rest) = (args[1].as_str(), &args[2..]);
@@ -179,7 +170,7 @@ fn main() {
     new::warm_up(new::Mode::Unicode);
     old::warm_up(old::Mode::Unicode);
     for c in &corpora {
-        let want = reference(&c.data);
+        let want = new::definition(&c.data);
         for &imp in &imps {
             for path in 0..PATHS.len() {
                 assert!(output(imp, path, c) == want, "{} differs on {} {}", imp.name(), c.name, PATHS[path]);

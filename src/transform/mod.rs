@@ -318,6 +318,19 @@ pub fn upcase(mode: Mode, input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The definition of unicode mode, written plainly with std and slow:
+/// split with `utf8_chunks`, upper-case the valid chunks with
+/// `str::to_uppercase`, copy the invalid ones. What the tests, the fuzz
+/// target and the benchmarks check every level against.
+pub fn definition(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in input.utf8_chunks() {
+        out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
+        out.extend_from_slice(chunk.invalid());
+    }
+    out
+}
+
 /// Ascii mode: byte-wise, appended in one go. `extend` over a mapped slice
 /// iterator knows its exact length, reserves once and compiles to a
 /// vectorized loop.
@@ -366,15 +379,7 @@ mod tests {
     use proptest::prelude::*;
     use proptest::sample::Index;
 
-    /// The definition of unicode mode, written plainly.
-    fn reference(input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for chunk in input.utf8_chunks() {
-            out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
-            out.extend_from_slice(chunk.invalid());
-        }
-        out
-    }
+    use super::definition as reference;
 
     /// Unicode mode one-shot, on every level this CPU runs (which must
     /// all agree).
