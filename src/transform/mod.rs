@@ -133,12 +133,12 @@ impl Level {
 
     /// The levels this CPU can run, slowest first.
     pub fn available() -> Vec<Level> {
-        let mut levels = vec![Level::Portable];
         #[cfg(target_arch = "x86_64")]
-        if x86::available() {
-            levels.push(Level::Avx2);
-        }
-        levels
+        let avx2 = x86::available().then_some(Level::Avx2);
+        // Other architectures: the portable level only.
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = None;
+        [Some(Level::Portable), avx2].into_iter().flatten().collect()
     }
 
     /// The name used by the benchmarks and the fuzz target.
