@@ -138,7 +138,10 @@ impl Level {
         // Other architectures: the portable level only.
         #[cfg(not(target_arch = "x86_64"))]
         let avx2 = None;
-        [Some(Level::Portable), avx2].into_iter().flatten().collect()
+        [Some(Level::Portable), avx2]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The name used by the benchmarks and the fuzz target.
