@@ -1,34 +1,28 @@
 //! The streaming transform: any bytes, cut into reads anywhere, never panic
 //! and give exactly the one-shot result, which is itself checked against the
 //! definition (`utf8_chunks`: valid chunks `to_uppercase`, invalid unchanged)
-//! so the target tests correctness, not only self-consistency.
+//! so the target tests correctness, not only self-consistency. Unicode mode
+//! runs on every implementation this CPU has (`Level::available`: portable,
+//! and AVX2 where there is AVX2), each checked the same way.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use upcase::transform::{max_growth, upcase, upcase_into, Mode, Upcaser};
+use upcase::transform::{
+    definition as reference, max_growth, upcase, upcase_into_at, Level, Mode, Upcaser,
+};
 use upcase_fuzz::{cuts_and_data, pieces};
-
-/// The definition of unicode mode, written plainly with std.
-fn reference(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for chunk in input.utf8_chunks() {
-        out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
-        out.extend_from_slice(chunk.invalid());
-    }
-    out
-}
 
 /// Feeds `pieces` to `upcaser`, then finishes, checking the documented
 /// per-call invariants on the way: the carry is at most 3 bytes (none in
 /// ascii mode) and one call's output is within
 /// `max_growth * (input + carried before)`.
-fn stream(upcaser: &mut Upcaser, pieces: &[&[u8]]) -> Vec<u8> {
+fn stream(level: Level, upcaser: &mut Upcaser, pieces: &[&[u8]]) -> Vec<u8> {
     let mode = upcaser.mode();
     let mut out = Vec::new();
     for piece in pieces {
         let (before, carried) = (out.len(), upcaser.carried());
-        upcaser.feed(piece, &mut out);
+        upcaser.feed_at(level, piece, &mut out);
         assert!(
             out.len() - before <= max_growth(mode) * (piece.len() + carried),
             "growth bound broken by {piece:02X?} with {carried} carried"
@@ -48,24 +42,30 @@ fuzz_target!(|input: &[u8]| {
     let cut = pieces(data, &cuts);
     let bytes: Vec<&[u8]> = data.chunks(1).collect();
 
-    // Unicode: one-shot equals the definition and respects the bound.
-    let want = upcase(Mode::Unicode, data);
-    assert_eq!(want, reference(data), "one-shot vs utf8_chunks reference");
+    // Unicode, on every level: one-shot equals the definition and
+    // respects the bound.
+    let want = reference(data);
     assert!(want.len() <= max_growth(Mode::Unicode) * data.len());
-    // Streamed at the fuzzed cuts, and one byte per read, equals one-shot.
-    let mut u = Upcaser::new(Mode::Unicode);
-    assert_eq!(stream(&mut u, &cut), want, "cut at {cuts:?}");
-    // `finish` leaves a fresh stream: the same Upcaser gives the same again.
-    assert_eq!(stream(&mut u, &bytes), want, "byte by byte, reused");
-    // `upcase_into` appends, leaving what was there.
-    let mut out = b"> ".to_vec();
-    upcase_into(Mode::Unicode, data, &mut out);
-    assert_eq!((&out[..2], &out[2..]), (&b"> "[..], &want[..]));
+    for level in Level::available() {
+        let mut one_shot = Vec::new();
+        upcase_into_at(level, Mode::Unicode, data, &mut one_shot);
+        assert_eq!(one_shot, want, "{level:?} one-shot vs utf8_chunks reference");
+        // Streamed at the fuzzed cuts, and one byte per read, equals one-shot.
+        let mut u = Upcaser::new(Mode::Unicode);
+        assert_eq!(stream(level, &mut u, &cut), want, "{level:?} cut at {cuts:?}");
+        // `finish` leaves a fresh stream: the same Upcaser gives the same again.
+        assert_eq!(stream(level, &mut u, &bytes), want, "{level:?} byte by byte, reused");
+        // `upcase_into_at` appends, leaving what was there.
+        let mut out = b"> ".to_vec();
+        upcase_into_at(level, Mode::Unicode, data, &mut out);
+        assert_eq!((&out[..2], &out[2..]), (&b"> "[..], &want[..]));
+    }
+    assert_eq!(upcase(Mode::Unicode, data), want);
 
     // Ascii: byte for byte, a-z only, in any pieces.
     let want = data.to_ascii_uppercase();
     assert_eq!(upcase(Mode::Ascii, data), want);
     let mut a = Upcaser::new(Mode::Ascii);
-    assert_eq!(stream(&mut a, &cut), want, "ascii cut at {cuts:?}");
-    assert_eq!(stream(&mut a, &bytes), want, "ascii byte by byte");
+    assert_eq!(stream(Level::best(), &mut a, &cut), want, "ascii cut at {cuts:?}");
+    assert_eq!(stream(Level::best(), &mut a, &bytes), want, "ascii byte by byte");
 });

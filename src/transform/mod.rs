@@ -31,18 +31,36 @@
 //! character boundaries matter, which is why carrying at most one partial
 //! character is enough.
 //!
-//! Performance: this is the server's hot path. Runs of ASCII bytes take a
-//! block-at-a-time path written so LLVM vectorizes it; only non-ASCII bytes go
-//! through the char-by-char decoder, and most of those are answered by a small
-//! table built from `char::to_uppercase` at start-up ([`warm_up`]): 2-byte
-//! chars (Latin, Greek, Cyrillic...) are looked up, chars of caseless blocks
-//! (CJK, Hangul, emoji) are copied. Measured on this project's 2-core
-//! machine, one core: Cyrillic text went from 8.1 to 1.4 ns a byte, Chinese
-//! from 5.9 to 1.0 ns; ASCII runs at 0.03-0.13 ns a byte.
+//! # Performance
+//!
+//! This is the server's hot path, and in unicode mode it has two
+//! implementations of the same contract, picked once per process by what
+//! the CPU has ([`Level`]):
+//!
+//! - `portable.rs`, on every architecture: runs of ASCII bytes take a
+//!   block-at-a-time path written so LLVM vectorizes it; every other char
+//!   is one step of a loop that decodes it, looks its upper case up in the
+//!   table and stores it into the output's reserved capacity.
+//! - `x86.rs` (x86_64 with AVX2): 32 bytes at a time; a block whose chars
+//!   cannot have case (ASCII, CJK, kana, Hangul, emoji, Arabic, invalid
+//!   bytes) is stored at once with its ASCII letters upper-cased, and the
+//!   rest is handed to the portable step.
+//!
+//! Both answer every non-ASCII char from `table.rs`: the upper case of every
+//! char, built from `char::to_uppercase` at start-up ([`warm_up`]), so no
+//! char ever goes through `to_uppercase`'s binary search while serving.
+//! Figures per script: `bench/results/transform.md`.
+
+mod portable;
+mod table;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use table::Table;
 
 /// How bytes are turned into upper case.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -82,6 +100,55 @@ impl FromStr for Mode {
             other => Err(format!(
                 "unknown mode {other:?}: expected \"ascii\" or \"unicode\""
             )),
+        }
+    }
+}
+
+/// Which implementation of unicode mode runs. [`Level::best`] is what
+/// [`Upcaser::feed`] and [`upcase_into`] use; the `_at` functions take a
+/// level explicitly so that tests, the fuzz target and the benchmarks can
+/// run each one on the same machine. Every level gives the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// Plain Rust, every architecture.
+    Portable,
+    /// x86_64 with AVX2 (checked at run time).
+    Avx2,
+}
+
+impl Level {
+    /// The fastest level this CPU runs, detected once.
+    pub fn best() -> Level {
+        static BEST: AtomicU8 = AtomicU8::new(0);
+        match BEST.load(Ordering::Relaxed) {
+            1 => Level::Portable,
+            2 => Level::Avx2,
+            _ => {
+                let best = Level::available().pop().unwrap_or(Level::Portable);
+                BEST.store(best as u8 + 1, Ordering::Relaxed);
+                best
+            }
+        }
+    }
+
+    /// The levels this CPU can run, slowest first.
+    pub fn available() -> Vec<Level> {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = x86::available().then_some(Level::Avx2);
+        // Other architectures: the portable level only.
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = None;
+        [Some(Level::Portable), avx2]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The name used by the benchmarks and the fuzz target.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
         }
     }
 }
@@ -143,6 +210,12 @@ impl Upcaser {
     /// same bytes as [`upcase`] on the whole stream. Carried bytes, once
     /// decided, come out at the start of this call's output.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.feed_at(Level::best(), input, out);
+    }
+
+    /// [`Upcaser::feed`] with the implementation `level` (the portable one
+    /// if this CPU cannot run it): for tests and benchmarks.
+    pub fn feed_at(&mut self, level: Level, input: &[u8], out: &mut Vec<u8>) {
         match self.mode {
             Mode::Ascii => ascii_into(input, out),
             Mode::Unicode => {
@@ -158,7 +231,7 @@ impl Upcaser {
                         None => return,
                     }
                 };
-                let tail = unicode_body(rest, out);
+                let tail = unicode_body(level, rest, out);
                 // `tail` is at most 3: a longer valid prefix is a complete char.
                 let start = rest.len() - tail;
                 self.carry[..tail].copy_from_slice(&rest[start..]);
@@ -181,7 +254,7 @@ impl Upcaser {
         let window = &window[..c + take];
         let consumed = match decode(window) {
             Seq::Char(ch, n) => {
-                push_upper(ch, out);
+                portable::push_entry(Table::get().lookup(ch), out);
                 n - c
             }
             Seq::Invalid(n) => {
@@ -248,11 +321,17 @@ impl Upcaser {
 /// One-shot transform of a whole message (a UDP datagram), appended to
 /// `out`. Same bytes as a fresh [`Upcaser`] fed `input` and then finished.
 pub fn upcase_into(mode: Mode, input: &[u8], out: &mut Vec<u8>) {
+    upcase_into_at(Level::best(), mode, input, out);
+}
+
+/// [`upcase_into`] with the implementation `level` (the portable one if
+/// this CPU cannot run it): for tests and benchmarks.
+pub fn upcase_into_at(level: Level, mode: Mode, input: &[u8], out: &mut Vec<u8>) {
     match mode {
         Mode::Ascii => ascii_into(input, out),
         Mode::Unicode => {
             out.reserve(input.len());
-            let tail = unicode_body(input, out);
+            let tail = unicode_body(level, input, out);
             // A message is complete, so a truncated final char is invalid.
             out.extend_from_slice(&input[input.len() - tail..]);
         }
@@ -266,11 +345,17 @@ pub fn upcase(mode: Mode, input: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Upper-cases one byte as ASCII: `a`-`z` to `A`-`Z`, others unchanged.
-/// Branch-free so that loops over it vectorize.
-#[inline(always)]
-fn upcase_ascii_byte(b: u8) -> u8 {
-    b - (u8::from(b.wrapping_sub(b'a') < 26) << 5)
+/// The definition of unicode mode, written plainly with std and slow:
+/// split with `utf8_chunks`, upper-case the valid chunks with
+/// `str::to_uppercase`, copy the invalid ones. What the tests, the fuzz
+/// target and the benchmarks check every level against.
+pub fn definition(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in input.utf8_chunks() {
+        out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
+        out.extend_from_slice(chunk.invalid());
+    }
+    out
 }
 
 /// Ascii mode: byte-wise, appended in one go. `extend` over a mapped slice
@@ -281,306 +366,38 @@ fn ascii_into(input: &[u8], out: &mut Vec<u8>) {
     out.extend(input.iter().map(|&b| upcase_ascii_byte(b)));
 }
 
-/// Block size of the fused check-and-transform loop for long ASCII runs.
-/// Measured: 256 beat 32..128 (per-`extend` overhead) and 1024..4096 (the
-/// checked block falls out of L1 before it is transformed).
-const LONG: usize = 256;
-
-/// Whether all 16 bytes of `block` (`block.len() >= 16`) are ASCII: one OR of
-/// two words, cheap enough for short runs.
-#[inline(always)]
-fn is_ascii16(block: &[u8]) -> bool {
-    let word = |i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&block[i..i + 8]);
-        u64::from_ne_bytes(w)
-    };
-    (word(0) | word(8)) & 0x8080_8080_8080_8080 == 0
-}
-
-/// Upper-cases the longest all-ASCII prefix of `input` onto `out` and
-/// returns its length. This is unicode mode's fast path.
-///
-/// Long runs go `LONG` bytes at a time: check the block (an OR reduction),
-/// then transform it with one `extend`; both loops vectorize and the block is
-/// still in L1 for the second. What is left (a short run, or the block
-/// holding the first non-ASCII byte) is [`short_ascii_run`].
-#[inline]
-fn ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
-    let mut n = 0;
-    for block in input.chunks_exact(LONG) {
-        if block.iter().fold(0u8, |acc, &b| acc | b) >= 0x80 {
-            break;
-        }
-        out.extend(block.iter().map(|&b| upcase_ascii_byte(b)));
-        n += LONG;
-    }
-    n + short_ascii_run(&input[n..], out)
-}
-
-/// [`ascii_run`] for a run known to be short: measured 16 bytes at a time,
-/// then byte by byte, and transformed with one `extend`. Transforming in
-/// small blocks instead was ~10x slower: tiny `extend`s do not vectorize.
-/// Between non-ASCII chars this is all a run needs: the long blocks' OR
-/// check reads 256 bytes before it can fail.
-#[inline(always)]
-fn short_ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
-    let mut m = 0;
-    for block in input.chunks_exact(16) {
-        if !is_ascii16(block) {
-            break;
-        }
-        m += 16;
-    }
-    m += input[m..]
-        .iter()
-        .position(|&b| b >= 0x80)
-        .unwrap_or(input.len() - m);
-    out.extend(input[..m].iter().map(|&b| upcase_ascii_byte(b)));
-    m
-}
-
 /// Unicode mode over one piece: appends the transform of `input` except a
 /// trailing valid-but-incomplete sequence, whose length (0..=3) is returned
 /// for the caller to carry (streaming) or copy unchanged (one-shot).
-fn unicode_body(input: &[u8], out: &mut Vec<u8>) -> usize {
+fn unicode_body(level: Level, input: &[u8], out: &mut Vec<u8>) -> usize {
     // Short all-ASCII pieces (most requests): one vectorized scan, then the
     // same loop as ascii mode. Measured on 64 bytes: 8 ns against 11 ns for
-    // the block-wise path. Longer pieces are better served by `ascii_run`'s
-    // fused blocks, which touch each byte while it is in L1 once.
+    // the block-wise path.
     if input.len() < LONG && input.is_ascii() {
         ascii_into(input, out);
         return 0;
     }
-    let mut i = 0;
-    let table = CaseTable::get();
-    while let Some(&b) = input.get(i) {
-        if b < 0x80 {
-            if input.get(i + 1).is_none_or(|&next| next >= 0x80) {
-                // One ASCII byte between non-ASCII chars (a space, a
-                // comma): not worth setting up a run for.
-                out.push(upcase_ascii_byte(b));
-                i += 1;
-            } else if i > 0 && input.len() - i >= 16 && !is_ascii16(&input[i..]) {
-                // A word between non-ASCII chars: the run ends within 16 bytes.
-                i += short_ascii_run(&input[i..], out);
-            } else {
-                i += ascii_run(&input[i..], out);
-            }
-            continue;
+    let table = Table::get();
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 if Level::best() == Level::Avx2 => {
+            // SAFETY: `best` is Avx2 only when the CPU has AVX2.
+            unsafe { x86::body(table, input, out) }
         }
-        // A 2-byte char straight from the table, without `decode`.
-        if let (0xC2..=0xDF, Some(&b1)) = (b, input.get(i + 1)) {
-            if b1 & 0xC0 == 0x80 {
-                let cp = usize::from(b & 0x1F) << 6 | usize::from(b1 & 0x3F);
-                let [len, up @ ..] = table.two_byte[cp - 0x80];
-                if len != 0 {
-                    match len {
-                        1 => out.push(up[0]),
-                        2 => out.extend_from_slice(&up[..2]),
-                        _ => out.extend_from_slice(&up),
-                    }
-                    i += 2;
-                    continue;
-                }
-            }
-        }
-        // A 3-byte char of a caseless block (CJK, kana, Hangul) is copied.
-        // E0 and ED are left to `decode`: their second byte has a narrower range.
-        if let (0xE1..=0xEC | 0xEE..=0xEF, Some(&[b1, b2])) = (b, input.get(i + 1..i + 3)) {
-            if (b1 & 0xC0, b2 & 0xC0) == (0x80, 0x80) {
-                let block = usize::from(b & 0x0F) << 6 | usize::from(b1 & 0x3F);
-                if table.is_caseless(block) {
-                    out.extend_from_slice(&[b, b1, b2]);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        match decode(&input[i..]) {
-            Seq::Char(ch, n) => {
-                push_upper_fast(table, ch, &input[i..i + n], out);
-                i += n;
-            }
-            Seq::Invalid(n) => {
-                out.extend_from_slice(&input[i..i + n]);
-                i += n;
-            }
-            Seq::Incomplete => return input.len() - i,
-        }
-    }
-    0
-}
-
-/// Appends the upper case of the non-ASCII `ch`, whose UTF-8 encoding is
-/// `encoded`: copied as it is when its block is caseless, else from
-/// `to_uppercase`. (2-byte chars the table knows never get here.)
-#[inline]
-fn push_upper_fast(table: &CaseTable, ch: char, encoded: &[u8], out: &mut Vec<u8>) {
-    if table.is_caseless((u32::from(ch) / 64) as usize) {
-        out.extend_from_slice(encoded);
-        return;
-    }
-    push_upper(ch, out);
-}
-
-/// What `char::to_uppercase` (a binary search over about 1,500 ranges)
-/// answers for most non-ASCII text, looked up instead: 8 ns a byte on
-/// Cyrillic became about 1.4 ns. Built from `to_uppercase` itself on first
-/// use, so it cannot disagree with it (a test compares every char), and
-/// small: 7.5 KiB plus 2.1 KiB.
-struct CaseTable {
-    /// For U+0080..=U+07FF (the 2-byte chars: Latin-1 and Latin Extended,
-    /// Greek, Cyrillic, Armenian, Hebrew, Arabic): the UTF-8 of the upper
-    /// case, `[len, bytes..]`, when it fits in 3 bytes (the char itself,
-    /// `я` -> `Я`, `ß` -> `SS`, `ŉ` -> `ʼN`, `ɐ` -> `Ɐ`), else `len` is 0:
-    /// ask `to_uppercase` (`ΐ` becomes three chars, 6 bytes).
-    two_byte: [[u8; 4]; 0x780],
-    /// One bit per block of 64 code points: set when no char of the block
-    /// changes (most of CJK, Hangul, emoji), so its chars are copied as they are.
-    caseless: [u64; 0x11_0000 / 64 / 64],
-}
-
-impl CaseTable {
-    /// The table, built on first use (about 1.1 million `to_uppercase`
-    /// calls, once per process; the server builds it before serving).
-    fn get() -> &'static CaseTable {
-        static TABLE: OnceLock<Box<CaseTable>> = OnceLock::new();
-        TABLE.get_or_init(CaseTable::build)
-    }
-
-    /// Whether no char of block `block` (code points `64 * block ..`)
-    /// changes in upper case.
-    #[inline(always)]
-    fn is_caseless(&self, block: usize) -> bool {
-        self.caseless[block / 64] & (1 << (block % 64)) != 0
-    }
-
-    fn build() -> Box<CaseTable> {
-        let mut table = Box::new(CaseTable {
-            two_byte: [[0; 4]; 0x780],
-            caseless: [u64::MAX; 0x11_0000 / 64 / 64],
-        });
-        for cp in 0x80..0x11_0000u32 {
-            // Surrogates are not chars; their block holds nothing else.
-            let Some(ch) = char::from_u32(cp) else {
-                continue;
-            };
-            if cp <= 0x7FF {
-                let mut utf8 = [0; 12];
-                let mut len = 0;
-                for up in ch.to_uppercase() {
-                    len += up.encode_utf8(&mut utf8[len..]).len();
-                }
-                if len <= 3 {
-                    let entry = &mut table.two_byte[(cp - 0x80) as usize];
-                    entry[0] = len as u8;
-                    entry[1..].copy_from_slice(&utf8[..3]);
-                }
-            }
-            let mut up = ch.to_uppercase();
-            let (first, second) = (up.next(), up.next());
-            if first != Some(ch) || second.is_some() {
-                let block = (cp / 64) as usize;
-                table.caseless[block / 64] &= !(1 << (block % 64));
-            }
-        }
-        table
+        _ => portable::body(table, input, out),
     }
 }
 
-/// Builds the table [`CaseTable`] looks non-ASCII chars up in, so that the
-/// first client to send one does not wait for it (a few milliseconds).
+/// Builds the table the transform looks non-ASCII chars up in, so that
+/// the first client to send one does not wait for it (a few milliseconds).
 pub fn warm_up(mode: Mode) {
     if mode == Mode::Unicode {
-        CaseTable::get();
+        Table::get();
     }
+    Level::best();
 }
 
-/// Appends the upper case of `ch`, encoding through a stack buffer (no
-/// per-char `String`). One char may map to up to 3 chars (`ß` -> `SS`).
-#[inline]
-fn push_upper(ch: char, out: &mut Vec<u8>) {
-    for up in ch.to_uppercase() {
-        push_char(up, out);
-    }
-}
-
-/// Appends the UTF-8 encoding of `ch`.
-#[inline(always)]
-fn push_char(ch: char, out: &mut Vec<u8>) {
-    let mut buf = [0u8; 4];
-    let len = ch.encode_utf8(&mut buf).len();
-    push_small(&buf, len, out);
-}
-
-/// Appends `buf[..len]` for `len` in 1..=4. Matching on the length gives
-/// fixed-size copies that compile to a few stores; a variable-length
-/// `extend_from_slice` calls `memmove` for every char (a quarter of the
-/// profile on Cyrillic text).
-#[inline(always)]
-fn push_small(buf: &[u8; 4], len: usize, out: &mut Vec<u8>) {
-    match len {
-        1 => out.push(buf[0]),
-        2 => out.extend_from_slice(&buf[..2]),
-        3 => out.extend_from_slice(&buf[..3]),
-        _ => out.extend_from_slice(&buf[..4]),
-    }
-}
-
-/// What the UTF-8 sequence at the start of a slice is.
-#[derive(Debug, PartialEq, Eq)]
-enum Seq {
-    /// A valid char and its encoded length.
-    Char(char, usize),
-    /// An invalid run of this many bytes (1..=3), to be copied unchanged;
-    /// decoding resumes right after it. This is the "maximal subpart" rule
-    /// that `utf8_chunks` and `Utf8Error::error_len` use.
-    Invalid(usize),
-    /// The slice ends inside a sequence that is valid so far.
-    Incomplete,
-}
-
-/// Decodes the UTF-8 sequence at the start of `bytes` (non-empty), reading at
-/// most 4 bytes.
-///
-/// Follows the well-formed byte table of the Unicode standard (table 3-7),
-/// which is what std validates against: the second byte's range depends on
-/// the lead byte, which rules out overlongs (`C0`, `C1`, `E0 80..9F`,
-/// `F0 80..8F`), surrogates (`ED A0..BF`) and code points above U+10FFFF
-/// (`F4 90..`, `F5..FF`). A byte outside the allowed range ends the invalid
-/// run without being part of it.
-#[inline]
-fn decode(bytes: &[u8]) -> Seq {
-    let b0 = bytes[0];
-    // (sequence length, allowed range of the second byte)
-    let (len, lo, hi) = match b0 {
-        0x00..=0x7F => return Seq::Char(char::from(b0), 1),
-        0xC2..=0xDF => (2, 0x80, 0xBF),
-        0xE0 => (3, 0xA0, 0xBF),
-        0xE1..=0xEC | 0xEE..=0xEF => (3, 0x80, 0xBF),
-        0xED => (3, 0x80, 0x9F),
-        0xF0 => (4, 0x90, 0xBF),
-        0xF1..=0xF3 => (4, 0x80, 0xBF),
-        0xF4 => (4, 0x80, 0x8F),
-        // Continuation bytes, C0, C1, F5..FF: never valid as a lead.
-        _ => return Seq::Invalid(1),
-    };
-    let mut cp = u32::from(b0 & (0x7F >> len));
-    for k in 1..len {
-        let Some(&b) = bytes.get(k) else {
-            return Seq::Incomplete;
-        };
-        let (lo, hi) = if k == 1 { (lo, hi) } else { (0x80, 0xBF) };
-        if !(lo..=hi).contains(&b) {
-            return Seq::Invalid(k);
-        }
-        cp = (cp << 6) | u32::from(b & 0x3F);
-    }
-    // The ranges above admit only scalar values, so this is always `Some`;
-    // the fallback just avoids a panic path.
-    char::from_u32(cp).map_or(Seq::Invalid(1), |ch| Seq::Char(ch, len))
-}
+use portable::{decode, upcase_ascii_byte, Seq, LONG};
 
 #[cfg(test)]
 mod tests {
@@ -589,26 +406,42 @@ mod tests {
     use proptest::prelude::*;
     use proptest::sample::Index;
 
-    /// The definition of unicode mode, written plainly.
-    fn reference(input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for chunk in input.utf8_chunks() {
-            out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
-            out.extend_from_slice(chunk.invalid());
-        }
-        out
-    }
+    use super::definition as reference;
 
+    /// Unicode mode one-shot, on every level this CPU runs (which must
+    /// all agree).
     fn uni(input: &[u8]) -> Vec<u8> {
-        upcase(Mode::Unicode, input)
+        let mut first: Option<Vec<u8>> = None;
+        for level in Level::available() {
+            let mut out = Vec::new();
+            upcase_into_at(level, Mode::Unicode, input, &mut out);
+            match &first {
+                None => first = Some(out),
+                Some(want) => assert_eq!(&out, want, "{level:?} on {input:02X?}"),
+            }
+        }
+        first.expect("the portable level is always there")
     }
 
-    /// Feeds `pieces` in order to one fresh `Upcaser`, then finishes.
+    /// Feeds `pieces` in order to one fresh `Upcaser`, then finishes, on
+    /// every level this CPU runs (which must all agree).
     fn stream(mode: Mode, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut first: Option<Vec<u8>> = None;
+        for level in Level::available() {
+            let out = stream_at(level, mode, pieces);
+            match &first {
+                None => first = Some(out),
+                Some(want) => assert_eq!(&out, want, "{level:?}"),
+            }
+        }
+        first.expect("the portable level is always there")
+    }
+
+    fn stream_at(level: Level, mode: Mode, pieces: &[&[u8]]) -> Vec<u8> {
         let mut u = Upcaser::new(mode);
         let mut out = Vec::new();
         for piece in pieces {
-            u.feed(piece, &mut out);
+            u.feed_at(level, piece, &mut out);
             assert!(u.carried() <= 3);
             if mode == Mode::Ascii {
                 assert_eq!(u.carried(), 0);
@@ -752,6 +585,72 @@ mod tests {
             want.push(b'X');
             assert_eq!(uni(&input), want, "U+{:04X} then x", u32::from(ch));
         }
+    }
+
+    /// Every char at every offset from 0 to 63 (so next to every 16-,
+    /// 32- and 64-byte block boundary), packed with other chars and ASCII,
+    /// on every level, one-shot and streamed in 4 KiB reads that split
+    /// chars, against std.
+    #[test]
+    fn every_char_at_every_block_offset() {
+        let mut body = String::new();
+        for (k, ch) in (0x80..=0x10_FFFF).filter_map(char::from_u32).enumerate() {
+            body.push(ch);
+            if k % 5 == 0 {
+                body.push('q');
+            }
+        }
+        for shift in 0..64 {
+            let text = "a".repeat(shift) + &body;
+            let want = text.to_uppercase().into_bytes();
+            let pieces: Vec<&[u8]> = text.as_bytes().chunks(4096).collect();
+            for level in Level::available() {
+                let mut out = Vec::new();
+                upcase_into_at(level, Mode::Unicode, text.as_bytes(), &mut out);
+                assert!(out == want, "{level:?}, shift {shift}");
+                let out = stream_at(level, Mode::Unicode, &pieces);
+                assert!(out == want, "{level:?}, shift {shift}, 4 KiB reads");
+            }
+        }
+    }
+
+    /// The AVX2 path's classes flag, or its rules map, the first two bytes
+    /// of every char with case (it copies what neither touches).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_classes_cover_every_char_with_case() {
+        for ch in (0x80..=0x10_FFFF).filter_map(char::from_u32) {
+            if ch.to_uppercase().eq([ch]) {
+                continue;
+            }
+            let mut buf = [0; 4];
+            let bytes = ch.encode_utf8(&mut buf).as_bytes();
+            let covered =
+                x86::flagged(bytes[0], bytes[1]) || x86::ruled(bytes[0], bytes[1]).is_some();
+            assert!(covered, "U+{:04X}", u32::from(ch));
+        }
+    }
+
+    /// Every pair an AVX2 rule maps is a 2-byte char whose upper case is
+    /// exactly the rule's moves away, and no rule touches anything else.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_rules_map_exactly() {
+        let mut mapped = 0;
+        for lead in 0..=255u8 {
+            for next in 0..=255u8 {
+                let Some((dl, dn)) = x86::ruled(lead, next) else {
+                    continue;
+                };
+                let s = std::str::from_utf8(&[lead, next])
+                    .expect("a ruled pair is a char")
+                    .to_owned();
+                let want = [lead.wrapping_add(dl as u8), next.wrapping_add(dn as u8)];
+                assert_eq!(s.to_uppercase().as_bytes(), want, "{lead:02X} {next:02X}");
+                mapped += 1;
+            }
+        }
+        assert!(mapped > 100);
     }
 
     /// Text in scripts the table serves (2-byte Cyrillic and Greek, caseless

@@ -1,0 +1,525 @@
+//! Unicode mode's core with AVX2 (x86_64, chosen at run time): 32 bytes at
+//! a time, the ASCII letters upper-cased in the register, and the whole
+//! block stored at once unless it holds a char that the register cannot map.
+//!
+//! Which chars have case is decided by their first two bytes (for a 2-byte
+//! char, the char itself): the pairs are few and gathered in a handful of
+//! ranges (Latin, Greek, Cyrillic, Armenian lead bytes C2..D6; a few rows
+//! of E1, E2, EA, EF and F0). Each byte and the one after it are looked up
+//! by their four nibbles in four 16-entry tables (one `vpshufb` each), in
+//! the manner of simdutf's UTF-8 validation, and a pair belongs to one of
+//! eight sets when all four agree on its bit. Two such lookups run side by
+//! side:
+//!
+//! - [`RULES`]: 2-byte chars whose upper case is the same two bytes moved
+//!   by fixed amounts (а..я, ѐ..џ, α..ϋ, à..þ, µ). The moves are added in
+//!   the register: the lead's by the pair's rule, the next byte's by the
+//!   rule of the pair before it.
+//! - [`CLASSES`]: every other pair that may have case (a test checks the
+//!   two cover every char with case). Such a char is *hard*.
+//!
+//! Everything else is left as it is by the transform whatever it is: CJK,
+//! kana, Hangul, emoji, Arabic, Hebrew, upper-case Cyrillic, punctuation,
+//! and bytes that are not UTF-8 at all, which is what makes invalid input
+//! nearly as cheap as text. A block without a hard char is kept whole
+//! (less its last byte when that is the lead of a ruled pair, so the next
+//! block starts at that lead); otherwise its bytes up to the first hard
+//! char are kept, that char goes through the portable step, and the next
+//! block starts after it (always at a char boundary).
+
+use std::arch::x86_64::*;
+
+use super::portable::{self, load4, step, upcase_ascii_byte, Writer, CHUNK, SLACK};
+use super::table::Table;
+
+/// One class of flagged pairs: the lead byte's high and low nibble, the
+/// next byte's high and low nibble, each a set (bit n: nibble n). Their
+/// product is flagged. Overlap with caseless chars only costs speed.
+struct Class {
+    lead_hi: u16,
+    lead_lo: u16,
+    next_hi: u16,
+    next_lo: u16,
+}
+
+const fn nibbles(list: &[u8]) -> u16 {
+    let mut set = 0;
+    let mut i = 0;
+    while i < list.len() {
+        set |= 1 << list[i];
+        i += 1;
+    }
+    set
+}
+
+const ANY: u16 = 0xFFFF;
+/// A continuation byte's high nibble: 8..B.
+const CONT: u16 = nibbles(&[8, 9, 0xA, 0xB]);
+
+/// The pairs that may start a char with case (see the module docs).
+const CLASSES: [Class; 8] = [
+    // C3..CF + continuation: Latin-1 (à..þ) to Greek. Not C2: its only
+    // char with case, µ, is mapped by a rule, and « » are C2 AB, C2 BB.
+    Class {
+        lead_hi: nibbles(&[0xC]),
+        lead_lo: nibbles(&[3, 4, 5, 6, 7, 8, 9, 0xA, 0xB, 0xC, 0xD, 0xE, 0xF]),
+        next_hi: CONT,
+        next_lo: ANY,
+    },
+    // D1..D6: Cyrillic, Armenian (D7.. Hebrew, Arabic: caseless). Not
+    // D0: А..Я (D0 90..AF) are upper case already and а..п (D0 B0..BF)
+    // are mapped by a rule.
+    Class {
+        lead_hi: nibbles(&[0xD]),
+        lead_lo: nibbles(&[1, 2, 3, 4, 5, 6]),
+        next_hi: CONT,
+        next_lo: ANY,
+    },
+    // E1 83 (Georgian), E1 8F (Cherokee), E2 85, E2 86 (Roman numerals).
+    Class {
+        lead_hi: nibbles(&[0xE]),
+        lead_lo: nibbles(&[1, 2]),
+        next_hi: nibbles(&[8]),
+        next_lo: nibbles(&[3, 5, 6, 0xF]),
+    },
+    // E1 B0..BF (U+1C00..1FFF: Latin and Greek extended), E2 B0..BF
+    // (U+2C00..2FFF: Glagolitic, Latin Extended-C, Coptic, Georgian).
+    Class {
+        lead_hi: nibbles(&[0xE]),
+        lead_lo: nibbles(&[1, 2]),
+        next_hi: nibbles(&[0xB]),
+        next_lo: ANY,
+    },
+    // E2 93 (circled letters); F0 90, 91, 96, 9E (Deseret, Osage,
+    // Vithkuqi, Old Hungarian, Warang Citi, Medefaidrin, Adlam...).
+    Class {
+        lead_hi: nibbles(&[0xE, 0xF]),
+        lead_lo: nibbles(&[0, 2]),
+        next_hi: nibbles(&[9]),
+        next_lo: nibbles(&[0, 1, 3, 6, 0xE]),
+    },
+    // EA 99..9F (Cyrillic Extended-B, Latin Extended-D), EA AD, AE (Latin
+    // Extended-E, Cherokee small letters); not EA B0.. (Hangul).
+    Class {
+        lead_hi: nibbles(&[0xE]),
+        lead_lo: nibbles(&[0xA]),
+        next_hi: nibbles(&[9, 0xA]),
+        next_lo: nibbles(&[9, 0xA, 0xB, 0xC, 0xD, 0xE, 0xF]),
+    },
+    // EF AC: ligatures (ﬀ, ﬁ...).
+    Class {
+        lead_hi: nibbles(&[0xE]),
+        lead_lo: nibbles(&[0xF]),
+        next_hi: nibbles(&[0xA]),
+        next_lo: nibbles(&[0xC]),
+    },
+    // EF BD: fullwidth a..z (not EF BC: fullwidth punctuation, common in
+    // Chinese and Japanese text).
+    Class {
+        lead_hi: nibbles(&[0xE]),
+        lead_lo: nibbles(&[0xF]),
+        next_hi: nibbles(&[0xB]),
+        next_lo: nibbles(&[0xD]),
+    },
+];
+
+/// The 16-entry lookup table of one nibble: bit k of entry n is set when
+/// nibble n is in the set `pick(classes[k])`.
+const fn lut(classes: &[Class], pick: u8) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    let mut k = 0;
+    while k < classes.len() {
+        let c = &classes[k];
+        let set = match pick {
+            0 => c.lead_hi,
+            1 => c.lead_lo,
+            2 => c.next_hi,
+            _ => c.next_lo,
+        };
+        let mut n = 0;
+        while n < 16 {
+            if set & (1 << n) != 0 {
+                t[n] |= 1 << k;
+            }
+            n += 1;
+        }
+        k += 1;
+    }
+    t
+}
+
+const LEAD_HI: [u8; 16] = lut(&CLASSES, 0);
+const LEAD_LO: [u8; 16] = lut(&CLASSES, 1);
+const NEXT_HI: [u8; 16] = lut(&CLASSES, 2);
+const NEXT_LO: [u8; 16] = lut(&CLASSES, 3);
+
+/// A 2-byte char whose upper case is a 2-byte char at a fixed distance in
+/// UTF-8: its lead byte moves by `lead`, its second byte by `next`. These
+/// are mapped in the register, so most Cyrillic, Greek and Latin-1 text
+/// never leaves the vector loop.
+struct Rule {
+    pairs: Class,
+    lead: i8,
+    next: i8,
+}
+
+const fn two_byte(lead: u8, next_hi: &[u8], next_lo: u16) -> Class {
+    Class {
+        lead_hi: 1 << (lead >> 4),
+        lead_lo: 1 << (lead & 15),
+        next_hi: nibbles(next_hi),
+        next_lo,
+    }
+}
+
+/// The rules; their pairs are disjoint, so a pair matches at most one. Two
+/// sets of eight (one bit each): the first is looked up for every block
+/// with non-ASCII bytes, the second only for a block where the first left a
+/// hard char. Chars left out (`÷`, `ÿ`, `ß`, `ΰ`...) are flagged by
+/// [`CLASSES`] and taken by the portable step.
+const RULES: [Rule; 16] = [
+    // à..þ (C3 A0..BF) -> À..Þ, but not ç/ï (next rule), ÷ (C3 B7), ÿ (C3 BF).
+    Rule {
+        pairs: two_byte(0xC3, &[0xA, 0xB], ANY & !nibbles(&[7, 0xF])),
+        lead: 0,
+        next: -0x20,
+    },
+    // ç, ï (C3 A7, C3 AF).
+    Rule {
+        pairs: two_byte(0xC3, &[0xA], nibbles(&[7, 0xF])),
+        lead: 0,
+        next: -0x20,
+    },
+    // α..ω's first half (CE B1..BF) -> Α..Ο; not ΰ (CE B0).
+    Rule {
+        pairs: two_byte(0xCE, &[0xB], ANY & !1),
+        lead: 0,
+        next: -0x20,
+    },
+    // а..п (D0 B0..BF) -> А..П.
+    Rule {
+        pairs: two_byte(0xD0, &[0xB], ANY),
+        lead: 0,
+        next: -0x20,
+    },
+    // р..я (D1 80..8F) -> Р..Я (D0 A0..AF).
+    Rule {
+        pairs: two_byte(0xD1, &[8], ANY),
+        lead: -1,
+        next: 0x20,
+    },
+    // π..ϋ (CF 80..8B) -> Π..Ϋ (CE A0..AB); not ς (CF 82) nor CF 8C..8F.
+    Rule {
+        pairs: two_byte(0xCF, &[8], ANY & !nibbles(&[2, 0xC, 0xD, 0xE, 0xF])),
+        lead: -1,
+        next: 0x20,
+    },
+    // ѐ..џ (D1 90..9F) -> Ѐ..Џ (D0 80..8F).
+    Rule {
+        pairs: two_byte(0xD1, &[9], ANY),
+        lead: -1,
+        next: -0x10,
+    },
+    // µ (C2 B5) -> Μ (CE 9C).
+    Rule {
+        pairs: two_byte(0xC2, &[0xB], nibbles(&[5])),
+        lead: 0x0C,
+        next: -0x19,
+    },
+    // The second set: Greek's accented vowels and final sigma, and upper
+    // case that stays (moves of 0) so it is not hard.
+    // ς (CF 82) -> Σ (CE A3).
+    Rule {
+        pairs: two_byte(0xCF, &[8], nibbles(&[2])),
+        lead: -1,
+        next: 0x21,
+    },
+    // ό (CF 8C) -> Ό (CE 8C).
+    Rule {
+        pairs: two_byte(0xCF, &[8], nibbles(&[0xC])),
+        lead: -1,
+        next: 0,
+    },
+    // ύ, ώ (CF 8D, 8E) -> Ύ, Ώ (CE 8E, 8F).
+    Rule {
+        pairs: two_byte(0xCF, &[8], nibbles(&[0xD, 0xE])),
+        lead: -1,
+        next: 1,
+    },
+    // ά (CE AC) -> Ά (CE 86).
+    Rule {
+        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xC])),
+        lead: 0,
+        next: -0x26,
+    },
+    // έ, ή, ί (CE AD..AF) -> Έ, Ή, Ί (CE 88..8A).
+    Rule {
+        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xD, 0xE, 0xF])),
+        lead: 0,
+        next: -0x25,
+    },
+    // Greek upper case and signs, CE 81..8B, 91..9B, A1..AB: stay.
+    Rule {
+        pairs: two_byte(
+            0xCE,
+            &[8, 9, 0xA],
+            nibbles(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 0xA, 0xB]),
+        ),
+        lead: 0,
+        next: 0,
+    },
+    // Latin-1 upper case, C3 80..8E, 90..9E: stay.
+    Rule {
+        pairs: two_byte(0xC3, &[8, 9], ANY & !nibbles(&[0xF])),
+        lead: 0,
+        next: 0,
+    },
+    // Ѡ..ѿ (D1 A0..BF): the odd ones are lower case, one below their upper.
+    Rule {
+        pairs: two_byte(0xD1, &[0xA, 0xB], nibbles(&[1, 3, 5, 7, 9, 0xB, 0xD, 0xF])),
+        lead: 0,
+        next: -1,
+    },
+];
+
+/// The pairs of the rules `set * 8 ..` as classes, for [`lut`].
+const fn rule_pairs(set: usize) -> [Class; 8] {
+    let mut out = [const {
+        Class {
+            lead_hi: 0,
+            lead_lo: 0,
+            next_hi: 0,
+            next_lo: 0,
+        }
+    }; 8];
+    let mut k = 0;
+    while k < 8 {
+        let p = &RULES[set * 8 + k].pairs;
+        out[k] = Class {
+            lead_hi: p.lead_hi,
+            lead_lo: p.lead_lo,
+            next_hi: p.next_hi,
+            next_lo: p.next_lo,
+        };
+        k += 1;
+    }
+    out
+}
+
+/// Per set of rules: the four nibble tables of its pairs.
+const RULE_LUTS: [[[u8; 16]; 4]; 2] = {
+    let (a, b) = (rule_pairs(0), rule_pairs(1));
+    [
+        [lut(&a, 0), lut(&a, 1), lut(&a, 2), lut(&a, 3)],
+        [lut(&b, 0), lut(&b, 1), lut(&b, 2), lut(&b, 3)],
+    ]
+};
+
+/// The move of a byte by the rule bits of its pair in one set (at most one
+/// set), the set's low four rules indexed by the low nibble and its high
+/// four by the high one: `which` 0 is the lead's move, 1 the next byte's.
+const fn moves(set: usize, which: u8, high: bool) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    let mut k = 0;
+    while k < 4 {
+        let rule = &RULES[set * 8 + if high { k + 4 } else { k }];
+        t[1 << k] = if which == 0 { rule.lead } else { rule.next } as u8;
+        k += 1;
+    }
+    t
+}
+
+/// Per set: lead move (low, high nibble), next move (low, high nibble).
+const MOVES: [[[u8; 16]; 4]; 2] = [
+    [
+        moves(0, 0, false),
+        moves(0, 0, true),
+        moves(0, 1, false),
+        moves(0, 1, true),
+    ],
+    [
+        moves(1, 0, false),
+        moves(1, 0, true),
+        moves(1, 1, false),
+        moves(1, 1, true),
+    ],
+];
+
+/// Whether the pair (lead, next) is flagged: the scalar twin of the vector
+/// lookup, for the test that checks the classes cover every char with case.
+#[cfg(test)]
+pub(super) fn flagged(lead: u8, next: u8) -> bool {
+    LEAD_HI[usize::from(lead >> 4)]
+        & LEAD_LO[usize::from(lead & 15)]
+        & NEXT_HI[usize::from(next >> 4)]
+        & NEXT_LO[usize::from(next & 15)]
+        != 0
+}
+
+/// The rule of the pair (lead, next), if any, as (lead move, next move).
+#[cfg(test)]
+pub(super) fn ruled(lead: u8, next: u8) -> Option<(i8, i8)> {
+    let bits = |t: &[[u8; 16]; 4]| {
+        t[0][usize::from(lead >> 4)]
+            & t[1][usize::from(lead & 15)]
+            & t[2][usize::from(next >> 4)]
+            & t[3][usize::from(next & 15)]
+    };
+    let bits = u16::from(bits(&RULE_LUTS[0])) | u16::from(bits(&RULE_LUTS[1])) << 8;
+    assert!(
+        bits.count_ones() <= 1,
+        "rules overlap on {lead:02X} {next:02X}"
+    );
+    (bits != 0).then(|| {
+        let rule = &RULES[bits.trailing_zeros() as usize];
+        (rule.lead, rule.next)
+    })
+}
+
+/// Whether this CPU can run [`body`].
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+}
+
+/// [`portable::body`] with AVX2; same contract.
+///
+/// # Safety
+/// The CPU must support AVX2 ([`available`]).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usize {
+    let len = input.len();
+    let mut i = 0;
+    // A block needs the byte after it (the pair of its last byte) and,
+    // so that every char starting in it ends before the portable rest
+    // begins, 3 more: blocks start while 36 bytes are left.
+    if len >= 36 {
+        let lut = |t: [u8; 16]| {
+            let x = _mm_loadu_si128(t.as_ptr().cast());
+            _mm256_broadcastsi128_si256(x)
+        };
+        let (lead_hi, lead_lo) = (lut(LEAD_HI), lut(LEAD_LO));
+        let (next_hi, next_lo) = (lut(NEXT_HI), lut(NEXT_LO));
+        let rule_luts = RULE_LUTS.map(|set| set.map(lut));
+        let moves = MOVES.map(|set| set.map(lut));
+        let nibble = _mm256_set1_epi8(0x0F);
+        let bias = _mm256_set1_epi8((0x80u8.wrapping_sub(b'a')) as i8);
+        let limit = _mm256_set1_epi8(-128 + 26);
+        let case_bit = _mm256_set1_epi8(0x20);
+        let zero = _mm256_setzero_si256();
+        let last = len - 36;
+        while i <= last {
+            let end = (i + CHUNK).min(last + 1);
+            let mut w = Writer::new(out, 3 * (end - i) + SLACK);
+            while i < end {
+                let block = &input[i..i + 33];
+                let v = _mm256_loadu_si256(block.as_ptr().cast());
+                // a..z: (v - 'a') < 26 unsigned, as a signed compare after
+                // moving the range to the bottom of i8.
+                let lower = _mm256_cmpgt_epi8(limit, _mm256_add_epi8(v, bias));
+                let up = _mm256_sub_epi8(v, _mm256_and_si256(lower, case_bit));
+                if _mm256_movemask_epi8(v) == 0 {
+                    _mm256_storeu_si256(w.end_ptr(32).cast(), up);
+                    w.advance(32);
+                    i += 32;
+                    continue;
+                }
+                let n = _mm256_loadu_si256(block[1..].as_ptr().cast());
+                let hi = |x| _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble);
+                let (v_hi, v_lo, n_hi, n_lo) = (
+                    hi(v),
+                    _mm256_and_si256(v, nibble),
+                    hi(n),
+                    _mm256_and_si256(n, nibble),
+                );
+                let pairs = |a, b, c, d| {
+                    _mm256_and_si256(
+                        _mm256_and_si256(
+                            _mm256_shuffle_epi8(a, v_hi),
+                            _mm256_shuffle_epi8(b, v_lo),
+                        ),
+                        _mm256_and_si256(
+                            _mm256_shuffle_epi8(c, n_hi),
+                            _mm256_shuffle_epi8(d, n_lo),
+                        ),
+                    )
+                };
+                let rules = |set: usize| {
+                    let [a, b, c, d] = rule_luts[set];
+                    let rule = pairs(a, b, c, d);
+                    let ruled = !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(rule, zero)) as u32);
+                    (rule, ruled)
+                };
+                // The lead of a ruled pair moves by its rule, and the byte
+                // after it by the same rule's other move: the rule bits
+                // shifted up one byte (across the lanes).
+                let moved = |set: usize, rule| {
+                    let [lead_lo, lead_hi, next_lo, next_hi] = moves[set];
+                    let by = |r, lo_t, hi_t| {
+                        _mm256_add_epi8(
+                            _mm256_shuffle_epi8(lo_t, _mm256_and_si256(r, nibble)),
+                            _mm256_shuffle_epi8(hi_t, hi(r)),
+                        )
+                    };
+                    let prev =
+                        _mm256_alignr_epi8(rule, _mm256_permute2x128_si256(rule, rule, 0x08), 15);
+                    _mm256_add_epi8(by(rule, lead_lo, lead_hi), by(prev, next_lo, next_hi))
+                };
+                let class = pairs(lead_hi, lead_lo, next_hi, next_lo);
+                let calm = _mm256_movemask_epi8(_mm256_cmpeq_epi8(class, zero)) as u32;
+                // Pairs with case that no rule maps.
+                let mut hard = !calm;
+                let mut mapped = up;
+                let mut ruled = 0;
+                // Rules need a lead byte C*/D* (the first table of the
+                // first set): CJK, kana, Hangul, emoji skip them.
+                let leads = _mm256_shuffle_epi8(rule_luts[0][0], v_hi);
+                if _mm256_movemask_epi8(_mm256_cmpeq_epi8(leads, zero)) != -1 {
+                    let (rule, ruled_first) = rules(0);
+                    mapped = _mm256_add_epi8(mapped, moved(0, rule));
+                    ruled = ruled_first;
+                    hard &= !ruled_first;
+                    if hard != 0 {
+                        let (rule, ruled_too) = rules(1);
+                        mapped = _mm256_add_epi8(mapped, moved(1, rule));
+                        ruled |= ruled_too;
+                        hard &= !ruled_too;
+                    }
+                }
+                _mm256_storeu_si256(w.end_ptr(32).cast(), mapped);
+                if hard == 0 {
+                    // A ruled pair whose second byte is beyond the block
+                    // is left for the next block, which starts at its lead.
+                    let keep = 32 - (ruled >> 31) as usize;
+                    w.advance(keep);
+                    i += keep;
+                    continue;
+                }
+                // Keep the block up to the first char no rule maps, and
+                // take that char with the portable step. Where it is the
+                // block's first, such chars are likely dense (Armenian,
+                // Latin Extended): go char by char to the block's end.
+                let first = hard.trailing_zeros() as usize;
+                w.advance(first);
+                let stop = if first == 0 { i + 32 } else { i + first + 1 };
+                i += first;
+                while i < stop {
+                    // i < last + 32 = len - 4: a 4-byte window is there.
+                    let word = load4(input, i);
+                    if word & 0x80 != 0 {
+                        i += step(table, word, &mut w);
+                    } else {
+                        w.store([upcase_ascii_byte(word as u8)]);
+                        w.advance(1);
+                        i += 1;
+                    }
+                }
+            }
+            w.commit();
+        }
+    }
+    // The rest, and the decision on the carry. It may begin with the
+    // continuation bytes of a caseless char (or invalid bytes) that the
+    // last block started: the portable path copies them as invalid, which
+    // is the same bytes.
+    portable::body(table, &input[i..], out)
+}
