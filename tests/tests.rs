@@ -6,12 +6,14 @@
 
 mod util;
 
+mod balancer;
 mod bench;
 mod config;
 mod hostile;
 mod interop;
 mod lifecycle;
 mod memory;
+mod netns;
 mod systemd;
 mod tcp;
 mod telnet;

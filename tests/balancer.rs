@@ -1,0 +1,736 @@
+//! A real load balancer in front: three upcased hosts, HAProxy (TCP mode,
+//! `send-proxy-v2`, `agent-check`) or nginx `stream` (`proxy_protocol on`)
+//! in front of them, clients behind it; every one a network namespace of
+//! its own on a private segment ([`crate::netns`]). What a client sends is
+//! checked byte for byte (`upcase-bench` across the balancer, exact bytes
+//! for `nc` and the test's own clients); which host served what is read
+//! from each host's counters (SIGUSR1) and from HAProxy's stats socket.
+//!
+//! ```text
+//!   client1 192.0.2.21 ─┐                 ┌─ h1 192.0.2.11  upcased
+//!   client2 192.0.2.22 ─┼─ br0 in hub ────┼─ h2 192.0.2.12  upcased
+//!                       │  192.0.2.2      └─ h3 192.0.2.13  upcased
+//!                       │  HAProxy or nginx, port 12000
+//! ```
+//!
+//! Root only: elsewhere each test is skipped with a printed reason (and
+//! fails under `CI=true`, where `.ci/run` installs every tool).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::netns::{self, Net};
+use crate::util::*;
+
+/// The balancer's address and port, on the hub (the namespace is ours, so
+/// a fixed port cannot collide).
+const FRONT: &str = "192.0.2.2:12000";
+const HUB_ADDR: &str = "192.0.2.2";
+/// The hosts and their addresses.
+const HOSTS: [(&str, &str); 3] = [
+    ("h1", "192.0.2.11"),
+    ("h2", "192.0.2.12"),
+    ("h3", "192.0.2.13"),
+];
+const CLIENT1: (&str, &str) = ("client1", "192.0.2.21");
+const CLIENT2: (&str, &str) = ("client2", "192.0.2.22");
+/// HAProxy's health-check and agent-check interval, and how many failed
+/// checks mark a server down.
+const CHECK_INTER_MS: u64 = 300;
+const CHECK_FALL: u64 = 2;
+/// nginx's stream module as Debian's libnginx-mod-stream installs it.
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+fn front() -> SocketAddr {
+    FRONT.parse().unwrap()
+}
+
+/// One upcased host.
+struct Host {
+    name: &'static str,
+    /// The TCP listener the balancer sends to.
+    tcp: SocketAddr,
+    /// The agent-check listener.
+    agent: Option<SocketAddr>,
+    daemon: Daemon,
+}
+
+impl Host {
+    /// Open connections now (SIGUSR1, then the counters line).
+    fn open(&self) -> u64 {
+        counter(&self.daemon.counters(), " open=")
+    }
+}
+
+/// Which balancer is in front.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Haproxy,
+    Nginx,
+}
+
+/// Everything one test runs. Fields drop in order: the processes go before
+/// the namespaces they run in.
+struct Topology {
+    hosts: Vec<Host>,
+    balancer: Daemon,
+    kind: Kind,
+    /// HAProxy's stats socket.
+    stats: String,
+    net: Net,
+}
+
+/// Whether this machine can run the test: root, `ip`, the balancer and
+/// `nc`; otherwise the test is skipped with the reason printed.
+fn available(kind: Kind) -> bool {
+    if !netns::available() || !have_tool("nc") {
+        return false;
+    }
+    match kind {
+        Kind::Haproxy => have_tool("haproxy"),
+        Kind::Nginx => {
+            if !have_tool("nginx") {
+                return false;
+            }
+            if !std::path::Path::new(NGINX_STREAM_MODULE).exists() {
+                skip(&format!(
+                    "{NGINX_STREAM_MODULE} is missing (apt-get install libnginx-mod-stream; .ci/run does)"
+                ));
+                return false;
+            }
+            true
+        }
+    }
+}
+
+/// The config of a host at `addr`; `extra` goes into its `[tcp]` table.
+fn host_config(addr: &str, extra_tcp: &str) -> String {
+    format!(
+        "shutdown_timeout = \"30s\"\n\
+         [tcp]\n\
+         listen = [\"{addr}:0\"]\n\
+         {extra_tcp}\n\
+         [udp]\n\
+         listen = []\n"
+    )
+}
+
+/// Every `listening on PROTO://ADDR` line the daemon logged, once it has
+/// logged `n`: (PROTO, ADDR, what follows the address).
+fn listeners(daemon: &mut Daemon, n: usize) -> Vec<(String, SocketAddr, String)> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let lines = daemon.lines();
+        let found: Vec<(String, SocketAddr, String)> = lines
+            .iter()
+            .filter_map(|l| l.split_once("listening on ").map(|(_, url)| url.trim()))
+            .map(|url| {
+                let (proto, rest) = url.split_once("://").expect("PROTO://ADDR");
+                let (addr, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                (
+                    proto.to_owned(),
+                    addr.parse().expect("an address in the listening line"),
+                    tail.to_owned(),
+                )
+            })
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!(
+                "exited with {status} before listening:\n{}",
+                lines.join("\n")
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n} listening lines:\n{}",
+            lines.join("\n")
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Topology {
+    /// Builds the namespaces, starts the three hosts (`extra_tcp` added to
+    /// their `[tcp]` table) and the balancer, and waits until the balancer
+    /// answers through every host.
+    fn start(tag: &str, kind: Kind, extra_tcp: &str) -> Topology {
+        let mut net = Net::new(tag, HUB_ADDR);
+        for (name, addr) in HOSTS.iter().chain(&[CLIENT1, CLIENT2]) {
+            net.add_host(name, addr);
+        }
+        let hosts: Vec<Host> = HOSTS
+            .iter()
+            .map(|&(name, addr)| {
+                let config = net.file(&format!("{name}.toml"), &host_config(addr, extra_tcp));
+                let mut daemon =
+                    Daemon::spawn(net.command(name, daemon_path()).args(["-c", &config]));
+                let found = listeners(&mut daemon, 1);
+                let tcp = found
+                    .iter()
+                    .find(|(proto, _, _)| proto == "tcp")
+                    .map(|(_, addr, _)| *addr)
+                    .expect("a tcp listener");
+                let agent = found
+                    .iter()
+                    .find(|(proto, _, _)| proto == "agent")
+                    .map(|(_, addr, _)| *addr);
+                Host {
+                    name,
+                    tcp,
+                    agent,
+                    daemon,
+                }
+            })
+            .collect();
+        let stats = net.dir().join("haproxy.sock").to_str().unwrap().to_owned();
+        let balancer = match kind {
+            Kind::Haproxy => {
+                let config = net.file("haproxy.cfg", &haproxy_config(&stats, &hosts));
+                Daemon::spawn(net.command("hub", "haproxy").args(["-db", "-f", &config]))
+            }
+            Kind::Nginx => {
+                let config = net.file("nginx.conf", &nginx_config(&net, &hosts));
+                let prefix = format!("{}/", net.dir().display());
+                Daemon::spawn(
+                    net.command("hub", "nginx")
+                        .args(["-p", &prefix, "-c", &config, "-e", "stderr"]),
+                )
+            }
+        };
+        let topology = Topology {
+            hosts,
+            balancer,
+            kind,
+            stats,
+            net,
+        };
+        match kind {
+            Kind::Haproxy => {
+                topology.wait_servers("all UP", |s| {
+                    s.iter()
+                        .zip(HOSTS)
+                        .all(|(s, (name, _))| s.name == name && s.status == "UP")
+                });
+            }
+            Kind::Nginx => {
+                // nginx has no stats: ready is when it answers.
+                let deadline = Instant::now() + PATIENCE;
+                topology.net.run_in("client1", || loop {
+                    match exchange(front(), b"ready\n") {
+                        Ok(reply) if reply == b"READY\n" => return,
+                        other => assert!(
+                            Instant::now() < deadline,
+                            "nginx never answered: {other:?}\n{}",
+                            topology.balancer.lines().join("\n")
+                        ),
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                });
+            }
+        }
+        topology
+    }
+
+    /// Open connections on every host, in host order.
+    fn open(&self) -> Vec<u64> {
+        self.hosts.iter().map(Host::open).collect()
+    }
+
+    /// Waits until the hosts hold `total` connections together (health
+    /// checks come and go beside them); returns each host's share.
+    fn wait_open(&self, total: u64) -> Vec<u64> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let open = self.open();
+            if open.iter().sum::<u64>() == total {
+                return open;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hosts never held {total} connections together: {open:?}"
+            );
+        }
+    }
+
+    /// HAProxy's view of the servers (`show stat` on its stats socket).
+    fn servers(&self) -> Vec<ServerStat> {
+        assert_eq!(self.kind, Kind::Haproxy);
+        server_stats(&self.stats)
+    }
+
+    /// Waits until HAProxy's servers satisfy `done`; returns them.
+    fn wait_servers(&self, what: &str, done: impl Fn(&[ServerStat]) -> bool) -> Vec<ServerStat> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            assert!(
+                !exited(&self.balancer),
+                "haproxy exited:\n{}",
+                self.balancer.lines().join("\n")
+            );
+            if std::path::Path::new(&self.stats).exists() {
+                if let Ok(servers) = try_server_stats(&self.stats) {
+                    if servers.len() == HOSTS.len() && done(&servers) {
+                        return servers;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "HAProxy's servers never {what}: {servers:#?}\n{}",
+                        self.balancer.lines().join("\n")
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy's stats socket never answered:\n{}",
+                self.balancer.lines().join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `upcase-bench ARGS --addr FRONT --json` in `client`'s
+    /// namespace, in the background.
+    fn bench(&self, client: &str, args: &[&str]) -> Child {
+        self.net
+            .command(client, env!("CARGO_BIN_EXE_upcase-bench"))
+            .args(args)
+            .args(["--addr", FRONT, "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn upcase-bench")
+    }
+
+    /// Runs `nc -N FRONT` in `client`'s namespace with `input` on its stdin;
+    /// returns what it printed.
+    fn nc(&self, client: &str, input: &[u8]) -> Vec<u8> {
+        let (host, port) = FRONT.split_once(':').unwrap();
+        let out = run_piped(
+            self.net.command(client, "nc").args(["-N", host, port]),
+            input,
+        );
+        assert!(
+            out.status.success(),
+            "nc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+/// Whether `process` has exited (a zombie, or gone), without reaping it.
+fn exited(process: &Daemon) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", process.pid())).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+}
+
+/// The report of a finished `upcase-bench --json`, checked to be JSON.
+fn bench_report(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("wait for upcase-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "upcase-bench printed no JSON ({e}), exit {}:\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `errors.KEY` of a bench report.
+fn bench_errors(report: &serde_json::Value, key: &str) -> u64 {
+    report["errors"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no errors.{key} in {report}"))
+}
+
+/// Every error a bench report counts.
+fn bench_error_total(report: &serde_json::Value) -> u64 {
+    report["errors"]
+        .as_object()
+        .expect("errors in the report")
+        .values()
+        .map(|v| v.as_u64().expect("a count"))
+        .sum()
+}
+
+/// One textbook exchange: connect, send `request`, half-close, read the
+/// reply to the server's EOF.
+fn exchange(addr: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, PATIENCE)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    stream.write_all(request)?;
+    stream.shutdown(Shutdown::Write)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    Ok(reply)
+}
+
+/// One HAProxy server, as `show stat` reports it.
+#[derive(Debug, Clone)]
+struct ServerStat {
+    name: String,
+    /// `UP`, `DOWN`, `DRAIN`, `UP 1/2`, ...
+    status: String,
+    /// Sessions since start.
+    stot: u64,
+    /// Connections that failed on this server and went to another.
+    wredis: u64,
+}
+
+fn server_stats(socket: &str) -> Vec<ServerStat> {
+    try_server_stats(socket).unwrap_or_else(|e| panic!("HAProxy stats socket {socket}: {e}"))
+}
+
+/// `show stat` on HAProxy's stats socket, the servers of backend `be`.
+fn try_server_stats(socket: &str) -> io::Result<Vec<ServerStat>> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.write_all(b"show stat\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .ok_or_else(|| io::Error::other(format!("no CSV header in {text:?}")))?
+        .split(',')
+        .collect();
+    let mut servers = Vec::new();
+    for line in lines {
+        let row: HashMap<&str, &str> = header.iter().copied().zip(line.split(',')).collect();
+        if row.get("pxname") != Some(&"be") || matches!(row.get("svname"), None | Some(&"BACKEND"))
+        {
+            continue;
+        }
+        let num = |key: &str| row.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let text = |key: &str| row.get(key).copied().unwrap_or("").to_owned();
+        servers.push(ServerStat {
+            name: text("svname"),
+            status: text("status"),
+            stot: num("stot"),
+            wredis: num("wredis"),
+        });
+    }
+    Ok(servers)
+}
+
+/// HAProxy in TCP mode: round robin over the hosts, a connect that fails
+/// retried on another server (`option redispatch`), health checks every
+/// [`CHECK_INTER_MS`] (and the agent at the same pace where the hosts have
+/// one); logs on stderr; the admin stats socket at `stats`.
+fn haproxy_config(stats: &str, hosts: &[Host]) -> String {
+    let mut servers = String::new();
+    for h in hosts {
+        servers.push_str(&format!("    server {} {} check", h.name, h.tcp));
+        if let Some(agent) = h.agent {
+            servers.push_str(&format!(
+                " agent-check agent-addr {} agent-port {} agent-inter {CHECK_INTER_MS}ms",
+                agent.ip(),
+                agent.port()
+            ));
+        }
+        servers.push('\n');
+    }
+    format!(
+        "global\n\
+         \x20   log stderr format raw local0 info\n\
+         \x20   stats socket {stats} mode 600 level admin\n\
+         defaults\n\
+         \x20   mode tcp\n\
+         \x20   log global\n\
+         \x20   timeout connect 2s\n\
+         \x20   timeout client 60s\n\
+         \x20   timeout server 60s\n\
+         \x20   retries 3\n\
+         \x20   option redispatch 1\n\
+         frontend fe\n\
+         \x20   bind {FRONT}\n\
+         \x20   default_backend be\n\
+         backend be\n\
+         \x20   balance roundrobin\n\
+         \x20   default-server inter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise 1\n\
+         {servers}"
+    )
+}
+
+/// nginx `stream`: round robin over the hosts; a connect that fails is
+/// retried on the next one and marks its host failed for a while (nginx's
+/// free edition has no active checks: `max_fails` is all it knows). A
+/// client's half-close is passed on (`proxy_half_close`; by default nginx
+/// would close both ways at the client's FIN, before the replies came).
+fn nginx_config(net: &Net, hosts: &[Host]) -> String {
+    let mut servers = String::new();
+    for h in hosts {
+        servers.push_str(&format!(
+            "        server {} max_fails=1 fail_timeout=30s;\n",
+            h.tcp
+        ));
+    }
+    let dir = net.dir().display();
+    format!(
+        "load_module {NGINX_STREAM_MODULE};\n\
+         daemon off;\n\
+         worker_processes 1;\n\
+         pid {dir}/nginx.pid;\n\
+         error_log stderr notice;\n\
+         events {{ worker_connections 1024; }}\n\
+         stream {{\n\
+         \x20   upstream hosts {{\n\
+         {servers}\
+         \x20   }}\n\
+         \x20   server {{\n\
+         \x20       listen {FRONT};\n\
+         \x20       proxy_pass hosts;\n\
+         \x20       proxy_connect_timeout 2s;\n\
+         \x20       proxy_next_upstream on;\n\
+         \x20       proxy_half_close on;\n\
+         \x20   }}\n\
+         }}\n"
+    )
+}
+
+/// Connections from one client spread over every host behind HAProxy, and
+/// every byte comes back upper-cased: `nc`, then `upcase-bench` with 30
+/// connections (each host's counters show its share while they are open).
+#[test]
+fn haproxy_spreads_connections_over_the_hosts() {
+    if !available(Kind::Haproxy) {
+        return;
+    }
+    let t = Topology::start("spread", Kind::Haproxy, "");
+    let line = "hello wörld, straße\n";
+    assert_bytes_eq(
+        &t.nc("client1", line.as_bytes()),
+        &expected(line.as_bytes()),
+    );
+
+    let bench = t.bench(
+        "client1",
+        &[
+            "tcp",
+            "-c",
+            "30",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0s",
+            "--payload",
+            "utf8",
+        ],
+    );
+    let open = t.wait_open(30);
+    let report = bench_report(bench);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["connections_up"], 30, "{report}");
+    assert!(report["msgs_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    eprintln!("haproxy spread of 30 connections over h1, h2, h3: {open:?}; {report}");
+    for (host, n) in t.hosts.iter().zip(&open) {
+        assert!(*n >= 5, "{} got {n} of 30 connections: {open:?}", host.name);
+    }
+}
+
+/// Textbook clients in `client`'s namespace, one after another, each a
+/// new connection with its own request, every reply checked to the byte;
+/// they run until `stop` is set, then say how many exchanges succeeded
+/// and what went wrong in the others.
+fn clients_until(
+    net: &Net,
+    client: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    done: &std::sync::atomic::AtomicU64,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    net.run_in(client, || {
+        let mut failures = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let request = format!("{client} {i:06} {MIXED_LINE}");
+            match exchange(front(), request.as_bytes()) {
+                Ok(reply) if reply == expected(request.as_bytes()) => {
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(reply) => failures.push(format!(
+                    "exchange {i}: got {:?}",
+                    String::from_utf8_lossy(&reply)
+                )),
+                Err(e) => failures.push(format!("exchange {i}: {e}")),
+            }
+            i += 1;
+        }
+        failures
+    })
+}
+
+/// Waits until `done` has counted `n` more exchanges than `from`.
+fn wait_exchanges(done: &std::sync::atomic::AtomicU64, from: u64, n: u64) -> u64 {
+    let mut now = from;
+    wait_until("the clients made their exchanges", || {
+        now = done.load(std::sync::atomic::Ordering::SeqCst);
+        now >= from + n
+    });
+    now
+}
+
+/// `kill -9` one host under load behind HAProxy: exactly the bench's
+/// connections on it fail; HAProxy's health check marks it down within
+/// its interval; connects that reach the dead host before that are
+/// retried on the others, so new clients see no error, and once it is
+/// down not one new connection is sent to it.
+#[test]
+fn haproxy_routes_around_a_killed_host() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    if !available(Kind::Haproxy) {
+        return;
+    }
+    let mut t = Topology::start("kill", Kind::Haproxy, "");
+    let bench = t.bench(
+        "client1",
+        &[
+            "tcp",
+            "-c",
+            "30",
+            "--duration",
+            "4s",
+            "--warmup",
+            "0s",
+            "--payload",
+            "utf8",
+        ],
+    );
+    let open = t.wait_open(30);
+    let on_victim = open[2];
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    t.hosts[2].daemon.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    // Until the process is gone its listener still takes connections
+    // (which then die with it): new clients start once it is reaped.
+    let _ = t.hosts[2].daemon.wait_exit();
+    let (failures, figures) = thread::scope(|scope| {
+        let clients = scope.spawn(|| clients_until(&t.net, "client2", &stop, &done));
+        let down = t.wait_servers("marked h3 down", |s| s[2].status.starts_with("DOWN"));
+        let took = killed.elapsed();
+        // After the mark: more exchanges, none of which may reach h3.
+        let before = done.load(Ordering::SeqCst);
+        let marked = before;
+        let after = wait_exchanges(&done, marked, 30);
+        let servers = t.servers();
+        stop.store(true, Ordering::SeqCst);
+        let failures = clients.join().unwrap();
+        (failures, (before, took, down, after - marked, servers))
+    });
+    let (before, took, down, after, servers) = figures;
+    let report = bench_report(bench);
+    eprintln!(
+        "haproxy kill -9 h3 (open {open:?}): marked down after {took:?}; \
+         {before} exchanges before the mark ({} of them retried on another host), \
+         {after} after it, failures {failures:?}; bench errors {}; {report}",
+        down[2].wredis, report["errors"]
+    );
+    assert!(failures.is_empty(), "new clients saw errors: {failures:?}");
+    // Down after `fall` failed checks, each `inter` apart (the first may
+    // start up to one interval after the kill).
+    let interval = Duration::from_millis(CHECK_INTER_MS * (CHECK_FALL + 1));
+    assert!(
+        took <= interval + LATE_MARGIN,
+        "h3 marked down after {took:?}"
+    );
+    assert_eq!(
+        servers[2].stot, down[2].stot,
+        "HAProxy sent connections to h3 after marking it down"
+    );
+    // Only the connections on the killed host failed, once each.
+    assert_eq!(bench_error_total(&report), on_victim, "{report}");
+    assert_eq!(bench_errors(&report, "mismatch"), 0, "{report}");
+    // The killed host's connections may not have completed their first
+    // exchange yet; every other one did.
+    assert!(
+        report["connections_up"].as_u64().unwrap() >= 30 - on_victim,
+        "{report}"
+    );
+}
+
+/// nginx `stream` in front: connections spread over the hosts, and after
+/// `kill -9` of one host only its connections fail; every new client is
+/// served by the others (a refused connect is retried on the next host,
+/// `proxy_next_upstream`, and marks the host failed, `max_fails`).
+#[test]
+fn nginx_stream_spreads_and_routes_around_a_killed_host() {
+    if !available(Kind::Nginx) {
+        return;
+    }
+    let mut t = Topology::start("nginx", Kind::Nginx, "");
+    let line = "hello wörld, straße\n";
+    assert_bytes_eq(
+        &t.nc("client1", line.as_bytes()),
+        &expected(line.as_bytes()),
+    );
+
+    let bench = t.bench(
+        "client1",
+        &[
+            "tcp",
+            "-c",
+            "30",
+            "--duration",
+            "4s",
+            "--warmup",
+            "0s",
+            "--payload",
+            "utf8",
+        ],
+    );
+    let open = t.wait_open(30);
+    for (host, n) in t.hosts.iter().zip(&open) {
+        assert!(*n >= 5, "{} got {n} of 30 connections: {open:?}", host.name);
+    }
+    let accepted = |h: &Host| counter(&h.daemon.counters(), " accepted=");
+    let survivors_before: u64 = t.hosts[..2].iter().map(accepted).sum();
+    t.hosts[2].daemon.signal(libc::SIGKILL);
+    let _ = t.hosts[2].daemon.wait_exit();
+    let exchanges = 30;
+    let failures = t.net.run_in("client2", || {
+        let mut failures = Vec::new();
+        for i in 0..exchanges {
+            let request = format!("client2 {i:06} {MIXED_LINE}");
+            match exchange(front(), request.as_bytes()) {
+                Ok(reply) if reply == expected(request.as_bytes()) => {}
+                other => failures.push(format!("exchange {i}: {other:?}")),
+            }
+        }
+        failures
+    });
+    let survivors_after: u64 = t.hosts[..2].iter().map(accepted).sum();
+    let report = bench_report(bench);
+    eprintln!(
+        "nginx spread of 30 connections over h1, h2, h3: {open:?}; after kill -9 h3: \
+         {} new connections on h1+h2 for {exchanges} exchanges, failures {failures:?}; \
+         bench errors {}; {report}",
+        survivors_after - survivors_before,
+        report["errors"]
+    );
+    assert!(failures.is_empty(), "new clients saw errors: {failures:?}");
+    // nginx makes no health checks: the survivors' new connections are
+    // exactly the new clients.
+    assert_eq!(survivors_after - survivors_before, exchanges);
+    assert_eq!(bench_error_total(&report), open[2], "{report}");
+    assert_eq!(bench_errors(&report, "mismatch"), 0, "{report}");
+    // The killed host's connections may not have completed their first
+    // exchange yet; every other one did.
+    assert!(
+        report["connections_up"].as_u64().unwrap() >= 30 - open[2],
+        "{report}"
+    );
+}
