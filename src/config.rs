@@ -261,6 +261,8 @@ config_table! {
         tcp: TcpConfig, raw TcpFile;
         /// The `[udp]` table.
         udp: UdpConfig, raw UdpFile;
+        /// The `[agent]` table.
+        agent: AgentConfig, raw AgentFile;
     }
 }
 
@@ -310,6 +312,20 @@ config_table! {
         socket_buffer: Option<NonZeroUsize> = NonZeroUsize::new(DEFAULT_SOCKET_BUFFER),
         kind SocketBuffer, reload NewConnections "going back to 0 (autotuning) needs a restart",
         "Per connection, kernel receive and send buffers (SO_RCVBUF/SO_SNDBUF, or \"128KiB\"); 0 = autotuning.";
+        /// Addresses to listen on for a load balancer that sends the PROXY
+        /// protocol (v1 or v2): every connection must open with a header
+        /// (HAProxy `send-proxy-v2`, nginx `proxy_protocol on`), whose
+        /// client address is then the one counted and logged. Empty by
+        /// default; `listen` sockets never look for a header.
+        proxy_listen: Vec<SocketAddr> = Vec::new(), kind Listen, reload Restart,
+        "Addresses where every connection must begin with a PROXY protocol header (v1 or v2),\n\
+         as a load balancer sends it (HAProxy send-proxy-v2, nginx proxy_protocol on).";
+        /// Networks allowed to connect to `proxy_listen`: any other peer is
+        /// closed unanswered (default loopback: `127.0.0.0/8`, `::1/128`).
+        /// IPv4-mapped IPv6 peers match IPv4 networks.
+        proxy_trusted: Vec<crate::proxy::Cidr> = crate::proxy::default_trusted(),
+        kind Networks, reload NewConnections,
+        "Networks (CIDR) of the balancers allowed on proxy_listen; others are closed unanswered.";
     }
 }
 
@@ -339,6 +355,19 @@ config_table! {
         /// load generators among them, are trusted anyway.
         rate_limit_loopback: bool = false, kind BoolKind, reload Live,
         "Apply rate_limit to loopback sources too (they cannot be spoofed from outside).";
+    }
+}
+
+config_table! {
+    /// The `[agent]` table: HAProxy's agent check.
+    pub struct AgentConfig, raw AgentFile, table "agent", keys AGENT_KEYS {
+        /// Addresses of the agent-check port: each connection is answered
+        /// with one line (`up ready 100%`, a lower weight near
+        /// `max_connections`, `drain` from the start of a graceful shutdown,
+        /// `down` while out of file descriptors), then closed. Empty (the
+        /// default) turns it off.
+        listen: Vec<SocketAddr> = Vec::new(), kind Listen, reload Restart,
+        "HAProxy agent-check addresses: one line (up/weight, drain, down), then close; [] = off.";
     }
 }
 
@@ -819,6 +848,16 @@ kinds! {
     write |v| quote(&v.to_string());
     check |found| found.string(Self::TAKES, parse_address);
 
+    /// One network (an item of `proxy_trusted`).
+    kind Network(crate::proxy::Cidr) takes "a network string such as \"127.0.0.0/8\"";
+    write |v| quote(&v.to_string());
+    check |found| found.string(Self::TAKES, crate::proxy::Cidr::from_str);
+
+    /// `[tcp] proxy_trusted`: an array of networks.
+    kind Networks(Vec<crate::proxy::Cidr>) takes "an array of networks such as [\"127.0.0.0/8\"]";
+    write |v| format!("[{}]", v.iter().map(|n| quote(&n.to_string())).collect::<Vec<_>>().join(", "));
+    check_seq |seq| items(seq).map(|items: Vec<Network>| items.into_iter().map(|n| n.0).collect());
+
     /// `listen`: an array of addresses.
     kind Listen(Vec<SocketAddr>) takes "an array of addresses such as [\"127.0.0.1:12000\"]";
     write |v| address_list(v);
@@ -1112,12 +1151,20 @@ mod tests {
                 telnet: crate::telnet::Setting::On,
                 max_connections_per_ip: NonZeroUsize::new(4),
                 socket_buffer: None,
+                proxy_listen: vec!["10.0.0.2:12100".parse().unwrap()],
+                proxy_trusted: vec![
+                    "10.0.0.0/24".parse().unwrap(),
+                    "2001:db8::/32".parse().unwrap(),
+                ],
             },
             udp: UdpConfig {
                 listen: vec![],
                 blocked_source_ports: vec![],
                 rate_limit: None,
                 rate_limit_loopback: true,
+            },
+            agent: AgentConfig {
+                listen: vec!["127.0.0.1:12001".parse().unwrap()],
             },
         }
     }
@@ -1175,12 +1222,17 @@ max_pending_output = "1MiB"
 telnet = true
 max_connections_per_ip = 4
 socket_buffer = 0
+proxy_listen = ["10.0.0.2:12100"]
+proxy_trusted = ["10.0.0.0/24", "2001:db8::/32"]
 
 [udp]
 listen = []
 blocked_source_ports = []
 rate_limit = 0
 rate_limit_loopback = true
+
+[agent]
+listen = ["127.0.0.1:12001"]
 "#;
         assert_eq!(parse(text).unwrap(), non_default());
     }
@@ -1219,7 +1271,7 @@ rate_limit_loopback = true
     fn unknown_top_level_key() {
         assert_eq!(
             error("mode = \"ascii\"\nbogus = 1\n"),
-            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
+            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp, agent"
         );
     }
 
@@ -1227,7 +1279,7 @@ rate_limit_loopback = true
     fn unknown_tcp_key() {
         assert_eq!(
             error("[tcp]\nbacklog = 5\n\nbogus = true\n"),
-            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet, max_connections_per_ip, socket_buffer"
+            "test.toml:4: tcp.bogus: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet, max_connections_per_ip, socket_buffer, proxy_listen, proxy_trusted"
         );
     }
 
@@ -1243,11 +1295,11 @@ rate_limit_loopback = true
     fn unknown_table() {
         assert_eq!(
             error("[tcp]\n\n[http]\nlisten = []\n"),
-            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
+            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp, agent"
         );
         assert_eq!(
             error("[tcp.extra]\nx = 1\n"),
-            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet, max_connections_per_ip, socket_buffer"
+            "test.toml:1: tcp.extra: unknown key; expected one of: listen, backlog, max_connections, idle_timeout, max_pending_output, telnet, max_connections_per_ip, socket_buffer, proxy_listen, proxy_trusted"
         );
     }
 
@@ -1256,7 +1308,7 @@ rate_limit_loopback = true
         // Keys are checked in source order, not alphabetically.
         assert_eq!(
             error("zzz = 1\naaa = 2\n"),
-            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
+            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp, agent"
         );
     }
 
@@ -1388,6 +1440,31 @@ rate_limit_loopback = true
         assert_eq!(
             error("[tcp]\ntelnet = 1\n"),
             "test.toml:2: tcp.telnet: expected true, false or \"auto\", found an integer"
+        );
+    }
+
+    #[test]
+    fn proxy_keys_name_the_bad_network_and_its_line() {
+        let c = parse("[tcp]\nproxy_listen = [\"127.0.0.1:12100\"]\nproxy_trusted = [\"192.0.2.0/24\", \"::1\"]\n")
+            .unwrap();
+        assert_eq!(c.tcp.proxy_listen, ["127.0.0.1:12100".parse().unwrap()]);
+        let trusted: Vec<String> = c.tcp.proxy_trusted.iter().map(|n| n.to_string()).collect();
+        assert_eq!(trusted, ["192.0.2.0/24", "::1/128"]);
+        assert_eq!(
+            error("[tcp]\nproxy_trusted = [\n  \"10.0.0.0/8\",\n  \"10.0.0.1/8\",\n]\n"),
+            "test.toml:4: tcp.proxy_trusted: invalid network \"10.0.0.1/8\": host bits are set (the network is \"10.0.0.0/8\")"
+        );
+        assert_eq!(
+            error("[tcp]\nproxy_trusted = \"127.0.0.0/8\"\n"),
+            "test.toml:2: tcp.proxy_trusted: expected an array of networks such as [\"127.0.0.0/8\"], found a string"
+        );
+        assert_eq!(
+            error("[tcp]\nproxy_trusted = [\"lb.example\"]\n"),
+            "test.toml:2: tcp.proxy_trusted: invalid network \"lb.example\": expected an address or a network such as \"127.0.0.0/8\" or \"::1/128\""
+        );
+        assert_eq!(
+            error("[agent]\nlisten = [\"127.0.0.1\"]\n"),
+            "test.toml:2: agent.listen: invalid address \"127.0.0.1\": expected IP:PORT such as \"127.0.0.1:12000\" or \"[::]:12000\" (host names are not allowed)"
         );
     }
 
@@ -1555,7 +1632,8 @@ rate_limit_loopback = true
         assert!(text.contains("shutdown_timeout = \"1500ms\"\n"), "{text}");
         assert!(text.contains("[udp]\n# "), "{text}");
         assert!(text.contains("listen = []\n"), "{text}");
-        assert!(text.ends_with("rate_limit_loopback = true\n"), "{text}");
+        assert!(text.contains("rate_limit_loopback = true\n"), "{text}");
+        assert!(text.ends_with("[agent]\n# HAProxy agent-check addresses: one line (up/weight, drain, down), then close; [] = off.\nlisten = [\"127.0.0.1:12001\"]\n"), "{text}");
     }
 
     #[test]
@@ -1578,7 +1656,7 @@ rate_limit_loopback = true
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 16);
+        assert_eq!(keys, 19);
     }
 
     #[test]
@@ -1609,6 +1687,7 @@ rate_limit_loopback = true
             ("", TOP_KEYS, Config::NAMES),
             ("tcp", TCP_KEYS, TcpConfig::NAMES),
             ("udp", UDP_KEYS, UdpConfig::NAMES),
+            ("agent", AGENT_KEYS, AgentConfig::NAMES),
         ];
         assert_eq!(Config::TABLES, tables);
         for (table, keys, names) in tables {
@@ -1617,7 +1696,7 @@ rate_limit_loopback = true
             assert_eq!(names[..keys.len()], declared[..], "{table}");
             assert_eq!(names_of(table), Some(names));
         }
-        assert_eq!(Config::NAMES[TOP_KEYS.len()..], ["tcp", "udp"]);
+        assert_eq!(Config::NAMES[TOP_KEYS.len()..], ["tcp", "udp", "agent"]);
         assert_eq!(TcpConfig::NAMES.len(), TCP_KEYS.len());
         assert_eq!(UdpConfig::NAMES.len(), UDP_KEYS.len());
 
@@ -1635,6 +1714,7 @@ rate_limit_loopback = true
             .iter()
             .chain(TCP_KEYS)
             .chain(UDP_KEYS)
+            .chain(AGENT_KEYS)
             .map(|key| (key.table, key.name))
             .collect();
         assert_eq!(written, declared);
@@ -1649,6 +1729,7 @@ rate_limit_loopback = true
             ("TOP\\-LEVEL KEYS", defaults.values()),
             ("[tcp] TABLE", defaults.tcp.values()),
             ("[udp] TABLE", defaults.udp.values()),
+            ("[agent] TABLE", defaults.agent.values()),
         ];
         let titles: Vec<String> = defaults
             .tables()

@@ -37,6 +37,9 @@
 //!   `turns.rs` (the run queue: work left over from one turn for the next,
 //!   each source once), `throttle.rs` (rate-limited log lines), `timer.rs`
 //!   (the loop's deadline timer), `stats.rs` (counters).
+//! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer puts
+//!   before a relayed connection, parsed from bytes (pure), and the
+//!   networks trusted to send it.
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
 //! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
@@ -65,6 +68,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod proxy;
 pub mod rlimit;
 pub mod server;
 pub mod signals;

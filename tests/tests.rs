@@ -14,6 +14,7 @@ mod interop;
 mod lifecycle;
 mod memory;
 mod netns;
+mod proxy;
 mod systemd;
 mod tcp;
 mod telnet;

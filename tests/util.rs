@@ -31,6 +31,8 @@ pub fn loopback_config() -> Config {
 pub struct InProcess {
     pub tcp: SocketAddr,
     pub udp: SocketAddr,
+    /// The PROXY listeners (`[tcp] proxy_listen`), in config order.
+    pub proxy: Vec<SocketAddr>,
     handle: Handle,
     thread: Option<JoinHandle<Counters>>,
 }
@@ -48,11 +50,13 @@ impl InProcess {
             .first()
             .copied()
             .unwrap_or(([0, 0, 0, 0], 0).into());
+        let proxy = server.proxy_addrs();
         let handle = server.handle();
         let thread = thread::spawn(move || server.run().expect("server run"));
         InProcess {
             tcp,
             udp,
+            proxy,
             handle,
             thread: Some(thread),
         }
@@ -80,6 +84,25 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream.set_write_timeout(Some(PATIENCE)).unwrap();
     stream
+}
+
+/// Connects to a PROXY listener and sends `header`, exactly these bytes, as
+/// a balancer does first on each connection (`upcase::proxy::encode` makes
+/// them as HAProxy and nginx do; tests also write them out by hand).
+pub fn connect_with_header(addr: SocketAddr, header: &[u8]) -> TcpStream {
+    let mut stream = connect(addr);
+    stream.write_all(header).expect("send PROXY header");
+    stream
+}
+
+/// Whether the server closes `stream` without a byte of reply: EOF or a
+/// reset, and nothing read before it.
+pub fn closed_unanswered(stream: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => got.is_empty(),
+        Err(e) => got.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
 }
 
 /// Reads exactly `n` bytes.
@@ -220,6 +243,10 @@ pub struct Daemon {
     pub child: Child,
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    /// `[tcp] proxy_listen` sockets (`listening on tcp://ADDR (PROXY protocol)`).
+    pub proxy: Vec<SocketAddr>,
+    /// `[agent] listen` sockets (`listening on tcp://ADDR (agent)`).
+    pub agent: Vec<SocketAddr>,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     reader: Option<JoinHandle<()>>,
 }
@@ -287,6 +314,8 @@ impl Daemon {
             child,
             tcp: Vec::new(),
             udp: Vec::new(),
+            proxy: Vec::new(),
+            agent: Vec::new(),
             log,
             reader: Some(reader),
         }
@@ -305,8 +334,16 @@ impl Daemon {
             if listening.len() >= sockets {
                 for line in listening {
                     let url = line.split("listening on ").nth(1).unwrap().trim();
+                    // `tcp://ADDR`, or `tcp://ADDR (what)` for the sockets
+                    // that serve something else than plain TCP.
+                    let (url, what) = url.split_once(' ').unwrap_or((url, ""));
                     if let Some(addr) = url.strip_prefix("tcp://") {
-                        daemon.tcp.push(addr.parse().expect("tcp address in log"));
+                        let addr = addr.parse().expect("tcp address in log");
+                        match what {
+                            "(PROXY protocol)" => daemon.proxy.push(addr),
+                            "(agent)" => daemon.agent.push(addr),
+                            _ => daemon.tcp.push(addr),
+                        }
                     } else if let Some(addr) = url.strip_prefix("udp://") {
                         daemon.udp.push(addr.parse().expect("udp address in log"));
                     }

@@ -40,6 +40,9 @@ pub struct Listener {
     pub pending: bool,
     /// Its place in the loop's run queue.
     pub mark: crate::server::turns::Mark,
+    /// A `[tcp] proxy_listen` socket: only `proxy_trusted` peers are
+    /// accepted, and each connection must open with a PROXY header.
+    pub proxy: bool,
 }
 
 /// What one attempt to accept gave.
@@ -54,6 +57,9 @@ pub enum Accepted {
         peer: SocketAddr,
         /// Counted against `max_connections_per_ip`.
         ip_counted: bool,
+        /// From a PROXY listener: its header is awaited (`proxied.rs`),
+        /// and only then is its address counted.
+        proxy: bool,
     },
     /// Nothing to serve this time, but more may be queued: a call that was
     /// interrupted, a client gone before it was accepted, one refused for
@@ -97,6 +103,8 @@ pub struct Acceptor {
     per_ip: HashMap<IpAddr, usize>,
     /// The warning about `max_connections_per_ip` refusals.
     per_ip_warning: Throttle,
+    /// The warning about peers outside `proxy_trusted`.
+    untrusted_warning: Throttle,
 }
 
 impl Acceptor {
@@ -111,6 +119,7 @@ impl Acceptor {
             fd_warning: Throttle::default(),
             per_ip: HashMap::new(),
             per_ip_warning: Throttle::default(),
+            untrusted_warning: Throttle::default(),
         }
     }
 
@@ -178,7 +187,8 @@ impl Acceptor {
                 if let Some(episode) = &mut self.episode {
                     episode.waited += 1;
                 }
-                self.admit(stream, peer, tcp, shared, now)
+                let proxy = listener.proxy;
+                self.admit(stream, peer, proxy, tcp, shared, now)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 listener.pending = false;
@@ -246,10 +256,11 @@ impl Acceptor {
                     shared.counters.conns_accepted += 1;
                     shared.counters.closed_limit += 1;
                     debug!(target: super::LOG_TARGET, "{peer}: shutting down at max_connections: closed unserved");
-                    conn::refuse(stream, shared);
+                    conn::refuse(&mut { stream }, shared);
                     continue;
                 }
-                let accepted = self.admit(stream, peer, tcp, shared, now);
+                let proxy = self.listeners[i].proxy;
+                let accepted = self.admit(stream, peer, proxy, tcp, shared, now);
                 if let Accepted::Client { .. } = accepted {
                     open += 1;
                     served.push(accepted);
@@ -268,8 +279,9 @@ impl Acceptor {
     /// a refusal is a clean close, counted and reported.
     fn admit(
         &mut self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
+        proxy: bool,
         tcp: &TcpConfig,
         shared: &mut Shared,
         now: Instant,
@@ -277,30 +289,65 @@ impl Acceptor {
         // Counted accepted whatever happens next: every accepted connection
         // ends in exactly one `closed` reason, so accepted = open + closed.
         shared.counters.conns_accepted += 1;
-        let ip_counted = match tcp.max_connections_per_ip {
-            None => false,
-            Some(limit) => {
-                let open = self.per_ip.entry(canonical_ip(peer.ip())).or_insert(0);
-                if *open >= limit.get() {
-                    shared.counters.closed_limit += 1;
-                    if let Some(quiet) = self.per_ip_warning.ready(now) {
-                        warn!(target: super::LOG_TARGET, "max_connections_per_ip ({limit}) reached: refused {}, latest from {}",
-                            count(quiet + 1, "connection"),
-                            peer.ip()
-                        );
-                    }
-                    conn::refuse(stream, shared);
-                    return Accepted::Nothing;
+        if proxy {
+            // Only a trusted balancer may say whose connection this is; the
+            // client's own address is counted once its header names it.
+            if !tcp.proxy_trusted.iter().any(|net| net.contains(peer.ip())) {
+                shared.counters.closed_untrusted += 1;
+                if let Some(quiet) = self.untrusted_warning.ready(now) {
+                    warn!(target: super::LOG_TARGET, "PROXY listener: refused {} from outside proxy_trusted, latest from {}",
+                        count(quiet + 1, "connection"),
+                        peer.ip()
+                    );
                 }
-                *open += 1;
-                true
+                conn::refuse(&mut stream, shared);
+                return Accepted::Nothing;
             }
+            return Accepted::Client {
+                stream,
+                peer,
+                ip_counted: false,
+                proxy,
+            };
+        }
+        let Some(ip_counted) = self.claim_ip(peer.ip(), tcp, shared, now) else {
+            conn::refuse(&mut stream, shared);
+            return Accepted::Nothing;
         };
         Accepted::Client {
             stream,
             peer,
             ip_counted,
+            proxy,
         }
+    }
+
+    /// Counts a connection from `ip` against `max_connections_per_ip`:
+    /// `Some(counted)` when it may be served (`counted`: [`Acceptor::closed`]
+    /// must be told when it goes), `None` when the address is at its limit
+    /// (counted as closed for the limit; the caller closes it).
+    pub fn claim_ip(
+        &mut self,
+        ip: IpAddr,
+        tcp: &TcpConfig,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Option<bool> {
+        let Some(limit) = tcp.max_connections_per_ip else {
+            return Some(false);
+        };
+        let open = self.per_ip.entry(canonical_ip(ip)).or_insert(0);
+        if *open >= limit.get() {
+            shared.counters.closed_limit += 1;
+            if let Some(quiet) = self.per_ip_warning.ready(now) {
+                warn!(target: super::LOG_TARGET, "max_connections_per_ip ({limit}) reached: refused {}, latest from {ip}",
+                    count(quiet + 1, "connection"),
+                );
+            }
+            return None;
+        }
+        *open += 1;
+        Some(true)
     }
 
     /// Accepting stopped at `max_connections`. The first stop of an episode
@@ -403,6 +450,7 @@ pub fn adopt(socket: Socket, socket_buffer: Option<NonZeroUsize>) -> io::Result<
         addr,
         pending: false,
         mark: Default::default(),
+        proxy: false,
     })
 }
 

@@ -235,6 +235,12 @@ impl<S: Socket> Connection<S> {
         self.peer
     }
 
+    /// The client is another than the socket's peer: a PROXY protocol
+    /// header named it (`proxied.rs`).
+    pub fn set_peer(&mut self, peer: SocketAddr) {
+        self.peer = peer;
+    }
+
     /// Bytes of replies waiting for the kernel to take them.
     pub fn pending_output(&self) -> usize {
         self.out.as_ref().map_or(0, |out| out.pending())
@@ -532,9 +538,8 @@ const REFUSE_READS: usize = 4;
 /// finds the receive queue empty. (Closing a socket with unread data makes
 /// Linux send an RST instead of a FIN, which the client sees as an error.)
 /// Bounded: a client still sending after that meets a closed socket.
-pub fn refuse(stream: TcpStream, shared: &mut Shared) {
-    let mut stream = stream;
-    let _ = send_fin(&stream);
+pub fn refuse(stream: &mut TcpStream, shared: &mut Shared) {
+    let _ = send_fin(&*stream);
     for _ in 0..REFUSE_READS {
         match stream.read(&mut shared.read_buf) {
             Ok(0) | Err(_) => break,

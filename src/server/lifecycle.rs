@@ -81,9 +81,10 @@ impl Server {
                 stream,
                 peer,
                 ip_counted,
+                proxy,
             } = accepted
             {
-                self.add_connection(stream, peer, ip_counted, now);
+                self.add_connection(stream, peer, ip_counted, proxy, now);
             }
         }
         // Datagrams already queued get their answers; then the sockets close.
@@ -95,6 +96,12 @@ impl Server {
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
+            if self.conns[key].header.is_some() {
+                // Its bytes so far are (part of) a PROXY header: it is
+                // answered once the header is in (`proxied.rs`), or closed
+                // at the header timeout.
+                continue;
+            }
             let status = self.conns[key].conn.begin_shutdown(&mut self.shared);
             self.after(key, status);
         }
@@ -163,6 +170,8 @@ impl Server {
         let new = &self.config;
         if new.tcp.listen != old.tcp.listen
             || new.udp.listen != old.udp.listen
+            || new.tcp.proxy_listen != old.tcp.proxy_listen
+            || new.agent.listen != old.agent.listen
             || new.tcp.backlog != old.tcp.backlog
             || new.reuse_port != old.reuse_port
         {
@@ -190,6 +199,17 @@ impl Server {
         }
         self.shared.max_pending_output = new.tcp.max_pending_output.get();
         self.guard.reconfigure(&new.udp);
+        if new.tcp.proxy_trusted != old.tcp.proxy_trusted {
+            let trusted: Vec<String> = new
+                .tcp
+                .proxy_trusted
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            info!(target: super::LOG_TARGET, "reload: proxy_trusted is now [{}], for connections accepted from now on",
+                trusted.join(", ")
+            );
+        }
         if new.tcp.max_connections_per_ip.is_some() != old.tcp.max_connections_per_ip.is_some() {
             // Counting starts (or stops) with connections accepted from now
             // on; those already open are not counted against the new limit.

@@ -33,6 +33,7 @@ mod guard;
 mod idle;
 mod lifecycle;
 mod mmsg;
+mod proxied;
 mod stats;
 mod throttle;
 mod timer;
@@ -145,6 +146,9 @@ struct Slot {
     ip_counted: bool,
     /// Its place in the run queue (queued, last turn it ran).
     mark: Mark,
+    /// On a PROXY listener, awaiting its header since this instant
+    /// (`proxied.rs`); `None` once served.
+    header: Option<Instant>,
 }
 
 impl Linked for Slot {
@@ -183,17 +187,29 @@ pub struct Server {
     deadline: Option<Instant>,
     /// systemd's watchdog, when the service manager asked for one.
     watchdog: Option<Watchdog>,
+    /// Connections on PROXY listeners awaiting their header.
+    headers: proxied::Headers,
 }
 
 impl Server {
     /// Binds every configured socket (the addresses are logged by `run`).
     pub fn bind(config: Config) -> Result<Server, ServerError> {
-        if config.tcp.listen.is_empty() && config.udp.listen.is_empty() {
+        if config.tcp.listen.is_empty()
+            && config.udp.listen.is_empty()
+            && config.tcp.proxy_listen.is_empty()
+        {
             return Err(ServerError::NothingToServe);
         }
         let mut listeners = Vec::new();
-        for &addr in &config.tcp.listen {
-            let listener = accept::bind(
+        let proxy_listen = config.tcp.proxy_listen.iter().map(|&addr| (addr, true));
+        for (addr, proxy) in config
+            .tcp
+            .listen
+            .iter()
+            .map(|&a| (a, false))
+            .chain(proxy_listen)
+        {
+            let mut listener = accept::bind(
                 addr,
                 config.tcp.backlog,
                 config.reuse_port,
@@ -204,6 +220,7 @@ impl Server {
                 addr,
                 source,
             })?;
+            listener.proxy = proxy;
             listeners.push(listener);
         }
         let mut udp = Vec::new();
@@ -274,6 +291,11 @@ impl Server {
         let timer = Timer::new(poll.registry(), TIMER).map_err(ServerError::Setup)?;
         let registry = poll.registry();
         let first_udp = FIRST_SOCKET + listeners.len();
+        for l in listeners.iter_mut() {
+            // Under socket activation, a passed socket is a PROXY listener
+            // when its address is one of proxy_listen.
+            l.proxy |= config.tcp.proxy_listen.contains(&l.addr);
+        }
         for (i, l) in listeners.iter_mut().enumerate() {
             registry
                 .register(&mut l.socket, Token(FIRST_SOCKET + i), Interest::READABLE)
@@ -306,6 +328,7 @@ impl Server {
             guard,
             deadline: None,
             watchdog: Watchdog::from_environment(),
+            headers: proxied::Headers::default(),
         })
     }
 
@@ -333,9 +356,16 @@ impl Server {
         }
     }
 
-    /// The bound TCP addresses (port 0 resolved).
+    /// The bound TCP addresses (port 0 resolved), PROXY listeners aside.
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        self.acceptor.listeners.iter().map(|l| l.addr).collect()
+        let listeners = self.acceptor.listeners.iter();
+        listeners.filter(|l| !l.proxy).map(|l| l.addr).collect()
+    }
+
+    /// The bound addresses of the PROXY listeners (`[tcp] proxy_listen`).
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        let listeners = self.acceptor.listeners.iter();
+        listeners.filter(|l| l.proxy).map(|l| l.addr).collect()
     }
 
     /// The bound UDP addresses (port 0 resolved).
@@ -352,7 +382,8 @@ impl Server {
     pub fn run(mut self) -> Result<Counters, ServerError> {
         transform::warm_up(self.config.mode);
         for l in &self.acceptor.listeners {
-            info!("listening on tcp://{}", l.addr);
+            let proxy = if l.proxy { " (PROXY protocol)" } else { "" };
+            info!("listening on tcp://{}{proxy}", l.addr);
         }
         for u in &self.udp {
             info!("listening on udp://{}", u.addr);
@@ -412,6 +443,7 @@ impl Server {
         let nearest = [
             self.idle_deadline(),
             self.acceptor.backoff_until(),
+            self.headers.deadline(),
             self.deadline,
             watchdog,
         ]
@@ -527,7 +559,8 @@ impl Server {
                     stream,
                     peer,
                     ip_counted,
-                } => self.add_connection(stream, peer, ip_counted, now),
+                    proxy,
+                } => self.add_connection(stream, peer, ip_counted, proxy, now),
                 Accepted::Nothing => {}
                 Accepted::Stop => return,
             }
@@ -538,12 +571,14 @@ impl Server {
             .requeue(Token(FIRST_SOCKET + i), &mut listener.mark);
     }
 
-    /// Takes an accepted client into the slab and the poll.
+    /// Takes an accepted client into the slab and the poll; from a PROXY
+    /// listener (`proxy`), to await its header.
     fn add_connection(
         &mut self,
         stream: mio::net::TcpStream,
         peer: SocketAddr,
         ip_counted: bool,
+        proxy: bool,
         now: Instant,
     ) {
         // Replies are written whole as soon as they are made; Nagle's
@@ -562,6 +597,7 @@ impl Server {
             link: Link::default(),
             ip_counted,
             mark: Mark::default(),
+            header: proxy.then_some(now),
         };
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
@@ -582,6 +618,9 @@ impl Server {
         }
         entry.insert(slot);
         self.idle.push_back(&mut self.conns, key);
+        if proxy {
+            self.headers.wait(key, now);
+        }
         self.shared.counters.conns_open += 1;
         debug!("{peer}: connected");
     }
@@ -598,6 +637,10 @@ impl Server {
             slot.conn.note(readable, hup);
             return;
         }
+        if slot.header.is_some() && !self.await_header(key, hup, now) {
+            return;
+        }
+        let slot = &mut self.conns[key];
         let moved = self.shared.counters.bytes_in + self.shared.counters.bytes_out;
         let status = slot.conn.ready(readable, hup, &mut self.shared);
         if self.shared.counters.bytes_in + self.shared.counters.bytes_out != moved {
@@ -655,6 +698,7 @@ impl Server {
 
     /// Timers: idle connections and the end of an accept back-off.
     fn expire(&mut self, now: Instant) {
+        self.expire_headers(now);
         if self.acceptor.backoff_over(now) {
             self.resume_accepting();
         }

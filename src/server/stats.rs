@@ -23,6 +23,13 @@ pub struct Counters {
     pub closed_cut: u64,
     /// Accepted, then closed at once: its address had `max_connections_per_ip` open.
     pub closed_limit: u64,
+    /// Closed unanswered on a PROXY listener (`[tcp] proxy_listen`): no
+    /// valid header (malformed, cut short by EOF, or not whole within the
+    /// header timeout).
+    pub closed_proxy: u64,
+    /// Closed unanswered on a PROXY listener: the peer is not in
+    /// `[tcp] proxy_trusted`.
+    pub closed_untrusted: u64,
     /// Bytes read from TCP clients and UDP datagrams.
     pub bytes_in: u64,
     /// Bytes of replies handed to the kernel.
@@ -47,7 +54,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={} limit={}; \
+            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={} limit={} proxy={} untrusted={}; \
              bytes in={} out={}; datagrams in={} out={} dropped={} blocked={} limited={}; \
              errors={} accept_pauses={}",
             self.conns_open,
@@ -58,6 +65,8 @@ impl fmt::Display for Counters {
             self.closed_error,
             self.closed_cut,
             self.closed_limit,
+            self.closed_proxy,
+            self.closed_untrusted,
             self.bytes_in,
             self.bytes_out,
             self.dgrams_in,
