@@ -107,12 +107,16 @@ fn available(kind: Kind) -> bool {
     }
 }
 
-/// The config of a host at `addr`; `extra` goes into its `[tcp]` table.
+/// The config of a host at `addr`: its one TCP listener requires the
+/// PROXY header, which only the balancer (at [`HUB_ADDR`]) may send;
+/// `extra_tcp` goes into the `[tcp]` table.
 fn host_config(addr: &str, extra_tcp: &str) -> String {
     format!(
         "shutdown_timeout = \"30s\"\n\
          [tcp]\n\
-         listen = [\"{addr}:0\"]\n\
+         listen = []\n\
+         proxy_listen = [\"{addr}:0\"]\n\
+         proxy_trusted = [\"{HUB_ADDR}/32\"]\n\
          {extra_tcp}\n\
          [udp]\n\
          listen = []\n"
@@ -174,12 +178,12 @@ impl Topology {
                 let found = listeners(&mut daemon, 1);
                 let tcp = found
                     .iter()
-                    .find(|(proto, _, _)| proto == "tcp")
+                    .find(|(proto, _, tail)| proto == "tcp" && tail == "(PROXY protocol)")
                     .map(|(_, addr, _)| *addr)
-                    .expect("a tcp listener");
+                    .expect("a PROXY protocol listener");
                 let agent = found
                     .iter()
-                    .find(|(proto, _, _)| proto == "agent")
+                    .find(|(proto, _, tail)| proto == "tcp" && tail == "(agent)")
                     .map(|(_, addr, _)| *addr);
                 Host {
                     name,
@@ -256,6 +260,17 @@ impl Topology {
                 Instant::now() < deadline,
                 "the hosts never held {total} connections together: {open:?}"
             );
+        }
+    }
+
+    /// Asserts that no host closed a connection for its PROXY header (bad,
+    /// missing, or from an untrusted peer): every one the balancer opened,
+    /// health checks included, carried a header the host accepted.
+    fn assert_headers_accepted(&self) {
+        for h in &self.hosts {
+            let line = h.daemon.counters();
+            assert_eq!(counter(&line, " proxy="), 0, "{}: {line}", h.name);
+            assert_eq!(counter(&line, " untrusted="), 0, "{}: {line}", h.name);
         }
     }
 
@@ -377,6 +392,30 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
     Ok(reply)
 }
 
+/// A connection held open after one verified exchange of `request`
+/// (no half-close); `None` when the server closed it unanswered.
+fn hold(addr: SocketAddr, request: &[u8]) -> Option<TcpStream> {
+    let mut stream = connect(addr);
+    stream.write_all(request).expect("send");
+    let want = expected(request);
+    let mut reply = vec![0; want.len()];
+    let mut got = 0;
+    while got < reply.len() {
+        match stream.read(&mut reply[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            // A refusal may come as a reset rather than a FIN.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("read a held connection's reply: {e}"),
+        }
+    }
+    if got == 0 {
+        return None;
+    }
+    assert_bytes_eq(&reply[..got], &want);
+    Some(stream)
+}
+
 /// One HAProxy server, as `show stat` reports it.
 #[derive(Debug, Clone)]
 struct ServerStat {
@@ -433,7 +472,12 @@ fn try_server_stats(socket: &str) -> io::Result<Vec<ServerStat>> {
 fn haproxy_config(stats: &str, hosts: &[Host]) -> String {
     let mut servers = String::new();
     for h in hosts {
-        servers.push_str(&format!("    server {} {} check", h.name, h.tcp));
+        // Health checks send the header too (v2 LOCAL: the balancer's own
+        // connection), or the host would count each as a bad header.
+        servers.push_str(&format!(
+            "    server {} {} send-proxy-v2 check check-send-proxy",
+            h.name, h.tcp
+        ));
         if let Some(agent) = h.agent {
             servers.push_str(&format!(
                 " agent-check agent-addr {} agent-port {} agent-inter {CHECK_INTER_MS}ms",
@@ -493,6 +537,7 @@ fn nginx_config(net: &Net, hosts: &[Host]) -> String {
          \x20   server {{\n\
          \x20       listen {FRONT};\n\
          \x20       proxy_pass hosts;\n\
+         \x20       proxy_protocol on;\n\
          \x20       proxy_connect_timeout 2s;\n\
          \x20       proxy_next_upstream on;\n\
          \x20       proxy_half_close on;\n\
@@ -539,6 +584,7 @@ fn haproxy_spreads_connections_over_the_hosts() {
     for (host, n) in t.hosts.iter().zip(&open) {
         assert!(*n >= 5, "{} got {n} of 30 connections: {open:?}", host.name);
     }
+    t.assert_headers_accepted();
 }
 
 /// Textbook clients in `client`'s namespace, one after another, each a
@@ -571,6 +617,16 @@ fn clients_until(
         }
         failures
     })
+}
+
+/// Sets its flag when dropped: the clients of [`clients_until`] stop
+/// also when the test fails while they run (a scope waits for them).
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Waits until `done` has counted `n` more exchanges than `from`.
@@ -620,6 +676,7 @@ fn haproxy_routes_around_a_killed_host() {
     let _ = t.hosts[2].daemon.wait_exit();
     let (failures, figures) = thread::scope(|scope| {
         let clients = scope.spawn(|| clients_until(&t.net, "client2", &stop, &done));
+        let _stop = StopOnDrop(&stop);
         let down = t.wait_servers("marked h3 down", |s| s[2].status.starts_with("DOWN"));
         let took = killed.elapsed();
         // After the mark: more exchanges, none of which may reach h3.
@@ -696,6 +753,8 @@ fn nginx_stream_spreads_and_routes_around_a_killed_host() {
     for (host, n) in t.hosts.iter().zip(&open) {
         assert!(*n >= 5, "{} got {n} of 30 connections: {open:?}", host.name);
     }
+    // nginx sends PROXY v1, the text header.
+    t.assert_headers_accepted();
     let accepted = |h: &Host| counter(&h.daemon.counters(), " accepted=");
     let survivors_before: u64 = t.hosts[..2].iter().map(accepted).sum();
     t.hosts[2].daemon.signal(libc::SIGKILL);
@@ -733,4 +792,48 @@ fn nginx_stream_spreads_and_routes_around_a_killed_host() {
         report["connections_up"].as_u64().unwrap() >= 30 - open[2],
         "{report}"
     );
+}
+
+/// `max_connections_per_ip` behind HAProxy counts the real client, whose
+/// address the PROXY v2 header carries, not HAProxy's: with a limit of 2,
+/// client1 holds 2 connections on each host, client2 2 more on each (the
+/// balancer's one address now has 4 there), and client1's next connection
+/// on every host is refused.
+#[test]
+fn haproxy_per_ip_limit_counts_the_real_client() {
+    if !available(Kind::Haproxy) {
+        return;
+    }
+    let t = Topology::start("perip", Kind::Haproxy, "max_connections_per_ip = 2");
+    let open = |client: &str, n: usize| -> Vec<Option<TcpStream>> {
+        t.net.run_in(client, || {
+            (0..n)
+                .map(|i| hold(front(), format!("{client} {i} {MIXED_LINE}").as_bytes()))
+                .collect()
+        })
+    };
+    // Round robin: six connections in a row are two on each host.
+    let first = open("client1", 6);
+    assert!(first.iter().all(Option::is_some), "client1 was refused");
+    assert_eq!(t.wait_open(6), [2, 2, 2]);
+    let second = open("client2", 6);
+    assert!(
+        second.iter().all(Option::is_some),
+        "client2 was refused: the limit counted HAProxy's address"
+    );
+    assert_eq!(t.wait_open(12), [4, 4, 4]);
+    let third = open("client1", 3);
+    assert!(
+        third.iter().all(Option::is_none),
+        "client1 got past its limit of 2 per host"
+    );
+    let refused: Vec<u64> = t
+        .hosts
+        .iter()
+        .map(|h| counter(&h.daemon.counters(), " limit="))
+        .collect();
+    eprintln!("haproxy per-ip limit 2: client1 6 held, client2 6 held, client1 3 more refused per host {refused:?}");
+    assert_eq!(refused, [1, 1, 1]);
+    assert_eq!(t.wait_open(12), [4, 4, 4]);
+    drop((first, second));
 }
