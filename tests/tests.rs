@@ -6,6 +6,7 @@
 
 mod util;
 
+mod agent;
 mod balancer;
 mod bench;
 mod config;

@@ -33,6 +33,8 @@ pub struct InProcess {
     pub udp: SocketAddr,
     /// The PROXY listeners (`[tcp] proxy_listen`), in config order.
     pub proxy: Vec<SocketAddr>,
+    /// The agent-check sockets (`[agent] listen`), in config order.
+    pub agent: Vec<SocketAddr>,
     handle: Handle,
     thread: Option<JoinHandle<Counters>>,
 }
@@ -51,12 +53,14 @@ impl InProcess {
             .copied()
             .unwrap_or(([0, 0, 0, 0], 0).into());
         let proxy = server.proxy_addrs();
+        let agent = server.agent_addrs();
         let handle = server.handle();
         let thread = thread::spawn(move || server.run().expect("server run"));
         InProcess {
             tcp,
             udp,
             proxy,
+            agent,
             handle,
             thread: Some(thread),
         }
@@ -103,6 +107,13 @@ pub fn closed_unanswered(stream: &mut TcpStream) -> bool {
         Ok(_) => got.is_empty(),
         Err(e) => got.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset,
     }
+}
+
+/// What the agent check on `addr` says: everything up to its EOF, the way
+/// HAProxy's `agent-check` connects and reads (sending nothing).
+pub fn agent_says(addr: SocketAddr) -> String {
+    let mut stream = connect(addr);
+    String::from_utf8(read_to_eof(&mut stream)).expect("the agent's line is text")
 }
 
 /// Reads exactly `n` bytes.

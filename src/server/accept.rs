@@ -98,6 +98,10 @@ pub struct Acceptor {
     backoff: Option<Instant>,
     /// The warning about running out of file descriptors.
     fd_warning: Throttle,
+    /// The last accept failed for want of a descriptor (EMFILE, ENFILE...),
+    /// and none has succeeded or found the queue empty since: what the
+    /// agent check reports as `down`.
+    out_of_fds: bool,
     /// Open connections per client address, while `max_connections_per_ip`
     /// is set.
     per_ip: HashMap<IpAddr, usize>,
@@ -117,6 +121,7 @@ impl Acceptor {
             limit_warning: Throttle::default(),
             backoff: None,
             fd_warning: Throttle::default(),
+            out_of_fds: false,
             per_ip: HashMap::new(),
             per_ip_warning: Throttle::default(),
             untrusted_warning: Throttle::default(),
@@ -128,6 +133,11 @@ impl Acceptor {
     /// pause ends.)
     pub fn paused(&self) -> bool {
         self.at_limit || self.backoff.is_some()
+    }
+
+    /// Accepting is paused for want of file descriptors (see `out_of_fds`).
+    pub fn out_of_descriptors(&self) -> bool {
+        self.out_of_fds
     }
 
     /// When the descriptor back-off ends, if one is under way.
@@ -184,6 +194,7 @@ impl Acceptor {
         let listener = &mut self.listeners[i];
         match listener.socket.accept() {
             Ok((stream, peer)) => {
+                self.out_of_fds = false;
                 if let Some(episode) = &mut self.episode {
                     episode.waited += 1;
                 }
@@ -192,6 +203,7 @@ impl Acceptor {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 listener.pending = false;
+                self.out_of_fds = false;
                 // Below the limit with nobody waiting: accepting keeps up.
                 self.leave_limit(now);
                 Accepted::Stop
@@ -202,6 +214,7 @@ impl Acceptor {
                 // it: retry after a pause driven by the loop's timer,
                 // instead of spinning on a descriptor we cannot get.
                 self.backoff = Some(now + ACCEPT_BACKOFF);
+                self.out_of_fds = true;
                 shared.counters.accept_pauses += 1;
                 if let Some(quiet) = self.fd_warning.ready(now) {
                     let since = if quiet > 0 {

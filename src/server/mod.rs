@@ -27,6 +27,7 @@
 //! `guard.rs` their policy.
 
 mod accept;
+mod agent;
 mod buffers;
 mod conn;
 mod guard;
@@ -70,6 +71,9 @@ const WAKER: Token = Token(1);
 const TIMER: Token = Token(2);
 /// Tokens from here on are listeners, then UDP sockets, then connections.
 const FIRST_SOCKET: usize = 3;
+/// The agent-check listeners' tokens, from here on: far above any
+/// connection's (the slab never holds 2^62 connections).
+const AGENT_BASE: usize = usize::MAX / 2;
 
 /// Capacity of the events array: how many readiness events one `poll` returns.
 const EVENTS_CAPACITY: usize = 1024;
@@ -189,6 +193,8 @@ pub struct Server {
     watchdog: Option<Watchdog>,
     /// Connections on PROXY listeners awaiting their header.
     headers: proxied::Headers,
+    /// The HAProxy agent-check sockets (`[agent] listen`).
+    agent: agent::Agent,
 }
 
 impl Server {
@@ -306,6 +312,18 @@ impl Server {
                 .register(&mut u.socket, Token(first_udp + i), Interest::READABLE)
                 .map_err(ServerError::Setup)?;
         }
+        let mut agent = agent::Agent::bind(&config.agent.listen, config.reuse_port).map_err(
+            |(addr, source)| ServerError::Bind {
+                proto: "tcp",
+                addr,
+                source,
+            },
+        )?;
+        for (i, l) in agent.listeners.iter_mut().enumerate() {
+            registry
+                .register(&mut l.socket, Token(AGENT_BASE + i), Interest::READABLE)
+                .map_err(ServerError::Setup)?;
+        }
         let conn_base = first_udp + udp.len();
         let shared = Shared::new(config.tcp.max_pending_output.get());
         let guard = UdpGuard::new(&config.udp, udp.iter().map(|u| u.addr.port()).collect());
@@ -329,6 +347,7 @@ impl Server {
             deadline: None,
             watchdog: Watchdog::from_environment(),
             headers: proxied::Headers::default(),
+            agent,
         })
     }
 
@@ -368,6 +387,11 @@ impl Server {
         listeners.filter(|l| l.proxy).map(|l| l.addr).collect()
     }
 
+    /// The bound addresses of the agent-check sockets (`[agent] listen`).
+    pub fn agent_addrs(&self) -> Vec<SocketAddr> {
+        self.agent.listeners.iter().map(|a| a.addr).collect()
+    }
+
     /// The bound UDP addresses (port 0 resolved).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp.iter().map(|u| u.addr).collect()
@@ -387,6 +411,9 @@ impl Server {
         }
         for u in &self.udp {
             info!("listening on udp://{}", u.addr);
+        }
+        for a in &self.agent.listeners {
+            info!("listening on tcp://{} (agent)", a.addr);
         }
         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
@@ -459,6 +486,9 @@ impl Server {
     /// The run-queue mark of the source behind `token`, if it still exists.
     fn mark(&mut self, token: Token) -> Option<&mut Mark> {
         match token.0 {
+            t if t >= AGENT_BASE => {
+                (self.agent.listeners.get_mut(t - AGENT_BASE)).map(|a| &mut a.mark)
+            }
             t if t >= self.conn_base => self.conns.get_mut(t - self.conn_base).map(|s| &mut s.mark),
             t if t >= self.first_udp => self.udp.get_mut(t - self.first_udp).map(|u| &mut u.mark),
             t if t >= FIRST_SOCKET => self
@@ -486,6 +516,7 @@ impl Server {
             }
             // What is due is done after every batch of events (`expire`).
             TIMER => self.timer.fired(),
+            Token(t) if t >= AGENT_BASE => self.on_agent(t - AGENT_BASE, token),
             Token(t) if t >= self.conn_base => {
                 self.on_connection(t - self.conn_base, readable, hup, now)
             }
