@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::num::NonZeroUsize;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::util::*;
@@ -74,18 +73,7 @@ fn the_agent_is_exempt_from_max_connections_per_ip() {
 #[test]
 fn drain_from_the_start_of_a_graceful_shutdown() {
     let config = "shutdown_timeout = \"30s\"\n[agent]\nlisten = [\"127.0.0.1:0\"]\n";
-    let file = TempFile::new("agent-drain.toml", config);
-    let mut daemon = Daemon::start(
-        &[
-            "-c",
-            file.path(),
-            "--tcp",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-        ],
-        3,
-    );
+    let (_file, mut daemon) = Daemon::with_config_listening("agent-drain.toml", config, 3);
     let line = daemon.wait_for_log(" (agent)");
     assert!(
         line.ends_with(&format!("listening on tcp://{} (agent)", daemon.agent[0])),
@@ -112,27 +100,8 @@ fn drain_from_the_start_of_a_graceful_shutdown() {
 fn down_while_out_of_file_descriptors_then_up_again() {
     let file = TempFile::new("agent-down.toml", "[agent]\nlisten = [\"127.0.0.1:0\"]\n");
     let mut command = Command::new(daemon_path());
-    command.args([
-        "-c",
-        file.path(),
-        "--tcp",
-        "127.0.0.1:0",
-        "--udp",
-        "127.0.0.1:0",
-    ]);
-    // SAFETY: setrlimit in the child before exec touches nothing shared.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    command.args(Daemon::config_args(&file));
+    limit_descriptors(&mut command, 64);
     let daemon = Daemon::start_with(&mut command, 3);
     let agent = daemon.agent[0];
     assert_eq!(agent_says(agent), "up ready 100%\n");

@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
 use std::thread;
@@ -316,19 +315,7 @@ fn cpu_ticks(pid: i32) -> u64 {
 fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
     let mut command = Command::new(daemon_path());
     command.args(LOOPBACK);
-    // SAFETY: setrlimit in the child before exec touches nothing shared.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_descriptors(&mut command, 64);
     let daemon = Daemon::start_with(&mut command, 2);
     daemon.wait_for_log("file descriptor limit is 64");
     let addr = daemon.tcp[0];

@@ -214,21 +214,7 @@ fn a_header_not_whole_within_five_seconds_is_closed() {
 #[test]
 fn the_daemon_logs_proxy_listeners_and_counts_their_closes() {
     let config = "[tcp]\nproxy_listen = [\"127.0.0.1:0\"]\n";
-    let (_file, daemon) = {
-        let file = TempFile::new("proxy.toml", config);
-        let daemon = Daemon::start(
-            &[
-                "-c",
-                file.path(),
-                "--tcp",
-                "127.0.0.1:0",
-                "--udp",
-                "127.0.0.1:0",
-            ],
-            3,
-        );
-        (file, daemon)
-    };
+    let (_file, daemon) = Daemon::with_config_listening("proxy.toml", config, 3);
     assert_eq!(daemon.proxy.len(), 1);
     let line = daemon.wait_for_log(" (PROXY protocol)");
     assert!(

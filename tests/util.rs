@@ -276,19 +276,28 @@ impl Daemon {
     /// Starts `upcased -c FILE` on loopback port 0 (TCP and UDP), FILE
     /// holding `config`; the file lives as long as the returned guard.
     pub fn with_config(name: &str, config: &str) -> (TempFile, Daemon) {
+        Daemon::with_config_listening(name, config, 2)
+    }
+
+    /// As [`Daemon::with_config`], waiting for `sockets` "listening on"
+    /// lines (the config adds PROXY or agent listeners).
+    pub fn with_config_listening(name: &str, config: &str, sockets: usize) -> (TempFile, Daemon) {
         let file = TempFile::new(name, config);
-        let daemon = Daemon::start(
-            &[
-                "-c",
-                file.path(),
-                "--tcp",
-                "127.0.0.1:0",
-                "--udp",
-                "127.0.0.1:0",
-            ],
-            2,
-        );
-        (file, daemon)
+        let mut command = Command::new(daemon_path());
+        command.args(Daemon::config_args(&file));
+        (file, Daemon::start_with(&mut command, sockets))
+    }
+
+    /// `-c FILE` and TCP and UDP on loopback port 0.
+    pub fn config_args(file: &TempFile) -> [&str; 6] {
+        [
+            "-c",
+            file.path(),
+            "--tcp",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+        ]
     }
 
     /// Spawns `command` (the daemon, or something that execs it) with its
@@ -505,6 +514,25 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Makes `command` run with a soft and hard `RLIMIT_NOFILE` of `limit`
+/// (set in the child before exec), to drive the daemon out of descriptors.
+pub fn limit_descriptors(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit in the child before exec touches nothing shared.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
