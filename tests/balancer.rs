@@ -252,14 +252,23 @@ impl Topology {
         self.hosts.iter().map(Host::open).collect()
     }
 
-    /// Waits until the hosts hold `total` connections together (health
-    /// checks come and go beside them); returns each host's share.
+    /// Waits until the hosts hold `total` connections together; returns
+    /// each host's share. A host counts HAProxy's health checks among its
+    /// open connections (they carry a header, and are served): behind
+    /// HAProxy, each host's count must also be what HAProxy has sessions
+    /// on it, so that no check is taken for a client's connection.
     fn wait_open(&self, total: u64) -> Vec<u64> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let open = self.open();
             if open.iter().sum::<u64>() == total {
-                return open;
+                if self.kind == Kind::Nginx {
+                    return open;
+                }
+                let sessions: Vec<u64> = self.servers().iter().map(|s| s.scur).collect();
+                if sessions == open {
+                    return open;
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -427,7 +436,8 @@ struct ServerStat {
     name: String,
     /// `UP`, `DOWN`, `DRAIN`, `UP 1/2`, ...
     status: String,
-    /// Sessions since start.
+    /// Sessions now, and since start.
+    scur: u64,
     stot: u64,
     /// Connections that failed on this server and went to another.
     wredis: u64,
@@ -465,6 +475,7 @@ fn try_server_stats(socket: &str) -> io::Result<Vec<ServerStat>> {
         servers.push(ServerStat {
             name: text("svname"),
             status: text("status"),
+            scur: num("scur"),
             stot: num("stot"),
             wredis: num("wredis"),
             agent_status: text("agent_status"),
