@@ -126,43 +126,6 @@ fn host_config(addr: &str, extra_tcp: &str) -> String {
     )
 }
 
-/// Every `listening on PROTO://ADDR` line the daemon logged, once it has
-/// logged `n`: (PROTO, ADDR, what follows the address).
-fn listeners(daemon: &mut Daemon, n: usize) -> Vec<(String, SocketAddr, String)> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let lines = daemon.lines();
-        let found: Vec<(String, SocketAddr, String)> = lines
-            .iter()
-            .filter_map(|l| l.split_once("listening on ").map(|(_, url)| url.trim()))
-            .map(|url| {
-                let (proto, rest) = url.split_once("://").expect("PROTO://ADDR");
-                let (addr, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                (
-                    proto.to_owned(),
-                    addr.parse().expect("an address in the listening line"),
-                    tail.to_owned(),
-                )
-            })
-            .collect();
-        if found.len() >= n {
-            return found;
-        }
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            panic!(
-                "exited with {status} before listening:\n{}",
-                lines.join("\n")
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {n} listening lines:\n{}",
-            lines.join("\n")
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Topology {
     /// Builds the namespaces, starts the three hosts (`extra_tcp` added to
     /// their `[tcp]` table) and the balancer, and waits until the balancer
@@ -176,19 +139,11 @@ impl Topology {
             .iter()
             .map(|&(name, addr)| {
                 let config = net.file(&format!("{name}.toml"), &host_config(addr, extra_tcp));
-                let mut daemon =
-                    Daemon::spawn(net.command(name, daemon_path()).args(["-c", &config]));
-                let found = listeners(&mut daemon, 2);
-                let tcp = found
-                    .iter()
-                    .find(|(proto, _, tail)| proto == "tcp" && tail == "(PROXY protocol)")
-                    .map(|(_, addr, _)| *addr)
-                    .expect("a PROXY protocol listener");
-                let agent = found
-                    .iter()
-                    .find(|(proto, _, tail)| proto == "tcp" && tail == "(agent)")
-                    .map(|(_, addr, _)| *addr)
-                    .expect("an agent listener");
+                // Its two listeners: PROXY, and the agent.
+                let daemon =
+                    Daemon::start_with(net.command(name, daemon_path()).args(["-c", &config]), 2);
+                let tcp = daemon.proxy[0];
+                let agent = daemon.agent[0];
                 Host {
                     name,
                     tcp,
@@ -338,6 +293,35 @@ impl Topology {
             .expect("spawn upcase-bench")
     }
 
+    /// `nc` in `client`'s namespace gets its line back in upper case,
+    /// exactly.
+    fn assert_nc_upcases(&self, client: &str) {
+        let line = "hello wörld, straße\n";
+        assert_bytes_eq(
+            &self.nc(client, line.as_bytes()),
+            &expected(line.as_bytes()),
+        );
+    }
+
+    /// The load every test puts on: `upcase-bench` from client1, 30
+    /// connections for 4 s, unicode requests, every reply verified.
+    fn load(&self) -> Child {
+        self.bench(
+            "client1",
+            &[
+                "tcp",
+                "-c",
+                "30",
+                "--duration",
+                "4s",
+                "--warmup",
+                "0s",
+                "--payload",
+                "utf8",
+            ],
+        )
+    }
+
     /// Runs `nc -N FRONT` in `client`'s namespace with `input` on its stdin;
     /// returns what it printed.
     fn nc(&self, client: &str, input: &[u8]) -> Vec<u8> {
@@ -361,6 +345,14 @@ fn exited(process: &Daemon) -> bool {
         stat.rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z'))
     })
+}
+
+/// Asserts that every host holds a fair part of the 30 connections of
+/// [`Topology::load`] (round robin gives each 10; at least 5 is asked).
+fn assert_spread(open: &[u64]) {
+    for ((name, _), n) in HOSTS.iter().zip(open) {
+        assert!(*n >= 5, "{name} got {n} of 30 connections: {open:?}");
+    }
 }
 
 /// The report of a finished `upcase-bench --json`, checked to be JSON.
@@ -574,36 +566,31 @@ fn haproxy_spreads_connections_over_the_hosts() {
         return;
     }
     let t = Topology::start("spread", Kind::Haproxy, "");
-    let line = "hello wörld, straße\n";
-    assert_bytes_eq(
-        &t.nc("client1", line.as_bytes()),
-        &expected(line.as_bytes()),
-    );
+    t.assert_nc_upcases("client1");
 
-    let bench = t.bench(
-        "client1",
-        &[
-            "tcp",
-            "-c",
-            "30",
-            "--duration",
-            "3s",
-            "--warmup",
-            "0s",
-            "--payload",
-            "utf8",
-        ],
-    );
+    let bench = t.load();
     let open = t.wait_open(30);
     let report = bench_report(bench);
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["connections_up"], 30, "{report}");
     assert!(report["msgs_per_s"].as_f64().unwrap() > 0.0, "{report}");
     eprintln!("haproxy spread of 30 connections over h1, h2, h3: {open:?}; {report}");
-    for (host, n) in t.hosts.iter().zip(&open) {
-        assert!(*n >= 5, "{} got {n} of 30 connections: {open:?}", host.name);
-    }
+    assert_spread(&open);
     t.assert_headers_accepted();
+}
+
+/// Exchange number `i` of a textbook client through the balancer: its
+/// own request, the reply checked to the byte; the error in words.
+fn textbook(client: &str, i: u64) -> Result<(), String> {
+    let request = format!("{client} {i:06} {MIXED_LINE}");
+    match exchange(front(), request.as_bytes()) {
+        Ok(reply) if reply == expected(request.as_bytes()) => Ok(()),
+        Ok(reply) => Err(format!(
+            "exchange {i}: got {:?}",
+            String::from_utf8_lossy(&reply)
+        )),
+        Err(e) => Err(format!("exchange {i}: {e}")),
+    }
 }
 
 /// Textbook clients in `client`'s namespace, one after another, each a
@@ -621,16 +608,11 @@ fn clients_until(
         let mut failures = Vec::new();
         let mut i = 0u64;
         while !stop.load(Ordering::SeqCst) {
-            let request = format!("{client} {i:06} {MIXED_LINE}");
-            match exchange(front(), request.as_bytes()) {
-                Ok(reply) if reply == expected(request.as_bytes()) => {
+            match textbook(client, i) {
+                Ok(()) => {
                     done.fetch_add(1, Ordering::SeqCst);
                 }
-                Ok(reply) => failures.push(format!(
-                    "exchange {i}: got {:?}",
-                    String::from_utf8_lossy(&reply)
-                )),
-                Err(e) => failures.push(format!("exchange {i}: {e}")),
+                Err(e) => failures.push(e),
             }
             i += 1;
         }
@@ -670,20 +652,7 @@ fn haproxy_routes_around_a_killed_host() {
         return;
     }
     let mut t = Topology::start("kill", Kind::Haproxy, "");
-    let bench = t.bench(
-        "client1",
-        &[
-            "tcp",
-            "-c",
-            "30",
-            "--duration",
-            "4s",
-            "--warmup",
-            "0s",
-            "--payload",
-            "utf8",
-        ],
-    );
+    let bench = t.load();
     let open = t.wait_open(30);
     let on_victim = open[2];
     let stop = AtomicBool::new(false);
@@ -748,30 +717,11 @@ fn nginx_stream_spreads_and_routes_around_a_killed_host() {
         return;
     }
     let mut t = Topology::start("nginx", Kind::Nginx, "");
-    let line = "hello wörld, straße\n";
-    assert_bytes_eq(
-        &t.nc("client1", line.as_bytes()),
-        &expected(line.as_bytes()),
-    );
+    t.assert_nc_upcases("client1");
 
-    let bench = t.bench(
-        "client1",
-        &[
-            "tcp",
-            "-c",
-            "30",
-            "--duration",
-            "4s",
-            "--warmup",
-            "0s",
-            "--payload",
-            "utf8",
-        ],
-    );
+    let bench = t.load();
     let open = t.wait_open(30);
-    for (host, n) in t.hosts.iter().zip(&open) {
-        assert!(*n >= 5, "{} got {n} of 30 connections: {open:?}", host.name);
-    }
+    assert_spread(&open);
     // nginx sends PROXY v1, the text header.
     t.assert_headers_accepted();
     let accepted = |h: &Host| counter(&h.daemon.counters(), " accepted=");
@@ -782,10 +732,8 @@ fn nginx_stream_spreads_and_routes_around_a_killed_host() {
     let failures = t.net.run_in("client2", || {
         let mut failures = Vec::new();
         for i in 0..exchanges {
-            let request = format!("client2 {i:06} {MIXED_LINE}");
-            match exchange(front(), request.as_bytes()) {
-                Ok(reply) if reply == expected(request.as_bytes()) => {}
-                other => failures.push(format!("exchange {i}: {other:?}")),
+            if let Err(e) = textbook("client2", i) {
+                failures.push(e);
             }
         }
         failures
@@ -886,20 +834,7 @@ struct Sigterm {
 fn sigterm_under_load(tag: &str) -> Sigterm {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut t = Topology::start(tag, Kind::Haproxy, "");
-    let bench = t.bench(
-        "client1",
-        &[
-            "tcp",
-            "-c",
-            "30",
-            "--duration",
-            "4s",
-            "--warmup",
-            "0s",
-            "--payload",
-            "utf8",
-        ],
-    );
+    let bench = t.load();
     let loaded = t.wait_open(30);
     // Round robin: three in a row are one on each host.
     let held: Vec<TcpStream> = t.net.run_in("client1", || {
