@@ -240,7 +240,7 @@ fn the_daemon_logs_proxy_listeners_and_counts_their_closes() {
     let counters = daemon.counters();
     assert!(
         counters.contains(
-            " accepted=2 closed: done=0 reset=0 idle=0 error=0 cut=0 limit=0 proxy=1 untrusted=0;"
+            " accepted=2 closed: done=0 reset=0 idle=0 error=0 proxy=1 untrusted=0 cut=0 limit=0;"
         ),
         "{counters}"
     );

@@ -54,7 +54,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connections open={} accepted={} closed: done={} reset={} idle={} error={} cut={} limit={} proxy={} untrusted={}; \
+            "connections open={} accepted={} closed: done={} reset={} idle={} error={} proxy={} untrusted={} cut={} limit={}; \
              bytes in={} out={}; datagrams in={} out={} dropped={} blocked={} limited={}; \
              errors={} accept_pauses={}",
             self.conns_open,
@@ -63,10 +63,10 @@ impl fmt::Display for Counters {
             self.closed_reset,
             self.closed_idle,
             self.closed_error,
-            self.closed_cut,
-            self.closed_limit,
             self.closed_proxy,
             self.closed_untrusted,
+            self.closed_cut,
+            self.closed_limit,
             self.bytes_in,
             self.bytes_out,
             self.dgrams_in,
