@@ -7,6 +7,7 @@
 mod util;
 
 mod agent;
+mod balancer;
 mod bench;
 mod config;
 mod handover;
@@ -14,6 +15,7 @@ mod hostile;
 mod interop;
 mod lifecycle;
 mod memory;
+mod netns;
 mod proxy;
 mod real_systemd;
 mod systemd;
