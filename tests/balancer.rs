@@ -973,12 +973,7 @@ fn haproxy_drains_a_host_on_sigterm() {
 
 /// The rest of issue 15's drain: the connections a draining host holds
 /// run until their clients end them, so not even the bench sees an error.
-/// Fails today, hence ignored (run it with `--ignored`): a graceful
-/// shutdown half-closes every connection at once, after answering what
-/// it received, so the bench's 10 connections on h1 end early
-/// (`unexpected_close`).
 #[test]
-#[ignore = "fails until a graceful shutdown lets open connections run until their clients end them (issue 15)"]
 fn haproxy_drain_lets_open_connections_finish() {
     if !available(Kind::Haproxy) {
         return;
