@@ -85,13 +85,107 @@ fn drain_from_the_start_of_a_graceful_shutdown() {
     daemon.signal(libc::SIGTERM);
     daemon.wait_for_log("shutting down");
     assert_eq!(agent_says(agent), "drain\n");
-    // The client is still connected: its FIN has not come, the daemon
-    // waits for it (up to the 30 s deadline).
+    // The client is still connected and served: its FIN has not come, the
+    // daemon waits for it (up to the 30 s deadline).
     client.write_all(b"late").unwrap();
+    assert_eq!(read_exact(&mut client, 4), b"LATE");
     assert_eq!(agent_says(agent), "drain\n");
     client.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_eof(&mut client), b"");
     assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+/// The drain behind a balancer (issue 15): after SIGTERM a connection open
+/// before it is answered as before, a client connecting before the
+/// balancer has read `drain` is accepted and answered, the listeners
+/// close a grace after that read, and the daemon exits 0 as soon as its
+/// clients have closed, nothing cut.
+#[test]
+fn a_drain_serves_old_and_new_clients_until_they_close() {
+    let config = "shutdown_timeout = \"30s\"\n[agent]\nlisten = [\"127.0.0.1:0\"]\n";
+    let (_file, mut daemon) = Daemon::with_config_listening("agent-drain-serve.toml", config, 3);
+    let (tcp, agent) = (daemon.tcp[0], daemon.agent[0]);
+    // The balancer reads the agent before the shutdown.
+    assert_eq!(agent_says(agent), "up ready 100%\n");
+    let mut old = served(tcp);
+    daemon.signal(libc::SIGTERM);
+    let line = daemon.wait_for_log("shutting down");
+    assert!(
+        line.ends_with(
+            "shutting down, draining: 1 connection open, listeners open until the balancer \
+             reads drain (deadline 30s, what is open in its last 5s is closed gracefully)"
+        ),
+        "{line}"
+    );
+    // Before the balancer's next read: the old connection is answered, a
+    // new one accepted and answered.
+    old.write_all("straße".as_bytes()).unwrap();
+    assert_eq!(read_exact(&mut old, 7), "STRASSE".as_bytes());
+    let mut new = connect(tcp);
+    new.write_all(b"new one").unwrap();
+    assert_eq!(read_exact(&mut new, 7), b"NEW ONE");
+    // The balancer reads `drain`; a grace later the listeners close.
+    assert_eq!(agent_says(agent), "drain\n");
+    daemon.wait_for_log("draining: the balancer read drain");
+    let line = daemon.wait_for_log("draining: listeners closed");
+    assert!(line.ends_with(", 2 connections open"), "{line}");
+    let refused = std::net::TcpStream::connect(tcp).map(|_| ()).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Both connections are still served, the agent still says `drain`.
+    for (c, input, output) in [(&mut old, b"more", b"MORE"), (&mut new, b"last", b"LAST")] {
+        c.write_all(input).unwrap();
+        assert_eq!(read_exact(c, 4), output);
+    }
+    assert_eq!(agent_says(agent), "drain\n");
+    for c in [&old, &new] {
+        c.shutdown(Shutdown::Write).unwrap();
+    }
+    for mut c in [old, new] {
+        assert_eq!(read_to_eof(&mut c), b"");
+    }
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    daemon.wait_for_log("drained: every client closed its connection");
+    let last = daemon.wait_for_log("shutdown complete");
+    assert_eq!(counter(&last, " accepted="), 2, "{last}");
+    assert_eq!(counter(&last, " open="), 0, "{last}");
+    assert_eq!(counter(&last, " done="), 2, "{last}");
+    assert_eq!(counter(&last, " cut="), 0, "{last}");
+    assert_eq!(counter(&last, " bytes in="), 2 + 7 + 7 + 4 + 4, "{last}");
+}
+
+/// A drain nobody reads (no agent check came before the SIGTERM): the
+/// listeners close at once, open connections are still served, and in
+/// the last quarter of `shutdown_timeout` they get the graceful close:
+/// their replies, then the daemon's FIN.
+#[test]
+fn a_drain_ends_in_a_graceful_close_before_the_deadline() {
+    let config = "shutdown_timeout = \"6s\"\n[agent]\nlisten = [\"127.0.0.1:0\"]\n";
+    let (_file, mut daemon) = Daemon::with_config_listening("agent-drain-close.toml", config, 3);
+    let tcp = daemon.tcp[0];
+    let mut client = served(tcp);
+    daemon.signal(libc::SIGTERM);
+    let line = daemon.wait_for_log("shutting down");
+    assert!(
+        line.contains("no balancer has read the agent yet, listeners close now"),
+        "{line}"
+    );
+    daemon.wait_for_log("draining: listeners closed");
+    client.write_all(b"still").unwrap();
+    assert_eq!(read_exact(&mut client, 5), b"STILL");
+    assert_eq!(agent_says(daemon.agent[0]), "drain\n");
+    // 4.5 s after the signal: the graceful close, our FIN after the replies.
+    assert_eq!(read_to_eof(&mut client), b"");
+    let line = daemon.wait_for_log("closing them gracefully");
+    assert!(
+        line.contains("draining: 1 connection still open with "),
+        "{line}"
+    );
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let last = daemon.wait_for_log("shutdown complete");
+    assert_eq!(counter(&last, " accepted="), 1, "{last}");
+    assert_eq!(counter(&last, " done="), 1, "{last}");
+    assert_eq!(counter(&last, " cut="), 0, "{last}");
 }
 
 /// Out of file descriptors, accepting pauses and the agent says `down`

@@ -30,6 +30,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
 
 use log::debug;
 use mio::net::TcpListener;
@@ -49,6 +50,8 @@ pub struct Agent {
     pub listeners: Vec<AgentListener>,
     /// Given up, for one accept, when the process is out of descriptors.
     spare: Option<File>,
+    /// A check has been answered: something reads the agent (`drain.rs`).
+    pub checked: bool,
 }
 
 /// One agent-check socket.
@@ -116,7 +119,11 @@ impl Agent {
         } else {
             Some(File::open("/dev/null").map_err(|e| (addrs[0], e))?)
         };
-        Ok(Agent { listeners, spare })
+        Ok(Agent {
+            listeners,
+            spare,
+            checked: false,
+        })
     }
 }
 
@@ -140,7 +147,8 @@ impl Server {
         if !self.turns.may_run(&mut listener.mark) {
             return;
         }
-        let line = self.agent_state().line();
+        let state = self.agent_state();
+        let line = state.line();
         for _ in 0..ANSWERS_PER_TURN {
             let listener = &self.agent.listeners[i];
             let accepted = match listener.socket.accept() {
@@ -159,7 +167,10 @@ impl Server {
                 other => other,
             };
             match accepted {
-                Ok((stream, peer)) => answer(stream, peer, &line),
+                Ok((stream, peer)) => {
+                    answer(stream, peer, &line);
+                    self.agent_answered(state == State::Drain, Instant::now());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_resource_exhaustion(&e) => {

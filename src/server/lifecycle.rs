@@ -53,6 +53,7 @@ impl Server {
 
     /// SIGTERM/SIGINT: stop accepting, answer everything already received,
     /// flush, half-close, and wait (up to the deadline) for clients to finish.
+    /// With an agent, drain first (`drain.rs`).
     pub(super) fn begin_shutdown(&mut self, now: Instant) -> Result<(), ServerError> {
         if self.deadline.is_some() {
             return Ok(());
@@ -64,6 +65,11 @@ impl Server {
         }
         let timeout = self.config.shutdown_timeout;
         self.deadline = Some(now + timeout);
+        if !self.agent.listeners.is_empty() {
+            // Behind a balancer: let it move new clients away first.
+            self.begin_drain(now);
+            return Ok(());
+        }
         self.notify(&format!(
             "STOPPING=1\nSTATUS=shutting down: {} to finish",
             count(self.conns.len() as u64, "connection")
@@ -72,6 +78,14 @@ impl Server {
             count(self.conns.len() as u64, "connection"),
             crate::config::format_duration(timeout)
         );
+        self.close_listeners(now);
+        self.close_gracefully();
+        Ok(())
+    }
+
+    /// Closes the listeners, serving the clients already in their backlogs,
+    /// and the UDP sockets, answering the datagrams already queued.
+    pub(super) fn close_listeners(&mut self, now: Instant) {
         let open = self.conns.len();
         let registry = self.poll.registry();
         let queued = self.acceptor.drain_at_shutdown(
@@ -99,6 +113,10 @@ impl Server {
             endpoint.serve(mode, &mut self.guard, &mut self.shared, budget, now);
             let _ = self.poll.registry().deregister(&mut endpoint.socket);
         }
+    }
+
+    /// Every connection answers what it received, flushes and half-closes.
+    pub(super) fn close_gracefully(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             if self.conns[key].header.is_some() {
@@ -110,7 +128,6 @@ impl Server {
             let status = self.conns[key].conn.begin_shutdown(&mut self.shared);
             self.after(key, status);
         }
-        Ok(())
     }
 
     /// The shutdown deadline passed: close what is left and say what was cut.

@@ -30,6 +30,7 @@ mod accept;
 mod agent;
 mod buffers;
 mod conn;
+mod drain;
 mod guard;
 mod handover;
 mod idle;
@@ -199,6 +200,8 @@ pub struct Server {
     headers: proxied::Headers,
     /// The HAProxy agent-check sockets (`[agent] listen`).
     agent: agent::Agent,
+    /// A graceful shutdown with an agent, still serving (`drain.rs`).
+    drain: Option<drain::Drain>,
 }
 
 impl Server {
@@ -374,6 +377,7 @@ impl Server {
             handover: handover::Handover::default(),
             headers: proxied::Headers::default(),
             agent,
+            drain: None,
         })
     }
 
@@ -474,11 +478,12 @@ impl Server {
             self.expire(now);
             self.tick_watchdog(now);
             self.handover_turn(now);
+            self.drain_turn(now);
             if let Some(deadline) = self.deadline {
                 if !self.conns.is_empty() && now >= deadline {
                     self.cut_all();
                 }
-                if self.conns.is_empty() {
+                if self.conns.is_empty() && !self.draining() {
                     info!("shutdown complete; {}", self.shared.counters);
                     return Ok(self.shared.counters.clone());
                 }
@@ -499,6 +504,7 @@ impl Server {
             self.acceptor.backoff_until(),
             self.headers.deadline(),
             self.deadline,
+            self.drain.as_ref().map(drain::Drain::next),
             watchdog,
         ]
         .into_iter()
@@ -602,7 +608,8 @@ impl Server {
     /// Accepts waiting clients until `WouldBlock`, the per-turn budget, the
     /// connection limit or the file-descriptor limit.
     fn accept(&mut self, i: usize, now: Instant) {
-        if self.deadline.is_some() || self.acceptor.paused() {
+        // A drain accepts until its listeners close (then there are none).
+        if (self.deadline.is_some() && !self.draining()) || self.acceptor.paused() {
             // `pending` stays set: accepting resumes when the pause ends.
             return;
         }

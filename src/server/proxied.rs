@@ -152,7 +152,7 @@ impl Server {
             }
             Some(counted) => self.conns[key].ip_counted = counted,
         }
-        if self.deadline.is_some() {
+        if self.deadline.is_some() && !self.draining() {
             // A graceful shutdown began while it waited: what the client
             // sent so far is answered, as for every other connection.
             let status = self.conns[key].conn.begin_shutdown(&mut self.shared);
