@@ -255,6 +255,15 @@ Graceful shutdown: stop accepting, answer every byte already received,
 flush, half-close, and wait for the clients to finish, at most
 .B shutdown_timeout
 (default 5s); whatever is cut then is logged.
+With
+.B [agent] listen
+it drains first: the agent says
+.BR drain ,
+the listeners stay open until 1 s after the balancer read it, and
+connections are served until their clients close them; only in the last
+quarter of
+.B shutdown_timeout
+(at most 5 s) do those left get the graceful close.
 A second signal exits at once, with status 1.
 .TP
 .B SIGHUP

@@ -862,7 +862,7 @@ fn sigterm_under_load(tag: &str) -> Sigterm {
         let after = wait_exchanges(&done, from, 30) - from;
         let later = t.servers();
         // The idle clients hang up: each reads the end of its connection,
-        // nothing more (h1 sent its FIN at SIGTERM, after the reply).
+        // nothing more (h1's FIN follows theirs: it drains).
         for mut stream in held {
             stream.shutdown(Shutdown::Write).expect("half-close");
             assert_eq!(read_to_eof(&mut stream), b"", "bytes after the reply");
@@ -921,8 +921,7 @@ fn sigterm_under_load(tag: &str) -> Sigterm {
 /// it nothing; no byte is lost and no new client sees an error. The host
 /// answers every request it received and cuts nothing (exit 0, `cut=0`);
 /// the bench verifies every reply, and its only errors are connections
-/// the host itself closed (at most the ones it held); connects that
-/// reach its closed listener before DRAIN are retried on another host.
+/// the host itself closed (at most the ones it held).
 #[test]
 fn haproxy_drains_a_host_on_sigterm() {
     if !available(Kind::Haproxy) {
@@ -972,7 +971,9 @@ fn haproxy_drains_a_host_on_sigterm() {
 }
 
 /// The rest of issue 15's drain: the connections a draining host holds
-/// run until their clients end them, so not even the bench sees an error.
+/// run until their clients end them, so not even the bench sees an error;
+/// its listeners stay open until HAProxy has read `drain`, so no connect
+/// HAProxy sent it was refused and redispatched.
 #[test]
 fn haproxy_drain_lets_open_connections_finish() {
     if !available(Kind::Haproxy) {
@@ -980,4 +981,5 @@ fn haproxy_drain_lets_open_connections_finish() {
     }
     let run = sigterm_under_load("finish");
     assert_eq!(run.report["ok"], true, "{}", run.report);
+    assert_eq!(run.down.wredis, 0, "connects to h1 redispatched");
 }
