@@ -148,6 +148,7 @@ fn a_drain_serves_old_and_new_clients_until_they_close() {
     let last = daemon.wait_for_log("shutdown complete");
     assert_eq!(counter(&last, " accepted="), 2, "{last}");
     assert_eq!(counter(&last, " open="), 0, "{last}");
+    assert_eq!(closed_sum(&last), 2, "accepted = open + closed: {last}");
     assert_eq!(counter(&last, " done="), 2, "{last}");
     assert_eq!(counter(&last, " cut="), 0, "{last}");
     assert_eq!(counter(&last, " bytes in="), 2 + 7 + 7 + 4 + 4, "{last}");
@@ -184,6 +185,7 @@ fn a_drain_ends_in_a_graceful_close_before_the_deadline() {
     assert_eq!(daemon.wait_exit().code(), Some(0));
     let last = daemon.wait_for_log("shutdown complete");
     assert_eq!(counter(&last, " accepted="), 1, "{last}");
+    assert_eq!(closed_sum(&last), 1, "accepted = open + closed: {last}");
     assert_eq!(counter(&last, " done="), 1, "{last}");
     assert_eq!(counter(&last, " cut="), 0, "{last}");
 }
@@ -206,4 +208,18 @@ fn down_while_out_of_file_descriptors_then_up_again() {
     assert_eq!(agent_says(agent), "down # out of file descriptors\n");
     drop(clients);
     wait_until("up again", || agent_says(agent) == "up ready 100%\n");
+}
+
+/// The sum of every close reason in a counters line (`closed: done=N
+/// reset=N …;`), whichever reasons it has.
+fn closed_sum(line: &str) -> u64 {
+    let reasons = line.split("closed: ").nth(1).expect("a closed: part");
+    let reasons = reasons.split(';').next().unwrap_or_default();
+    reasons
+        .split_whitespace()
+        .map(|kv| {
+            let (_, n) = kv.split_once('=').expect("reason=N");
+            n.parse::<u64>().expect("a count")
+        })
+        .sum()
 }
