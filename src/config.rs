@@ -255,12 +255,19 @@ config_table! {
         /// across them: one process per core.
         reuse_port: bool = false, kind BoolKind, reload Restart,
         "Share the listen ports with other upcased processes (SO_REUSEPORT), one per core.";
+        /// One record per TCP connection when it ends: peer, duration, bytes
+        /// each way, why it closed (`log_connections`; default false). Under
+        /// journald the fields are the journal's own (`CLOSE_REASON=idle`).
+        log_connections: bool = false, kind BoolKind, reload Live,
+        "Log one record per TCP connection when it ends (peer, duration, bytes, close reason).";
     }
     tables {
         /// The `[tcp]` table.
         tcp: TcpConfig, raw TcpFile;
         /// The `[udp]` table.
         udp: UdpConfig, raw UdpFile;
+        /// The `[metrics]` table.
+        metrics: MetricsConfig, raw MetricsFile;
     }
 }
 
@@ -339,6 +346,17 @@ config_table! {
         /// load generators among them, are trusted anyway.
         rate_limit_loopback: bool = false, kind BoolKind, reload Live,
         "Apply rate_limit to loopback sources too (they cannot be spoofed from outside).";
+    }
+}
+
+config_table! {
+    /// The `[metrics]` table: the Prometheus endpoint.
+    pub struct MetricsConfig, raw MetricsFile, table "metrics", keys METRICS_KEYS {
+        /// Addresses of the Prometheus endpoint (`GET /metrics`); empty
+        /// (the default) turns it off. Outside `[tcp] max_connections` and
+        /// the per-address limit: it has small bounds of its own.
+        listen: Vec<SocketAddr> = Vec::new(), kind Listen, reload Restart,
+        "Prometheus endpoint (GET /metrics), IP:PORT such as \"127.0.0.1:12001\"; [] = off.";
     }
 }
 
@@ -1100,6 +1118,7 @@ mod tests {
             log_level: LevelFilter::Trace,
             shutdown_timeout: Duration::from_millis(1500),
             reuse_port: true,
+            log_connections: true,
             tcp: TcpConfig {
                 listen: vec![
                     "0.0.0.0:7000".parse().unwrap(),
@@ -1118,6 +1137,9 @@ mod tests {
                 blocked_source_ports: vec![],
                 rate_limit: None,
                 rate_limit_loopback: true,
+            },
+            metrics: MetricsConfig {
+                listen: vec!["127.0.0.1:12001".parse().unwrap()],
             },
         }
     }
@@ -1165,6 +1187,7 @@ mode = "ascii"
 log_level = "trace"
 shutdown_timeout = "1500ms"
 reuse_port = true
+log_connections = true
 
 [tcp]
 listen = ["0.0.0.0:7000", "[::]:7001"]
@@ -1181,6 +1204,9 @@ listen = []
 blocked_source_ports = []
 rate_limit = 0
 rate_limit_loopback = true
+
+[metrics]
+listen = ["127.0.0.1:12001"]
 "#;
         assert_eq!(parse(text).unwrap(), non_default());
     }
@@ -1219,7 +1245,7 @@ rate_limit_loopback = true
     fn unknown_top_level_key() {
         assert_eq!(
             error("mode = \"ascii\"\nbogus = 1\n"),
-            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
+            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, log_connections, tcp, udp, metrics"
         );
     }
 
@@ -1243,7 +1269,7 @@ rate_limit_loopback = true
     fn unknown_table() {
         assert_eq!(
             error("[tcp]\n\n[http]\nlisten = []\n"),
-            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
+            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, log_connections, tcp, udp, metrics"
         );
         assert_eq!(
             error("[tcp.extra]\nx = 1\n"),
@@ -1256,7 +1282,7 @@ rate_limit_loopback = true
         // Keys are checked in source order, not alphabetically.
         assert_eq!(
             error("zzz = 1\naaa = 2\n"),
-            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp"
+            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, log_connections, tcp, udp, metrics"
         );
     }
 
@@ -1555,7 +1581,11 @@ rate_limit_loopback = true
         assert!(text.contains("shutdown_timeout = \"1500ms\"\n"), "{text}");
         assert!(text.contains("[udp]\n# "), "{text}");
         assert!(text.contains("listen = []\n"), "{text}");
-        assert!(text.ends_with("rate_limit_loopback = true\n"), "{text}");
+        assert!(text.contains("rate_limit_loopback = true\n"), "{text}");
+        assert!(
+            text.ends_with("[metrics]\n# Prometheus endpoint (GET /metrics), IP:PORT such as \"127.0.0.1:12001\"; [] = off.\nlisten = [\"127.0.0.1:12001\"]\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1578,7 +1608,7 @@ rate_limit_loopback = true
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 16);
+        assert_eq!(keys, 18);
     }
 
     #[test]
@@ -1609,6 +1639,7 @@ rate_limit_loopback = true
             ("", TOP_KEYS, Config::NAMES),
             ("tcp", TCP_KEYS, TcpConfig::NAMES),
             ("udp", UDP_KEYS, UdpConfig::NAMES),
+            ("metrics", METRICS_KEYS, MetricsConfig::NAMES),
         ];
         assert_eq!(Config::TABLES, tables);
         for (table, keys, names) in tables {
@@ -1617,7 +1648,7 @@ rate_limit_loopback = true
             assert_eq!(names[..keys.len()], declared[..], "{table}");
             assert_eq!(names_of(table), Some(names));
         }
-        assert_eq!(Config::NAMES[TOP_KEYS.len()..], ["tcp", "udp"]);
+        assert_eq!(Config::NAMES[TOP_KEYS.len()..], ["tcp", "udp", "metrics"]);
         assert_eq!(TcpConfig::NAMES.len(), TCP_KEYS.len());
         assert_eq!(UdpConfig::NAMES.len(), UDP_KEYS.len());
 
@@ -1635,6 +1666,7 @@ rate_limit_loopback = true
             .iter()
             .chain(TCP_KEYS)
             .chain(UDP_KEYS)
+            .chain(METRICS_KEYS)
             .map(|key| (key.table, key.name))
             .collect();
         assert_eq!(written, declared);
@@ -1649,6 +1681,7 @@ rate_limit_loopback = true
             ("TOP\\-LEVEL KEYS", defaults.values()),
             ("[tcp] TABLE", defaults.tcp.values()),
             ("[udp] TABLE", defaults.udp.values()),
+            ("[metrics] TABLE", defaults.metrics.values()),
         ];
         let titles: Vec<String> = defaults
             .tables()

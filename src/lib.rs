@@ -64,6 +64,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod journal;
 pub mod logging;
 pub mod rlimit;
 pub mod server;

@@ -267,7 +267,7 @@ fn upcased_passes_every_mode_with_zero_errors() {
     );
     assert!(report.ok && report.messages > 0, "{report}");
     let counters = server.stop();
-    assert_eq!(counters.errors, 0, "{counters:?}");
+    assert_eq!(counters.errors(), 0, "{counters:?}");
 }
 
 #[test]

@@ -220,6 +220,8 @@ pub struct Daemon {
     pub child: Child,
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    /// The Prometheus endpoint's addresses (`listening on tcp://ADDR (metrics)`).
+    pub metrics: Vec<SocketAddr>,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     reader: Option<JoinHandle<()>>,
 }
@@ -287,6 +289,7 @@ impl Daemon {
             child,
             tcp: Vec::new(),
             udp: Vec::new(),
+            metrics: Vec::new(),
             log,
             reader: Some(reader),
         }
@@ -305,7 +308,14 @@ impl Daemon {
             if listening.len() >= sockets {
                 for line in listening {
                     let url = line.split("listening on ").nth(1).unwrap().trim();
-                    if let Some(addr) = url.strip_prefix("tcp://") {
+                    // A listener with a role of its own says it after the address.
+                    let (url, role) = url.split_once(' ').unwrap_or((url, ""));
+                    if role == "(metrics)" {
+                        let addr = url.strip_prefix("tcp://").expect("tcp metrics");
+                        daemon
+                            .metrics
+                            .push(addr.parse().expect("metrics address in log"));
+                    } else if let Some(addr) = url.strip_prefix("tcp://") {
                         daemon.tcp.push(addr.parse().expect("tcp address in log"));
                     } else if let Some(addr) = url.strip_prefix("udp://") {
                         daemon.udp.push(addr.parse().expect("udp address in log"));

@@ -200,6 +200,10 @@ pub struct Connection<S = TcpStream> {
     /// until `WouldBlock` before taking a short read for drained (Linux ends
     /// a read at the urgent mark, short, with more data behind it).
     hup: bool,
+    /// Bytes read from this client, for its record when it ends.
+    bytes_in: u64,
+    /// Bytes of replies the kernel took, for its record when it ends.
+    bytes_out: u64,
 }
 
 impl Connection<TcpStream> {
@@ -227,12 +231,19 @@ impl<S: Socket> Connection<S> {
             readable: false,
             input: Input::Open,
             hup: false,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Bytes read from the client and bytes of replies sent, so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_in, self.bytes_out)
     }
 
     /// Bytes of replies waiting for the kernel to take them.
@@ -326,6 +337,8 @@ impl<S: Socket> Connection<S> {
                 }
                 Ok(n) => {
                     shared.counters.bytes_in += n as u64;
+                    shared.counters.tcp_reads += 1;
+                    self.bytes_in += n as u64;
                     if n < len && !self.hup && self.input == Input::Open {
                         // A short read emptied the receive queue: on Linux,
                         // data arriving after it raises a new edge, so the
@@ -484,6 +497,7 @@ impl<S: Socket> Connection<S> {
         produce(&mut self.upcaser, &shared.read_buf, scratch);
         let written = write_all_nonblocking(&mut self.stream, scratch)?;
         shared.counters.bytes_out += written as u64;
+        self.bytes_out += written as u64;
         if written < scratch.len() {
             let mut out = shared.pool.take();
             out.data.extend_from_slice(&scratch[written..]);
@@ -499,6 +513,7 @@ impl<S: Socket> Connection<S> {
         };
         let written = write_all_nonblocking(&mut self.stream, out.unsent())?;
         shared.counters.bytes_out += written as u64;
+        self.bytes_out += written as u64;
         out.consume(written);
         if out.pending() == 0 {
             if let Some(out) = self.out.take() {

@@ -32,7 +32,9 @@ mod conn;
 mod guard;
 mod idle;
 mod lifecycle;
+mod metrics;
 mod mmsg;
+mod records;
 mod stats;
 mod throttle;
 mod timer;
@@ -58,7 +60,8 @@ use buffers::Shared;
 use conn::{Close, Connection, Status};
 use guard::UdpGuard;
 use idle::{IdleList, Link, Linked};
-use lifecycle::Watchdog;
+use lifecycle::{StatusTicker, Watchdog};
+use records::Ended;
 pub use stats::Counters;
 use throttle::count;
 use timer::Timer;
@@ -145,6 +148,8 @@ struct Slot {
     ip_counted: bool,
     /// Its place in the run queue (queued, last turn it ran).
     mark: Mark,
+    /// When it was accepted, for its record (`log_connections`).
+    opened: Instant,
 }
 
 impl Linked for Slot {
@@ -183,6 +188,14 @@ pub struct Server {
     deadline: Option<Instant>,
     /// systemd's watchdog, when the service manager asked for one.
     watchdog: Option<Watchdog>,
+    /// The Prometheus endpoint, when `[metrics] listen` has addresses.
+    metrics: Option<metrics::Endpoint>,
+    /// Reloads and how they went (for the metrics).
+    reloads: metrics::Reloads,
+    /// Where connection records go (`log_connections`), rate-limited.
+    records: records::Records,
+    /// systemd's `STATUS=` line kept current, under a service manager.
+    status: Option<StatusTicker>,
 }
 
 impl Server {
@@ -287,6 +300,7 @@ impl Server {
         let conn_base = first_udp + udp.len();
         let shared = Shared::new(config.tcp.max_pending_output.get());
         let guard = UdpGuard::new(&config.udp, udp.iter().map(|u| u.addr.port()).collect());
+        let metrics = metrics::Endpoint::bind(&config.metrics.listen, registry)?;
         Ok(Server {
             poll,
             config,
@@ -306,6 +320,13 @@ impl Server {
             guard,
             deadline: None,
             watchdog: Watchdog::from_environment(),
+            metrics,
+            reloads: metrics::Reloads {
+                last_ok: Some(std::time::SystemTime::now()),
+                ..Default::default()
+            },
+            records: records::Records::from_environment(),
+            status: StatusTicker::from_environment(),
         })
     }
 
@@ -338,6 +359,13 @@ impl Server {
         self.acceptor.listeners.iter().map(|l| l.addr).collect()
     }
 
+    /// The bound addresses of the Prometheus endpoint (port 0 resolved).
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map_or(Vec::new(), metrics::Endpoint::addrs)
+    }
+
     /// The bound UDP addresses (port 0 resolved).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp.iter().map(|u| u.addr).collect()
@@ -356,6 +384,9 @@ impl Server {
         }
         for u in &self.udp {
             info!("listening on udp://{}", u.addr);
+        }
+        for addr in self.metrics_addrs() {
+            info!("listening on tcp://{addr} (metrics)");
         }
         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
@@ -389,6 +420,7 @@ impl Server {
             }
             self.expire(now);
             self.tick_watchdog(now);
+            self.tick_status(now);
             if let Some(deadline) = self.deadline {
                 if !self.conns.is_empty() && now >= deadline {
                     self.cut_all();
@@ -414,6 +446,8 @@ impl Server {
             self.acceptor.backoff_until(),
             self.deadline,
             watchdog,
+            self.metrics.as_ref().and_then(metrics::Endpoint::deadline),
+            self.status.as_ref().map(StatusTicker::due),
         ]
         .into_iter()
         .flatten()
@@ -454,6 +488,7 @@ impl Server {
             }
             // What is due is done after every batch of events (`expire`).
             TIMER => self.timer.fired(),
+            Token(t) if t >= metrics::FIRST_TOKEN => self.on_metrics(token, now),
             Token(t) if t >= self.conn_base => {
                 self.on_connection(t - self.conn_base, readable, hup, now)
             }
@@ -562,6 +597,7 @@ impl Server {
             link: Link::default(),
             ip_counted,
             mark: Mark::default(),
+            opened: now,
         };
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
@@ -617,11 +653,21 @@ impl Server {
             }
             Status::Closed(reason) => {
                 let counters = &mut self.shared.counters;
-                match reason {
-                    Close::Done => counters.closed_done += 1,
-                    Close::Reset => counters.closed_reset += 1,
-                    Close::Error => counters.closed_error += 1,
-                }
+                let ended = match reason {
+                    Close::Done => {
+                        counters.closed_done += 1;
+                        Ended::Done
+                    }
+                    Close::Reset => {
+                        counters.closed_reset += 1;
+                        Ended::Reset
+                    }
+                    Close::Error => {
+                        counters.closed_error += 1;
+                        Ended::Error
+                    }
+                };
+                self.record(key, ended);
                 self.remove(key);
             }
         }
@@ -658,6 +704,9 @@ impl Server {
         if self.acceptor.backoff_over(now) {
             self.resume_accepting();
         }
+        if let Some(endpoint) = &mut self.metrics {
+            endpoint.expire(now);
+        }
         let Some(timeout) = self.config.tcp.idle_timeout else {
             return;
         };
@@ -674,6 +723,7 @@ impl Server {
             debug!("{}: idle for {timeout:?}, closing", slot.conn.peer());
             self.conns[key].conn.close_idle(&mut self.shared);
             self.shared.counters.closed_idle += 1;
+            self.record(key, Ended::Idle);
             self.remove(key);
         }
     }
