@@ -12,6 +12,7 @@ mod hostile;
 mod interop;
 mod lifecycle;
 mod memory;
+mod metrics;
 mod systemd;
 mod tcp;
 mod telnet;

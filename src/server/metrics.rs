@@ -47,6 +47,8 @@ const FIRST_CLIENT: usize = FIRST_TOKEN + 1024;
 const MAX_CLIENTS: usize = 4;
 /// Most bytes of a request head (request line and headers).
 const MAX_REQUEST: usize = 8 * 1024;
+/// Bytes read and dropped after an answer, waiting for the client's FIN.
+const MAX_DISCARD: usize = 64 * 1024;
 /// Most headers a request may have.
 const MAX_HEADERS: usize = 32;
 /// A client must have sent its request and taken the answer by then.
@@ -110,6 +112,8 @@ struct Client {
     response: Option<Vec<u8>>,
     /// Bytes of the answer the kernel took.
     sent: usize,
+    /// Bytes read and dropped after the answer (our FIN sent).
+    discarded: usize,
     /// Closed if not done by then.
     deadline: Instant,
 }
@@ -216,6 +220,7 @@ impl Endpoint {
                 request: Vec::new(),
                 response: None,
                 sent: 0,
+                discarded: 0,
                 deadline: now + TIMEOUT,
             });
         }
@@ -243,21 +248,42 @@ impl Client {
         }
     }
 
-    /// Writes what is left of the answer; true once all of it is sent.
+    /// Writes what is left of the answer, then our FIN, then reads and
+    /// drops what the client still sends (a body, the rest of a request
+    /// too large) until its FIN: closing with unread input would make the
+    /// kernel reset the connection and destroy the answer in flight. True
+    /// once the client is done; bounded by `MAX_DISCARD` and the timeout.
     fn write_response(&mut self) -> io::Result<bool> {
         let Some(response) = &self.response else {
             return Ok(false);
         };
-        while self.sent < response.len() {
-            match self.stream.write(&response[self.sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
+        if self.sent < response.len() {
+            while self.sent < response.len() {
+                match self.stream.write(&response[self.sent..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.stream.shutdown(std::net::Shutdown::Write)?;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    self.discarded += n;
+                    if self.discarded > MAX_DISCARD {
+                        return Ok(true);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
     }
 }
 
@@ -350,8 +376,8 @@ impl Server {
             }
             client.write_response()
         })();
-        // Answered, or the client failed: either way it is done. The
-        // request was read whole, so closing sends a FIN, not a reset.
+        // Answered and the client's FIN read, or the client failed: either
+        // way it is done.
         if !matches!(done, Ok(false)) {
             endpoint.clients.remove(key);
         }
