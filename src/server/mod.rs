@@ -196,6 +196,9 @@ pub struct Server {
     records: records::Records,
     /// systemd's `STATUS=` line kept current, under a service manager.
     status: Option<StatusTicker>,
+    /// `metrics` or `status` is there: the loop has work beside serving.
+    /// One flag tested per turn, rather than both options.
+    side_work: bool,
 }
 
 impl Server {
@@ -301,6 +304,8 @@ impl Server {
         let shared = Shared::new(config.tcp.max_pending_output.get());
         let guard = UdpGuard::new(&config.udp, udp.iter().map(|u| u.addr.port()).collect());
         let metrics = metrics::Endpoint::bind(&config.metrics.listen, registry)?;
+        let status = StatusTicker::from_environment();
+        let side_work = metrics.is_some() || status.is_some();
         Ok(Server {
             poll,
             config,
@@ -326,7 +331,8 @@ impl Server {
                 ..Default::default()
             },
             records: records::Records::from_environment(),
-            status: StatusTicker::from_environment(),
+            status,
+            side_work,
         })
     }
 
@@ -420,7 +426,9 @@ impl Server {
             }
             self.expire(now);
             self.tick_watchdog(now);
-            self.tick_status(now);
+            if self.side_work {
+                self.side_work(now);
+            }
             if let Some(deadline) = self.deadline {
                 if !self.conns.is_empty() && now >= deadline {
                     self.cut_all();
@@ -441,17 +449,21 @@ impl Server {
             return Ok(Some(Duration::ZERO));
         }
         let watchdog = self.watchdog.as_ref().map(Watchdog::due);
-        let nearest = [
+        let mut nearest = [
             self.idle_deadline(),
             self.acceptor.backoff_until(),
             self.deadline,
             watchdog,
-            self.metrics.as_ref().and_then(metrics::Endpoint::deadline),
-            self.status.as_ref().map(StatusTicker::due),
         ]
         .into_iter()
         .flatten()
         .min();
+        // Apart, so that a daemon with neither pays one test a turn.
+        if self.side_work {
+            let scrape = self.metrics.as_ref().and_then(metrics::Endpoint::deadline);
+            let status = self.status.as_ref().map(StatusTicker::due);
+            nearest = [nearest, scrape, status].into_iter().flatten().min();
+        }
         if let Some(at) = nearest {
             self.timer.wake_by(at)?;
         }
@@ -488,7 +500,9 @@ impl Server {
             }
             // What is due is done after every batch of events (`expire`).
             TIMER => self.timer.fired(),
-            Token(t) if t >= metrics::FIRST_TOKEN => self.on_metrics(token, now),
+            // The metrics endpoint's tokens lie above every connection's:
+            // `on_connection` hands them on, so that serving clients pays
+            // no test for them.
             Token(t) if t >= self.conn_base => {
                 self.on_connection(t - self.conn_base, readable, hup, now)
             }
@@ -624,6 +638,9 @@ impl Server {
 
     fn on_connection(&mut self, key: usize, readable: bool, hup: bool, now: Instant) {
         let Some(slot) = self.conns.get_mut(key) else {
+            if key + self.conn_base >= metrics::FIRST_TOKEN {
+                self.on_metrics(Token(key + self.conn_base), now);
+            }
             // Sporadic events happen (an event for a connection closed
             // earlier in this same batch); there is nothing to do.
             return;
@@ -651,26 +668,32 @@ impl Server {
                 let token = Token(self.conn_base + key);
                 self.turns.requeue(token, &mut self.conns[key].mark);
             }
-            Status::Closed(reason) => {
-                let counters = &mut self.shared.counters;
-                let ended = match reason {
-                    Close::Done => {
-                        counters.closed_done += 1;
-                        Ended::Done
-                    }
-                    Close::Reset => {
-                        counters.closed_reset += 1;
-                        Ended::Reset
-                    }
-                    Close::Error => {
-                        counters.closed_error += 1;
-                        Ended::Error
-                    }
-                };
-                self.record(key, ended);
-                self.remove(key);
-            }
+            Status::Closed(reason) => self.closed(key, reason),
         }
+    }
+
+    /// A connection finished: counted under its reason, recorded, dropped.
+    /// Out of line, so that `after`, which runs on every event, stays
+    /// small enough to be inlined into the event path.
+    #[inline(never)]
+    fn closed(&mut self, key: usize, reason: Close) {
+        let counters = &mut self.shared.counters;
+        let ended = match reason {
+            Close::Done => {
+                counters.closed_done += 1;
+                Ended::Done
+            }
+            Close::Reset => {
+                counters.closed_reset += 1;
+                Ended::Reset
+            }
+            Close::Error => {
+                counters.closed_error += 1;
+                Ended::Error
+            }
+        };
+        self.record(key, ended);
+        self.remove(key);
     }
 
     /// Drops a connection (closing its socket also removes it from epoll)
@@ -704,9 +727,6 @@ impl Server {
         if self.acceptor.backoff_over(now) {
             self.resume_accepting();
         }
-        if let Some(endpoint) = &mut self.metrics {
-            endpoint.expire(now);
-        }
         let Some(timeout) = self.config.tcp.idle_timeout else {
             return;
         };
@@ -726,6 +746,18 @@ impl Server {
             self.record(key, Ended::Idle);
             self.remove(key);
         }
+    }
+
+    /// What the loop does beside serving, when it has any of it to do:
+    /// slow scrapers closed, systemd's status renewed. Out of line: most
+    /// daemons have neither, and serving should not carry their code.
+    #[cold]
+    #[inline(never)]
+    fn side_work(&mut self, now: Instant) {
+        if let Some(endpoint) = &mut self.metrics {
+            endpoint.expire(now);
+        }
+        self.tick_status(now);
     }
 
     /// When the connection idle the longest reaches the idle timeout.
