@@ -36,7 +36,9 @@
 //!   (UDP reflection guard: blocked source ports, per-source rate),
 //!   `turns.rs` (the run queue: work left over from one turn for the next,
 //!   each source once), `throttle.rs` (rate-limited log lines), `timer.rs`
-//!   (the loop's deadline timer), `stats.rs` (counters).
+//!   (the loop's deadline timer), `stats.rs` (counters), `metrics.rs`
+//!   (the Prometheus endpoint, `[metrics] listen`), `records.rs` (one
+//!   record per connection, `log_connections`).
 //! - [`signals`]: the only module that knows signal-hook; signals arrive as
 //!   one more token in the poll.
 //! - [`systemd`]: what systemd is told (ready, status, reloading, stopping,
@@ -45,6 +47,7 @@
 //! - [`rlimit`]: the file-descriptor limit, raised at start-up (daemon and
 //!   bench), and what it means for `max_connections`.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
+//! - [`journal`]: journald's native protocol, for records with fields.
 //!
 //! Binaries in `src/bin/` stay thin, `main → run → ExitCode` as ripgrep's:
 //! parse arguments, call the library's `run` ([`daemon::run`],

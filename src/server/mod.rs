@@ -24,7 +24,8 @@
 //! policy (connection limit, descriptor back-off, per-address table);
 //! `lifecycle.rs` shutdown, reload and what systemd is told; `conn.rs` one
 //! client; `udp.rs` the datagram sockets (`mmsg.rs` their batch syscalls),
-//! `guard.rs` their policy.
+//! `guard.rs` their policy; `metrics.rs` the Prometheus endpoint (its
+//! tokens lie above every connection's), `records.rs` connection records.
 
 mod accept;
 mod buffers;

@@ -5,7 +5,7 @@
 //! `upcase::server`, level info):
 //!
 //! ```text
-//! connection peer=127.0.0.1:40312 duration_usec=1520 bytes_in=6 bytes_out=6 close_reason=done
+//! connection peer=127.0.0.1:49754 duration_usec=205 bytes_in=6 bytes_out=6 close_reason=done
 //! ```
 //!
 //! When stderr is the journal (see `logging`), the record goes to journald
