@@ -330,20 +330,23 @@ Without
 upcased reads no file.
 .TP
 .I \%/lib/systemd/system/upcased.service
-The daemon binding its own sockets (Type=notify; ExecStartPre= refuses a
-bad configuration before anything starts).
+The daemon binding its own sockets, enabled and started by the package
+(Type=notify; ExecStartPre= refuses a bad configuration before anything
+starts, and ExecReload= before signalling the daemon, so that
+.B systemctl reload
+fails).
 .TP
 .I \%/lib/systemd/system/upcased.socket
 .TQ
 .I \%/lib/systemd/system/upcased\-activated.service
 Socket activation: systemd binds TCP and UDP 127.0.0.1:12000 and starts the
 service, which has no network access of its own, on the first client.
+They exclude upcased.service: starting one stops the other.
 .TP
 .I \%/lib/systemd/system/upcased@.service
-One instance per CPU, pinned to the CPU its name gives, all on the same
-ports (with
-.B reuse_port = true
-in the configuration).
+Several instances on the same ports, e.g. one per CPU: the unit passes
+.BR \-\-reuse\-port .
+The instance name is only a name.
 "#,
     ),
     (

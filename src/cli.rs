@@ -2,7 +2,8 @@
 //! file: flags override the file, the file overrides the defaults.
 //!
 //! ```text
-//! upcased [-c FILE] [--tcp ADDR]... [--udp ADDR]... [--mode ascii|unicode] [--check-config]
+//! upcased [-c FILE] [--tcp ADDR]... [--udp ADDR]... [--mode ascii|unicode] [--reuse-port]
+//!         [--check-config [-q]]
 //! ```
 
 use std::net::SocketAddr;
@@ -68,9 +69,30 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "MODE", value_parser = mode_parser())]
     pub mode: Option<Mode>,
 
+    /// Bind with SO_REUSEPORT, as `reuse_port = true` does (replaces
+    /// reuse_port): what the template unit passes, so that its instances
+    /// share the ports with the shipped config.
+    #[arg(
+        long,
+        help = "Share the listen ports with other upcased processes (SO_REUSEPORT; replaces reuse_port)"
+    )]
+    pub reuse_port: bool,
+
     /// Check the configuration, print the effective config as TOML and exit
     #[arg(long)]
     pub check_config: bool,
+
+    /// With `--check-config`: print nothing when the configuration is
+    /// valid; an invalid one is still reported on standard error. What the
+    /// units' ExecStartPre= and ExecReload= use, so that the journal does
+    /// not get the whole config at every start.
+    #[arg(
+        short = 'q',
+        long,
+        requires = "check_config",
+        help = "With --check-config: print nothing if the configuration is valid, only the error otherwise"
+    )]
+    pub quiet: bool,
 }
 
 /// `--mode` of `upcased` and `upcase`: the possible values for help and
@@ -98,8 +120,8 @@ impl DaemonArgs {
     }
 
     /// Applies only the flag overrides to `config`: `--tcp` replaces
-    /// `tcp.listen`, `--udp` replaces `udp.listen`, `--mode` replaces `mode`;
-    /// absent flags leave the config alone. Used again on reload, so flags
+    /// `tcp.listen`, `--udp` replaces `udp.listen`, `--mode` replaces `mode`,
+    /// `--reuse-port` sets `reuse_port`; absent flags leave the config alone. Used again on reload, so flags
     /// keep winning over the re-read file.
     pub fn apply_overrides(&self, config: &mut Config) {
         if !self.tcp.is_empty() {
@@ -110,6 +132,9 @@ impl DaemonArgs {
         }
         if let Some(mode) = self.mode {
             config.mode = mode;
+        }
+        if self.reuse_port {
+            config.reuse_port = true;
         }
     }
 }
@@ -242,6 +267,27 @@ mod tests {
     }
 
     #[test]
+    fn reuse_port_flag_sets_reuse_port() {
+        let file = TempFile::new("reuse", "reuse_port = false\n");
+        let args =
+            DaemonArgs::try_parse_from(["upcased", "-c", file.path(), "--reuse-port"]).unwrap();
+        assert!(args.resolve().unwrap().reuse_port);
+        let args = DaemonArgs::try_parse_from(["upcased", "-c", file.path()]).unwrap();
+        assert!(!args.resolve().unwrap().reuse_port);
+    }
+
+    #[test]
+    fn quiet_needs_check_config() {
+        let args = DaemonArgs::try_parse_from(["upcased", "--check-config", "-q"]).unwrap();
+        assert!(args.check_config && args.quiet);
+        let args = DaemonArgs::try_parse_from(["upcased", "--check-config", "--quiet"]).unwrap();
+        assert!(args.quiet);
+        let e = DaemonArgs::try_parse_from(["upcased", "--quiet"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
     fn bad_config_file_is_reported() {
         let file = TempFile::new("bad", "[tcp]\nidle_timeout = \"5x\"\n");
         let args = DaemonArgs::try_parse_from(["upcased", "-c", file.path()]).unwrap();
@@ -290,6 +336,8 @@ mod tests {
             "ascii",
             "unicode",
             "--check-config",
+            "--quiet",
+            "--reuse-port",
             "Exit status:",
             "SIGHUP",
             "SIGUSR1",

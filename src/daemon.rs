@@ -2,7 +2,7 @@
 //! is only `main → run → ExitCode` (as ripgrep's `main` is):
 //!
 //! 1. the configuration: the file and the flags ([`DaemonArgs::resolve`]);
-//!    `--check-config` prints it and stops there;
+//!    `--check-config` prints it (nothing with `--quiet`) and stops there;
 //! 2. logging, at the config's `log_level` unless `RUST_LOG` is set;
 //! 3. the descriptor limit raised, with a warning if `max_connections`
 //!    still does not fit ([`crate::rlimit`]);
@@ -75,7 +75,9 @@ impl DaemonError {
 pub fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let config = args.resolve()?;
     if args.check_config {
-        print!("{}", config.to_toml());
+        if !args.quiet {
+            print!("{}", config.to_toml());
+        }
         return Ok(());
     }
     let logs = logging::init(config.log_level);

@@ -77,6 +77,37 @@ fn an_unknown_key_exits_2_naming_it() {
     );
 }
 
+/// What the units run before every start and reload: nothing on standard
+/// output for a valid config (the journal would get all of it), exactly the
+/// error on standard error for a bad one.
+#[test]
+fn check_config_quiet_prints_only_the_error() {
+    let good = TempFile::new("quiet-good.toml", "mode = \"ascii\"\n");
+    let out = run_daemon(&["-c", good.path(), "--check-config", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    let bad = TempFile::new("quiet-bad.toml", "mode = \"loud\"\n");
+    let out = run_daemon(&["-c", bad.path(), "--check-config", "-q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "upcased: {}:1: mode: unknown mode \"loud\": expected \"ascii\" or \"unicode\"\n",
+            bad.path()
+        )
+    );
+}
+
+#[test]
+fn reuse_port_flag_overrides_the_file() {
+    let file = TempFile::new("reuse-flag.toml", "reuse_port = false\n");
+    assert!(!effective_config(&["-c", file.path()]).reuse_port);
+    assert!(effective_config(&["-c", file.path(), "--reuse-port"]).reuse_port);
+}
+
 #[test]
 fn a_missing_config_file_exits_2_naming_it() {
     let out = run_daemon(&["-c", "/nonexistent/upcased.toml"]);

@@ -13,6 +13,7 @@ mod interop;
 mod lifecycle;
 mod memory;
 mod metrics;
+mod real_systemd;
 mod systemd;
 mod tcp;
 mod telnet;
