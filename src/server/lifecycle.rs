@@ -287,6 +287,7 @@ impl Server {
         let new = &self.config;
         if new.tcp.listen != old.tcp.listen
             || new.udp.listen != old.udp.listen
+            || new.metrics.listen != old.metrics.listen
             || new.tcp.backlog != old.tcp.backlog
             || new.reuse_port != old.reuse_port
         {
