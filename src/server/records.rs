@@ -310,6 +310,34 @@ mod tests {
         );
     }
 
+    /// Every `closed_*` counter is one reason, in the counters line's
+    /// order, and `closed()` sums them all (`accepted = open + closed`).
+    #[test]
+    fn the_reasons_are_the_counters_lines() {
+        let c = Counters {
+            closed_done: 1,
+            closed_reset: 2,
+            closed_idle: 3,
+            closed_error: 4,
+            closed_proxy: 5,
+            closed_untrusted: 6,
+            closed_cut: 7,
+            closed_handed_over: 8,
+            closed_limit: 9,
+            ..Counters::default()
+        };
+        let named: Vec<String> = Ended::ALL
+            .iter()
+            .map(|r| format!("{}={}", r.as_str(), r.count(&c)))
+            .collect();
+        let line = c.to_string();
+        assert!(
+            line.contains(&format!("closed: {};", named.join(" "))),
+            "{line}"
+        );
+        assert_eq!(c.closed(), 45);
+    }
+
     #[test]
     fn a_storm_is_cut_to_the_rate_and_the_rest_counted() {
         let mut records = Records::to(None);
