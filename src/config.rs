@@ -255,6 +255,11 @@ config_table! {
         /// across them: one process per core.
         reuse_port: bool = false, kind BoolKind, reload Restart,
         "Share the listen ports with other upcased processes (SO_REUSEPORT), one per core.";
+        /// One record per TCP connection when it ends: peer, duration, bytes
+        /// each way, why it closed (`log_connections`; default false). Under
+        /// journald the fields are the journal's own (`CLOSE_REASON=idle`).
+        log_connections: bool = false, kind BoolKind, reload Live,
+        "Log one record per TCP connection when it ends (peer, duration, bytes, close reason).";
     }
     tables {
         /// The `[tcp]` table.
@@ -263,6 +268,8 @@ config_table! {
         udp: UdpConfig, raw UdpFile;
         /// The `[agent]` table.
         agent: AgentConfig, raw AgentFile;
+        /// The `[metrics]` table.
+        metrics: MetricsConfig, raw MetricsFile;
     }
 }
 
@@ -368,6 +375,17 @@ config_table! {
         /// default) turns it off.
         listen: Vec<SocketAddr> = Vec::new(), kind Listen, reload Restart,
         "HAProxy agent-check addresses: one line (up/weight, drain, down), then close; [] = off.";
+    }
+}
+
+config_table! {
+    /// The `[metrics]` table: the Prometheus endpoint.
+    pub struct MetricsConfig, raw MetricsFile, table "metrics", keys METRICS_KEYS {
+        /// Addresses of the Prometheus endpoint (`GET /metrics`); empty
+        /// (the default) turns it off. Outside `[tcp] max_connections` and
+        /// the per-address limit: it has small bounds of its own.
+        listen: Vec<SocketAddr> = Vec::new(), kind Listen, reload Restart,
+        "Prometheus endpoint (GET /metrics), IP:PORT such as \"127.0.0.1:12002\"; [] = off.";
     }
 }
 
@@ -1139,6 +1157,7 @@ mod tests {
             log_level: LevelFilter::Trace,
             shutdown_timeout: Duration::from_millis(1500),
             reuse_port: true,
+            log_connections: true,
             tcp: TcpConfig {
                 listen: vec![
                     "0.0.0.0:7000".parse().unwrap(),
@@ -1165,6 +1184,9 @@ mod tests {
             },
             agent: AgentConfig {
                 listen: vec!["127.0.0.1:12001".parse().unwrap()],
+            },
+            metrics: MetricsConfig {
+                listen: vec!["127.0.0.1:12002".parse().unwrap()],
             },
         }
     }
@@ -1212,6 +1234,7 @@ mode = "ascii"
 log_level = "trace"
 shutdown_timeout = "1500ms"
 reuse_port = true
+log_connections = true
 
 [tcp]
 listen = ["0.0.0.0:7000", "[::]:7001"]
@@ -1233,6 +1256,9 @@ rate_limit_loopback = true
 
 [agent]
 listen = ["127.0.0.1:12001"]
+
+[metrics]
+listen = ["127.0.0.1:12002"]
 "#;
         assert_eq!(parse(text).unwrap(), non_default());
     }
@@ -1271,7 +1297,7 @@ listen = ["127.0.0.1:12001"]
     fn unknown_top_level_key() {
         assert_eq!(
             error("mode = \"ascii\"\nbogus = 1\n"),
-            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp, agent"
+            "test.toml:2: bogus: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, log_connections, tcp, udp, agent, metrics"
         );
     }
 
@@ -1295,7 +1321,7 @@ listen = ["127.0.0.1:12001"]
     fn unknown_table() {
         assert_eq!(
             error("[tcp]\n\n[http]\nlisten = []\n"),
-            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp, agent"
+            "test.toml:3: http: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, log_connections, tcp, udp, agent, metrics"
         );
         assert_eq!(
             error("[tcp.extra]\nx = 1\n"),
@@ -1308,7 +1334,7 @@ listen = ["127.0.0.1:12001"]
         // Keys are checked in source order, not alphabetically.
         assert_eq!(
             error("zzz = 1\naaa = 2\n"),
-            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, tcp, udp, agent"
+            "test.toml:1: zzz: unknown key; expected one of: mode, log_level, shutdown_timeout, reuse_port, log_connections, tcp, udp, agent, metrics"
         );
     }
 
@@ -1633,7 +1659,14 @@ listen = ["127.0.0.1:12001"]
         assert!(text.contains("[udp]\n# "), "{text}");
         assert!(text.contains("listen = []\n"), "{text}");
         assert!(text.contains("rate_limit_loopback = true\n"), "{text}");
-        assert!(text.ends_with("[agent]\n# HAProxy agent-check addresses: one line (up/weight, drain, down), then close; [] = off.\nlisten = [\"127.0.0.1:12001\"]\n"), "{text}");
+        assert!(
+            text.contains("[agent]\n# HAProxy agent-check addresses: one line (up/weight, drain, down), then close; [] = off.\nlisten = [\"127.0.0.1:12001\"]\n\n[metrics]\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("[metrics]\n# Prometheus endpoint (GET /metrics), IP:PORT such as \"127.0.0.1:12002\"; [] = off.\nlisten = [\"127.0.0.1:12002\"]\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1656,7 +1689,7 @@ listen = ["127.0.0.1:12001"]
                 assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
             }
         }
-        assert_eq!(keys, 19);
+        assert_eq!(keys, 21);
     }
 
     #[test]
@@ -1688,6 +1721,7 @@ listen = ["127.0.0.1:12001"]
             ("tcp", TCP_KEYS, TcpConfig::NAMES),
             ("udp", UDP_KEYS, UdpConfig::NAMES),
             ("agent", AGENT_KEYS, AgentConfig::NAMES),
+            ("metrics", METRICS_KEYS, MetricsConfig::NAMES),
         ];
         assert_eq!(Config::TABLES, tables);
         for (table, keys, names) in tables {
@@ -1696,7 +1730,10 @@ listen = ["127.0.0.1:12001"]
             assert_eq!(names[..keys.len()], declared[..], "{table}");
             assert_eq!(names_of(table), Some(names));
         }
-        assert_eq!(Config::NAMES[TOP_KEYS.len()..], ["tcp", "udp", "agent"]);
+        assert_eq!(
+            Config::NAMES[TOP_KEYS.len()..],
+            ["tcp", "udp", "agent", "metrics"]
+        );
         assert_eq!(TcpConfig::NAMES.len(), TCP_KEYS.len());
         assert_eq!(UdpConfig::NAMES.len(), UDP_KEYS.len());
 
@@ -1715,6 +1752,7 @@ listen = ["127.0.0.1:12001"]
             .chain(TCP_KEYS)
             .chain(UDP_KEYS)
             .chain(AGENT_KEYS)
+            .chain(METRICS_KEYS)
             .map(|key| (key.table, key.name))
             .collect();
         assert_eq!(written, declared);
@@ -1730,6 +1768,7 @@ listen = ["127.0.0.1:12001"]
             ("[tcp] TABLE", defaults.tcp.values()),
             ("[udp] TABLE", defaults.udp.values()),
             ("[agent] TABLE", defaults.agent.values()),
+            ("[metrics] TABLE", defaults.metrics.values()),
         ];
         let titles: Vec<String> = defaults
             .tables()

@@ -38,7 +38,9 @@
 //!   each source once), `throttle.rs` (rate-limited log lines), `timer.rs`
 //!   (the loop's deadline timer), `stats.rs` (counters), `handover.rs`
 //!   (restarts: listeners and connections through systemd's file
-//!   descriptor store, with each connection's state in a memfd).
+//!   descriptor store, with each connection's state in a memfd),
+//!   `metrics.rs` (the Prometheus endpoint, `[metrics] listen`),
+//!   `records.rs` (one record per connection, `log_connections`).
 //! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer puts
 //!   before a relayed connection, parsed from bytes (pure), and the
 //!   networks trusted to send it.
@@ -51,6 +53,7 @@
 //! - [`rlimit`]: the file-descriptor limit, raised at start-up (daemon and
 //!   bench), and what it means for `max_connections`.
 //! - [`logging`]: env_logger set up from `log_level`, `RUST_LOG` winning.
+//! - [`journal`]: journald's native protocol, for records with fields.
 //!
 //! Binaries in `src/bin/` stay thin, `main → run → ExitCode` as ripgrep's:
 //! parse arguments, call the library's `run` ([`daemon::run`],
@@ -70,6 +73,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod journal;
 pub mod logging;
 pub mod proxy;
 pub mod rlimit;

@@ -71,7 +71,7 @@ pub fn syslog_priority(level: Level) -> u8 {
 /// Whether stderr is the stream systemd connected to the journal: the
 /// variable alone is not enough, since it is inherited by processes whose
 /// stderr was redirected elsewhere.
-fn stderr_is_journal() -> bool {
+pub fn stderr_is_journal() -> bool {
     let Some(expected) = std::env::var("JOURNAL_STREAM").ok() else {
         return false;
     };

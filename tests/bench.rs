@@ -269,7 +269,7 @@ fn upcased_passes_every_mode_with_zero_errors() {
     );
     assert!(report.ok && report.messages > 0, "{report}");
     let counters = server.stop();
-    assert_eq!(counters.errors, 0, "{counters:?}");
+    assert_eq!(counters.errors(), 0, "{counters:?}");
 }
 
 #[test]
@@ -582,7 +582,7 @@ fn upcased_passes_churn_with_fin_and_rst() {
         assert_eq!((f.connect, f.exchange, f.close), (0, 0, 0), "{report}");
     }
     let counters = server.stop();
-    assert_eq!(counters.errors, 0, "{counters:?}");
+    assert_eq!(counters.errors(), 0, "{counters:?}");
 }
 
 #[test]
@@ -673,7 +673,7 @@ fn upcased_passes_open_loop_and_writes_its_histogram_and_timeline() {
         .sum();
     assert!(replies >= report.messages + 4, "{replies} rows: {report}");
     let counters = server.stop();
-    assert_eq!(counters.errors, 0, "{counters:?}");
+    assert_eq!(counters.errors(), 0, "{counters:?}");
 }
 
 /// The `.hgrm` text `text` counts `messages` replies in all.

@@ -542,3 +542,36 @@ fn the_units_keep_a_store_for_every_connection() {
         assert!(max >= max_connections + 3, "{unit}: {max}");
     }
 }
+
+/// With `log_connections`, a connection handed over leaves a record
+/// `handed_over` in the old process (its bytes so far), and one more in the
+/// next process when it really ends, counting from the adoption.
+#[test]
+fn a_handed_over_connection_is_recorded_by_both_processes() {
+    let manager = FdManager::new("records");
+    let config = TempFile::new("handover-records.toml", "log_connections = true\n");
+    let args = Daemon::config_args(&config);
+    let mut first = start_first(&manager, &args, "100");
+    let mut client = connect(first.tcp[0]);
+    let me = client.local_addr().unwrap();
+    client.write_all(b"before").unwrap();
+    assert_eq!(read_exact(&mut client, 6), b"BEFORE");
+    restart(&mut first, &manager, 1);
+    let line = first.wait_for_log(&format!("connection peer={me} "));
+    assert!(
+        line.ends_with(" bytes_in=6 bytes_out=6 close_reason=handed_over"),
+        "{line}"
+    );
+    let second = manager.start_next(&args, "100", 2);
+    second.wait_for_log("adopted 1 connection");
+    client.write_all(b"after!!").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut client), b"AFTER!!");
+    let line = second.wait_for_log(&format!("connection peer={me} "));
+    assert!(
+        line.ends_with(" bytes_in=7 bytes_out=7 close_reason=done"),
+        "{line}"
+    );
+    let counters = first.lines().join("\n");
+    assert!(counters.contains("handed_over=1"), "{counters}");
+}

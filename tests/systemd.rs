@@ -2,7 +2,7 @@
 //! runs here): the units, socket activation, sd_notify, journald's log
 //! format, and several processes on one port.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -195,11 +195,37 @@ impl Manager {
         Manager { socket, path }
     }
 
+    /// The next notification that is not a periodic status update (which
+    /// may come between any two others on a slow machine).
     fn next(&self) -> String {
+        loop {
+            let message = self.any();
+            if !is_periodic(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// The next periodic status update, skipping anything else.
+    fn next_periodic(&self) -> String {
+        loop {
+            let message = self.any();
+            if is_periodic(&message) {
+                return message;
+            }
+        }
+    }
+
+    fn any(&self) -> String {
         let mut buf = [0u8; 4096];
         let n = self.socket.recv(&mut buf).expect("a notification");
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
+}
+
+/// A `STATUS=` renewed on the daemon's own schedule (serving, draining).
+fn is_periodic(message: &str) -> bool {
+    message.starts_with("STATUS=serving ") || message.starts_with("STATUS=draining ")
 }
 
 impl Drop for Manager {
@@ -244,6 +270,75 @@ fn sd_notify_ready_status_reloading_stopping() {
         manager.next(),
         "STOPPING=1\nSTATUS=shutting down: 0 connections to finish"
     );
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn status_says_what_is_going_on_while_serving_and_draining() {
+    let manager = Manager::new("status");
+    let config = TempFile::new(
+        "status.toml",
+        "shutdown_timeout = \"60s\"\n[tcp]\nlisten = [\"127.0.0.1:0\"]\n[udp]\nlisten = [\"127.0.0.1:0\"]\n",
+    );
+    let mut command = Command::new(daemon_path());
+    command
+        .args(["-c", config.path()])
+        .env("NOTIFY_SOCKET", &manager.path);
+    let mut daemon = Daemon::start_with(&mut command, 2);
+    assert!(manager.next().starts_with("READY=1\n"));
+    // A client that stays, and two messages from it.
+    let mut client = connect(daemon.tcp[0]);
+    client.write_all(b"a").unwrap();
+    assert_eq!(read_exact(&mut client, 1), b"A");
+    client.write_all(b"b").unwrap();
+    assert_eq!(read_exact(&mut client, 1), b"B");
+    // Renewed every 2 s: the update after the messages shows the client
+    // (the first may have been made before it connected).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let serving = loop {
+        let status = manager.next_periodic();
+        if status.starts_with("STATUS=serving 1 connection, ") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+    };
+    let rate = serving
+        .strip_prefix("STATUS=serving 1 connection, ")
+        .and_then(|rest| rest.strip_suffix(" msgs/s, 0 errors"))
+        .unwrap_or_else(|| panic!("{serving}"));
+    assert!(rate.parse::<u64>().is_ok(), "{serving}");
+
+    // Draining: the client keeps the shutdown going; the countdown comes
+    // with an extension of systemd's stop timeout up to the deadline.
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        manager.next(),
+        "STOPPING=1\nSTATUS=shutting down: 1 connection to finish"
+    );
+    let draining = manager.next_periodic();
+    let (status, extend) = draining
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("{draining}"));
+    let left: f64 = status
+        .strip_prefix("STATUS=draining 1 connection, ")
+        .and_then(|rest| rest.strip_suffix(" s left"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{draining}"));
+    assert!(
+        left > 60.0 - PATIENCE.as_secs_f64() && left <= 60.0,
+        "{draining}"
+    );
+    let usec: u64 = extend
+        .strip_prefix("EXTEND_TIMEOUT_USEC=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{draining}"));
+    // The time left, rounded to tenths in the status, plus 2 s.
+    assert!(
+        (usec as f64 / 1e6 - (left + 2.0)).abs() <= 0.1,
+        "{draining}"
+    );
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut client), b"");
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }
 

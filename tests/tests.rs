@@ -15,6 +15,7 @@ mod hostile;
 mod interop;
 mod lifecycle;
 mod memory;
+mod metrics;
 mod netns;
 mod proxy;
 mod real_systemd;

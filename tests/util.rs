@@ -258,6 +258,8 @@ pub struct Daemon {
     pub proxy: Vec<SocketAddr>,
     /// `[agent] listen` sockets (`listening on tcp://ADDR (agent)`).
     pub agent: Vec<SocketAddr>,
+    /// The Prometheus endpoint's addresses (`listening on tcp://ADDR (metrics)`).
+    pub metrics: Vec<SocketAddr>,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     reader: Option<JoinHandle<()>>,
 }
@@ -336,6 +338,7 @@ impl Daemon {
             udp: Vec::new(),
             proxy: Vec::new(),
             agent: Vec::new(),
+            metrics: Vec::new(),
             log,
             reader: Some(reader),
         }
@@ -362,6 +365,7 @@ impl Daemon {
                         match what {
                             "(PROXY protocol)" => daemon.proxy.push(addr),
                             "(agent)" => daemon.agent.push(addr),
+                            "(metrics)" => daemon.metrics.push(addr),
                             _ => daemon.tcp.push(addr),
                         }
                     } else if let Some(addr) = url.strip_prefix("udp://") {

@@ -21,6 +21,7 @@ use crate::config::TcpConfig;
 use crate::server::buffers::Shared;
 use crate::server::canonical_ip;
 use crate::server::conn;
+use crate::server::metrics::PausedTime;
 use crate::server::throttle::{count, elapsed, Throttle};
 
 /// How long accepting pauses when the process is out of file descriptors.
@@ -109,6 +110,10 @@ pub struct Acceptor {
     per_ip_warning: Throttle,
     /// The warning about peers outside `proxy_trusted`.
     untrusted_warning: Throttle,
+    /// Time spent at the connection limit (`at_limit`), for the metrics.
+    pub limit_time: PausedTime,
+    /// Time spent out of file descriptors (`backoff`), for the metrics.
+    pub backoff_time: PausedTime,
 }
 
 impl Acceptor {
@@ -125,6 +130,8 @@ impl Acceptor {
             per_ip: HashMap::new(),
             per_ip_warning: Throttle::default(),
             untrusted_warning: Throttle::default(),
+            limit_time: PausedTime::default(),
+            backoff_time: PausedTime::default(),
         }
     }
 
@@ -149,6 +156,7 @@ impl Acceptor {
     pub fn backoff_over(&mut self, now: Instant) -> bool {
         if self.backoff.is_some_and(|at| at <= now) {
             self.backoff = None;
+            self.backoff_time.stop(now);
             return true;
         }
         false
@@ -159,6 +167,7 @@ impl Acceptor {
     pub fn below_limit(&mut self, open: usize, max: usize) -> bool {
         if self.at_limit && open < max {
             self.at_limit = false;
+            self.limit_time.stop(Instant::now());
             debug!(target: super::LOG_TARGET, "below the connection limit again: accepting resumed");
             return true;
         }
@@ -194,6 +203,7 @@ impl Acceptor {
     ) -> Accepted {
         if open >= tcp.max_connections.get() {
             self.at_limit = true;
+            self.limit_time.start(now);
             shared.counters.accept_pauses += 1;
             self.enter_limit(open, now);
             return Accepted::Stop;
@@ -222,6 +232,7 @@ impl Acceptor {
                 // instead of spinning on a descriptor we cannot get.
                 self.backoff = Some(now + ACCEPT_BACKOFF);
                 self.out_of_fds = true;
+                self.backoff_time.start(now);
                 shared.counters.accept_pauses += 1;
                 if let Some(quiet) = self.fd_warning.ready(now) {
                     let since = if quiet > 0 {
@@ -240,7 +251,7 @@ impl Acceptor {
             Err(e) => {
                 // ECONNABORTED and the like: that client is gone, the next
                 // one may be fine.
-                shared.counters.errors += 1;
+                shared.counters.errors_accept += 1;
                 debug!(target: super::LOG_TARGET, "accept on tcp://{}: {e}", listener.addr);
                 Accepted::Nothing
             }
@@ -291,6 +302,7 @@ impl Acceptor {
             let _ = registry.deregister(&mut l.socket);
         }
         self.at_limit = false;
+        self.limit_time.stop(now);
         served
     }
 

@@ -207,6 +207,10 @@ pub struct Connection<S = TcpStream> {
     /// A restart hands this connection to the next process: once what the
     /// kernel held is answered, input is `Parked` instead of ended.
     handing_over: bool,
+    /// Bytes read from this client, for its record when it ends.
+    bytes_in: u64,
+    /// Bytes of replies the kernel took, for its record when it ends.
+    bytes_out: u64,
 }
 
 /// Where a connection handed to the next process stands (its input side;
@@ -269,6 +273,8 @@ impl<S: Socket> Connection<S> {
             input: Input::Open,
             hup: false,
             handing_over: false,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -296,6 +302,10 @@ impl<S: Socket> Connection<S> {
             },
             hup: false,
             handing_over: false,
+            // Its record in this process counts from here: the previous
+            // one's share went with it.
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -355,6 +365,11 @@ impl<S: Socket> Connection<S> {
     /// header named it (`proxied.rs`).
     pub fn set_peer(&mut self, peer: SocketAddr) {
         self.peer = peer;
+    }
+
+    /// Bytes read from the client and bytes of replies sent, so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_in, self.bytes_out)
     }
 
     /// Bytes of replies waiting for the kernel to take them.
@@ -448,6 +463,8 @@ impl<S: Socket> Connection<S> {
                 }
                 Ok(n) => {
                     shared.counters.bytes_in += n as u64;
+                    shared.counters.tcp_reads += 1;
+                    self.bytes_in += n as u64;
                     if n < len && !self.hup && self.input == Input::Open {
                         // A short read emptied the receive queue: on Linux,
                         // data arriving after it raises a new edge, so the
@@ -612,6 +629,7 @@ impl<S: Socket> Connection<S> {
         produce(&mut self.upcaser, &shared.read_buf, scratch);
         let written = write_all_nonblocking(&mut self.stream, scratch)?;
         shared.counters.bytes_out += written as u64;
+        self.bytes_out += written as u64;
         if written < scratch.len() {
             let mut out = shared.pool.take();
             out.data.extend_from_slice(&scratch[written..]);
@@ -627,6 +645,7 @@ impl<S: Socket> Connection<S> {
         };
         let written = write_all_nonblocking(&mut self.stream, out.unsent())?;
         shared.counters.bytes_out += written as u64;
+        self.bytes_out += written as u64;
         out.consume(written);
         if out.pending() == 0 {
             if let Some(out) = self.out.take() {

@@ -53,6 +53,7 @@ use log::{debug, info, warn};
 
 use super::accept::{self, Listener};
 use super::conn::{self, Connection, Snapshot, Stage};
+use super::records::Ended;
 use super::throttle::count;
 use super::udp::{self, Endpoint};
 use super::{Server, ServerError};
@@ -447,6 +448,7 @@ impl Server {
                             .registry()
                             .deregister(self.conns[key].conn.stream_mut());
                         self.shared.counters.closed_handed_over += 1;
+                        self.record(key, Ended::HandedOver);
                         // Our copy closes; the store's keeps the connection.
                         self.remove(key);
                     }

@@ -38,6 +38,79 @@ impl Watchdog {
     }
 }
 
+/// How often `STATUS=` is renewed while serving: `systemctl status` shows
+/// the last one, so it should be a few seconds old at most.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// How often during a graceful shutdown, which counts down in tenths.
+const STATUS_EVERY_DRAINING: Duration = Duration::from_secs(1);
+/// What `EXTEND_TIMEOUT_USEC` asks beyond the shutdown deadline: the time
+/// to close what is left and exit.
+const EXTEND_MARGIN: Duration = Duration::from_secs(2);
+
+/// Keeps systemd's `STATUS=` current: only under a service manager
+/// (`NOTIFY_SOCKET` set), so that nothing is computed or sent elsewhere.
+#[derive(Debug)]
+pub struct StatusTicker {
+    /// When the next update is due.
+    next: Instant,
+    /// Messages (TCP reads with data, datagrams) counted at the last update.
+    msgs: u64,
+    /// When the last update was made.
+    at: Instant,
+}
+
+impl StatusTicker {
+    /// A ticker under a service manager, the first update one interval away.
+    pub fn from_environment() -> Option<StatusTicker> {
+        std::env::var_os("NOTIFY_SOCKET")?;
+        let now = Instant::now();
+        Some(StatusTicker {
+            next: now + STATUS_EVERY,
+            msgs: 0,
+            at: now,
+        })
+    }
+
+    /// When the next update is due.
+    pub fn due(&self) -> Instant {
+        self.next
+    }
+}
+
+/// `41203` as `41,203`: how `systemctl status` readers take large counts in.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// The serving status line.
+pub fn serving_status(open: u64, msgs_per_s: u64, errors: u64) -> String {
+    format!(
+        "serving {}, {} msgs/s, {}",
+        count(open, "connection"),
+        thousands(msgs_per_s),
+        count(errors, "error")
+    )
+}
+
+/// The status line and the timeout extension during a graceful shutdown:
+/// `left` until its deadline.
+pub fn draining_status(open: u64, left: Duration) -> String {
+    format!(
+        "STATUS=draining {}, {:.1} s left\nEXTEND_TIMEOUT_USEC={}",
+        count(open, "connection"),
+        left.as_secs_f64(),
+        (left + EXTEND_MARGIN).as_micros()
+    )
+}
+
 impl Server {
     /// Pings the watchdog if a ping is due.
     pub(super) fn tick_watchdog(&mut self, now: Instant) {
@@ -49,6 +122,44 @@ impl Server {
         }
         watchdog.next = now + watchdog.interval / 2;
         self.notify(&format!("WATCHDOG=1\nSTATUS={}", self.status()));
+    }
+
+    /// Renews systemd's `STATUS=` if an update is due: while serving, the
+    /// open connections, the messages a second since the last update and
+    /// the errors; while draining, what is left and until when, with an
+    /// `EXTEND_TIMEOUT_USEC` (see `draining_status`).
+    pub(super) fn tick_status(&mut self, now: Instant) {
+        let Some(ticker) = &mut self.status else {
+            return;
+        };
+        if now < ticker.next {
+            return;
+        }
+        let c = &self.shared.counters;
+        let open = self.conns.len() as u64;
+        let message = match self.deadline {
+            Some(deadline) => {
+                ticker.next = now + STATUS_EVERY_DRAINING;
+                draining_status(open, deadline.saturating_duration_since(now))
+            }
+            None => {
+                let msgs = c.tcp_reads + c.dgrams_in;
+                let secs = now.saturating_duration_since(ticker.at).as_secs_f64();
+                let rate = if secs > 0.0 {
+                    ((msgs - ticker.msgs) as f64 / secs).round() as u64
+                } else {
+                    0
+                };
+                ticker.next = now + STATUS_EVERY;
+                ticker.msgs = msgs;
+                ticker.at = now;
+                format!(
+                    "STATUS={}",
+                    serving_status(open, rate, c.errors() + c.closed_error)
+                )
+            }
+        };
+        self.notify(&message);
     }
 
     /// SIGTERM/SIGINT: stop accepting, answer everything already received,
@@ -65,6 +176,10 @@ impl Server {
         }
         let timeout = self.config.shutdown_timeout;
         self.deadline = Some(now + timeout);
+        // The countdown (and its EXTEND_TIMEOUT_USEC) starts at once.
+        if let Some(ticker) = &mut self.status {
+            ticker.next = now;
+        }
         if !self.agent.listeners.is_empty() {
             // Behind a balancer: let it move new clients away first.
             self.begin_drain(now);
@@ -144,6 +259,10 @@ impl Server {
         );
         self.shared.counters.closed_cut += n as u64;
         self.shared.counters.conns_open -= n as u64;
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.record(key, super::records::Ended::Cut);
+        }
         self.conns.clear();
         self.idle = IdleList::default();
     }
@@ -185,15 +304,21 @@ impl Server {
             Ok(config) => config,
             Err(message) => {
                 error!(target: super::LOG_TARGET, "reload failed, keeping the current configuration: {message}");
+                self.reloads.failed += 1;
+                self.reloads.last_failed = true;
                 return;
             }
         };
+        self.reloads.ok += 1;
+        self.reloads.last_failed = false;
+        self.reloads.last_ok = Some(std::time::SystemTime::now());
         let old = std::mem::replace(&mut self.config, new);
         let new = &self.config;
         if new.tcp.listen != old.tcp.listen
             || new.udp.listen != old.udp.listen
             || new.tcp.proxy_listen != old.tcp.proxy_listen
             || new.agent.listen != old.agent.listen
+            || new.metrics.listen != old.metrics.listen
             || new.tcp.backlog != old.tcp.backlog
             || new.reuse_port != old.reuse_port
         {
@@ -252,5 +377,27 @@ impl Server {
         if self.acceptor.below_limit(self.conns.len(), max) {
             self.resume_accepting();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_read_as_the_issue_wrote_them() {
+        assert_eq!(
+            serving_status(812, 41_203, 0),
+            "serving 812 connections, 41,203 msgs/s, 0 errors"
+        );
+        assert_eq!(
+            serving_status(1, 999, 1),
+            "serving 1 connection, 999 msgs/s, 1 error"
+        );
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(
+            draining_status(37, Duration::from_millis(2_100)),
+            "STATUS=draining 37 connections, 2.1 s left\nEXTEND_TIMEOUT_USEC=4100000"
+        );
     }
 }

@@ -24,7 +24,8 @@
 //! policy (connection limit, descriptor back-off, per-address table);
 //! `lifecycle.rs` shutdown, reload and what systemd is told; `conn.rs` one
 //! client; `udp.rs` the datagram sockets (`mmsg.rs` their batch syscalls),
-//! `guard.rs` their policy.
+//! `guard.rs` their policy; `metrics.rs` the Prometheus endpoint (its
+//! tokens lie above every connection's), `records.rs` connection records.
 
 mod accept;
 mod agent;
@@ -35,8 +36,10 @@ mod guard;
 mod handover;
 mod idle;
 mod lifecycle;
+mod metrics;
 mod mmsg;
 mod proxied;
+mod records;
 mod stats;
 mod throttle;
 pub(crate) mod timer;
@@ -63,7 +66,8 @@ use conn::{Close, Connection, Status};
 use guard::UdpGuard;
 pub use handover::Inherited;
 use idle::{IdleList, Link, Linked};
-use lifecycle::Watchdog;
+use lifecycle::{StatusTicker, Watchdog};
+use records::Ended;
 pub use stats::Counters;
 use throttle::count;
 use timer::Timer;
@@ -75,8 +79,12 @@ const TIMER: Token = Token(2);
 /// Tokens from here on are listeners, then UDP sockets, then connections.
 const FIRST_SOCKET: usize = 3;
 /// The agent-check listeners' tokens, from here on: far above any
-/// connection's (the slab never holds 2^62 connections).
+/// connection's (the slab never holds 2^62 connections), and above the
+/// metrics endpoint's (`metrics::FIRST_TOKEN`, from `usize::MAX / 4`).
 const AGENT_BASE: usize = usize::MAX / 2;
+// The endpoint's tokens (listeners, then at most `MAX_CLIENTS` scrapers)
+// stay below the agent's, which `dispatch` tests first.
+const _: () = assert!(metrics::LAST_TOKEN < AGENT_BASE);
 
 /// Capacity of the events array: how many readiness events one `poll` returns.
 const EVENTS_CAPACITY: usize = 1024;
@@ -156,6 +164,11 @@ struct Slot {
     /// On a PROXY listener, awaiting its header since this instant
     /// (`proxied.rs`); `None` once served.
     header: Option<Instant>,
+    /// When it was accepted, for its record (`log_connections`).
+    opened: Instant,
+    /// On a PROXY listener, once its header named the client: the
+    /// balancer's address (the socket's peer), for its record.
+    balancer: Option<SocketAddr>,
 }
 
 impl Linked for Slot {
@@ -200,6 +213,17 @@ pub struct Server {
     headers: proxied::Headers,
     /// The HAProxy agent-check sockets (`[agent] listen`).
     agent: agent::Agent,
+    /// The Prometheus endpoint, when `[metrics] listen` has addresses.
+    metrics: Option<metrics::Endpoint>,
+    /// Reloads and how they went (for the metrics).
+    reloads: metrics::Reloads,
+    /// Where connection records go (`log_connections`), rate-limited.
+    records: records::Records,
+    /// systemd's `STATUS=` line kept current, under a service manager.
+    status: Option<StatusTicker>,
+    /// `metrics` or `status` is there: the loop has work beside serving.
+    /// One flag tested per turn, rather than both options.
+    side_work: bool,
     /// A graceful shutdown with an agent, still serving (`drain.rs`).
     drain: Option<drain::Drain>,
 }
@@ -355,6 +379,9 @@ impl Server {
         let conn_base = first_udp + udp.len();
         let shared = Shared::new(config.tcp.max_pending_output.get());
         let guard = UdpGuard::new(&config.udp, udp.iter().map(|u| u.addr.port()).collect());
+        let metrics = metrics::Endpoint::bind(&config.metrics.listen, registry)?;
+        let status = StatusTicker::from_environment();
+        let side_work = metrics.is_some() || status.is_some();
         Ok(Server {
             poll,
             config,
@@ -377,6 +404,14 @@ impl Server {
             handover: handover::Handover::default(),
             headers: proxied::Headers::default(),
             agent,
+            metrics,
+            reloads: metrics::Reloads {
+                last_ok: Some(std::time::SystemTime::now()),
+                ..Default::default()
+            },
+            records: records::Records::from_environment(),
+            status,
+            side_work,
             drain: None,
         })
     }
@@ -422,6 +457,13 @@ impl Server {
         self.agent.listeners.iter().map(|a| a.addr).collect()
     }
 
+    /// The bound addresses of the Prometheus endpoint (port 0 resolved).
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map_or(Vec::new(), metrics::Endpoint::addrs)
+    }
+
     /// The bound UDP addresses (port 0 resolved).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp.iter().map(|u| u.addr).collect()
@@ -444,6 +486,9 @@ impl Server {
         }
         for a in &self.agent.listeners {
             info!("listening on tcp://{} (agent)", a.addr);
+        }
+        for addr in self.metrics_addrs() {
+            info!("listening on tcp://{addr} (metrics)");
         }
         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
@@ -478,7 +523,12 @@ impl Server {
             self.expire(now);
             self.tick_watchdog(now);
             self.handover_turn(now);
-            self.drain_turn(now);
+            if self.side_work {
+                self.side_work(now);
+            }
+            if self.drain.is_some() {
+                self.drain_turn(now);
+            }
             if let Some(deadline) = self.deadline {
                 if !self.conns.is_empty() && now >= deadline {
                     self.cut_all();
@@ -499,7 +549,7 @@ impl Server {
             return Ok(Some(Duration::ZERO));
         }
         let watchdog = self.watchdog.as_ref().map(Watchdog::due);
-        let nearest = [
+        let mut nearest = [
             self.idle_deadline(),
             self.acceptor.backoff_until(),
             self.headers.deadline(),
@@ -510,6 +560,12 @@ impl Server {
         .into_iter()
         .flatten()
         .min();
+        // Apart, so that a daemon with neither pays one test a turn.
+        if self.side_work {
+            let scrape = self.metrics.as_ref().and_then(metrics::Endpoint::deadline);
+            let status = self.status.as_ref().map(StatusTicker::due);
+            nearest = [nearest, scrape, status].into_iter().flatten().min();
+        }
         if let Some(at) = nearest {
             self.timer.wake_by(at)?;
         }
@@ -550,6 +606,9 @@ impl Server {
             // What is due is done after every batch of events (`expire`).
             TIMER => self.timer.fired(),
             Token(t) if t >= AGENT_BASE => self.on_agent(t - AGENT_BASE, token),
+            // The metrics endpoint's tokens lie above every connection's:
+            // `on_connection` hands them on, so that serving clients pays
+            // no test for them.
             Token(t) if t >= self.conn_base => {
                 self.on_connection(t - self.conn_base, readable, hup, now)
             }
@@ -672,6 +731,8 @@ impl Server {
             ip_counted,
             mark: Mark::default(),
             header: proxy.then_some(now),
+            opened: now,
+            balancer: None,
         };
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
@@ -701,6 +762,9 @@ impl Server {
 
     fn on_connection(&mut self, key: usize, readable: bool, hup: bool, now: Instant) {
         let Some(slot) = self.conns.get_mut(key) else {
+            if key + self.conn_base >= metrics::FIRST_TOKEN {
+                self.on_metrics(Token(key + self.conn_base), now);
+            }
             // Sporadic events happen (an event for a connection closed
             // earlier in this same batch); there is nothing to do.
             return;
@@ -732,16 +796,32 @@ impl Server {
                 let token = Token(self.conn_base + key);
                 self.turns.requeue(token, &mut self.conns[key].mark);
             }
-            Status::Closed(reason) => {
-                let counters = &mut self.shared.counters;
-                match reason {
-                    Close::Done => counters.closed_done += 1,
-                    Close::Reset => counters.closed_reset += 1,
-                    Close::Error => counters.closed_error += 1,
-                }
-                self.remove(key);
-            }
+            Status::Closed(reason) => self.closed(key, reason),
         }
+    }
+
+    /// A connection finished: counted under its reason, recorded, dropped.
+    /// Out of line, so that `after`, which runs on every event, stays
+    /// small enough to be inlined into the event path.
+    #[inline(never)]
+    fn closed(&mut self, key: usize, reason: Close) {
+        let counters = &mut self.shared.counters;
+        let ended = match reason {
+            Close::Done => {
+                counters.closed_done += 1;
+                Ended::Done
+            }
+            Close::Reset => {
+                counters.closed_reset += 1;
+                Ended::Reset
+            }
+            Close::Error => {
+                counters.closed_error += 1;
+                Ended::Error
+            }
+        };
+        self.record(key, ended);
+        self.remove(key);
     }
 
     /// Drops a connection (closing its socket also removes it from epoll)
@@ -792,8 +872,21 @@ impl Server {
             debug!("{}: idle for {timeout:?}, closing", slot.conn.peer());
             self.conns[key].conn.close_idle(&mut self.shared);
             self.shared.counters.closed_idle += 1;
+            self.record(key, Ended::Idle);
             self.remove(key);
         }
+    }
+
+    /// What the loop does beside serving, when it has any of it to do:
+    /// slow scrapers closed, systemd's status renewed. Out of line: most
+    /// daemons have neither, and serving should not carry their code.
+    #[cold]
+    #[inline(never)]
+    fn side_work(&mut self, now: Instant) {
+        if let Some(endpoint) = &mut self.metrics {
+            endpoint.expire(now);
+        }
+        self.tick_status(now);
     }
 
     /// When the connection idle the longest reaches the idle timeout.

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use super::records::Ended;
 use super::throttle::{count, Throttle};
 use super::Server;
 use crate::proxy::{self, Header, Parsed};
@@ -135,6 +136,7 @@ impl Server {
         let balancer = slot.conn.peer();
         if let Header::Proxied { source, .. } = header {
             slot.conn.set_peer(source);
+            slot.balancer = Some(balancer);
         }
         slot.header = None;
         let client = slot.conn.peer();
@@ -147,6 +149,7 @@ impl Server {
             None => {
                 let slot = &mut self.conns[key];
                 super::conn::refuse(slot.conn.stream_mut(), &mut self.shared);
+                self.record(key, Ended::Limit);
                 self.remove(key);
                 return false;
             }
@@ -178,18 +181,26 @@ impl Server {
             warn!(target: super::LOG_TARGET, "PROXY listener: closed {peer} unanswered: {why}{since}");
         }
         super::conn::refuse(slot.conn.stream_mut(), &mut self.shared);
+        self.record(key, Ended::Proxy);
         self.remove(key);
     }
 
     /// Connection `key` failed on a socket error while awaiting its header.
     fn lost(&mut self, key: usize, e: &io::Error) {
         let counters = &mut self.shared.counters;
-        match e.kind() {
+        let ended = match e.kind() {
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe => counters.closed_reset += 1,
-            _ => counters.closed_error += 1,
-        }
+            | io::ErrorKind::BrokenPipe => {
+                counters.closed_reset += 1;
+                Ended::Reset
+            }
+            _ => {
+                counters.closed_error += 1;
+                Ended::Error
+            }
+        };
+        self.record(key, ended);
         self.remove(key);
     }
 

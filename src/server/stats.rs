@@ -46,10 +46,41 @@ pub struct Counters {
     pub dgrams_blocked: u64,
     /// UDP datagrams dropped over their source's `rate_limit`.
     pub dgrams_limited: u64,
-    /// Errors that ended no connection: failed accepts, UDP receive errors.
-    pub errors: u64,
+    /// Errors that ended no connection, by kind (the counters line gives
+    /// their sum as `errors=`): a failed accept (ECONNABORTED and the like;
+    /// running out of descriptors is an accept pause instead)...
+    pub errors_accept: u64,
+    /// ... and a failed UDP receive (typically an ICMP error for an earlier reply).
+    pub errors_udp_receive: u64,
+    /// TCP reads that brought data: a client that waits for each reply
+    /// sends one request per read (the "msgs/s" of systemd's status, with
+    /// `dgrams_in`). Not on the counters line, whose format is a contract.
+    pub tcp_reads: u64,
+    /// Connection records (`log_connections`) not written, over their rate
+    /// limit. Not on the counters line.
+    pub records_suppressed: u64,
     /// Times accepting paused (connection limit or out of file descriptors).
     pub accept_pauses: u64,
+}
+
+impl Counters {
+    /// Errors that ended no connection, all kinds together.
+    pub fn errors(&self) -> u64 {
+        self.errors_accept + self.errors_udp_receive
+    }
+
+    /// Connections closed, all reasons together.
+    pub fn closed(&self) -> u64 {
+        self.closed_done
+            + self.closed_reset
+            + self.closed_idle
+            + self.closed_error
+            + self.closed_proxy
+            + self.closed_untrusted
+            + self.closed_cut
+            + self.closed_handed_over
+            + self.closed_limit
+    }
 }
 
 impl fmt::Display for Counters {
@@ -77,7 +108,7 @@ impl fmt::Display for Counters {
             self.dgrams_dropped,
             self.dgrams_blocked,
             self.dgrams_limited,
-            self.errors,
+            self.errors(),
             self.accept_pauses,
         )
     }

@@ -139,7 +139,7 @@ impl Endpoint {
                         // socket is served again at its next readiness
                         // event: under edge-triggered epoll every new
                         // datagram (or error) raises one.
-                        shared.counters.errors += 1;
+                        shared.counters.errors_udp_receive += 1;
                         debug!("udp://{}: receive error: {e}", self.addr);
                         answered += 1;
                         errors_in_a_row += 1;
@@ -273,7 +273,7 @@ mod tests {
             let mut shared = Shared::new(1024);
             let budget = DATAGRAMS_PER_TURN;
             let more = endpoint.serve(Mode::Ascii, &mut guard, &mut shared, budget, Instant::now());
-            let _ = done.send((more, shared.counters.errors));
+            let _ = done.send((more, shared.counters.errors()));
         });
         let (more, errors) = result
             .recv_timeout(Duration::from_secs(20))
