@@ -40,7 +40,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::payload::Payloads;
 use super::report::{ChurnFailures, ChurnFigures, Latency, Report};
-use super::tcp::{connected, write_unsent};
+use super::tcp::{connect_failure, connected, write_unsent};
 use super::verify::StreamCheck;
 use super::{new_histogram, BenchError, Close, ErrorKind, Options, Recorder};
 
@@ -521,11 +521,7 @@ fn service(
             Ok(true) => {}
             Ok(false) => return Outcome::Keep,
             Err(e) => {
-                let kind = if e.kind() == io::ErrorKind::TimedOut {
-                    ErrorKind::ConnectTimeout
-                } else {
-                    ErrorKind::ConnectFailed
-                };
+                let kind = connect_failure(&e);
                 return fail(conn, i, kind, sh, || format!("connect: {e}"));
             }
         }

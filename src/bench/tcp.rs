@@ -441,7 +441,7 @@ fn service(
             Ok(true) => {}
             Ok(false) => return Outcome::Keep,
             Err(e) => {
-                sh.rec.error(ErrorKind::ConnectFailed, || {
+                sh.rec.error(connect_failure(&e), || {
                     format!("connection {key}: connect: {e}")
                 });
                 return Outcome::Remove;
@@ -680,5 +680,15 @@ pub(super) fn connected(stream: &TcpStream) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// How a failed connect is counted: a timeout (`ETIMEDOUT`: the SYN went
+/// unanswered) apart from a refusal or any other failure.
+pub(super) fn connect_failure(e: &io::Error) -> ErrorKind {
+    if e.kind() == io::ErrorKind::TimedOut {
+        ErrorKind::ConnectTimeout
+    } else {
+        ErrorKind::ConnectFailed
     }
 }

@@ -126,6 +126,19 @@ unit_is() {
     [ "$(in_container systemctl is-active "$1")" = "$2" ]
 }
 
+# runs_installed_binary UNIT: UNIT's main process runs the file installed
+# at /usr/bin/upcased now (dpkg replaces it with a new inode; a process not
+# restarted still runs the deleted old one). Prints its MainPID as the first
+# word.
+runs_installed_binary() {
+    local pid exe file
+    pid=$(unit_prop "$1" MainPID)
+    exe=$(in_container stat -L -c %i "/proc/$pid/exe")
+    file=$(in_container stat -c %i /usr/bin/upcased)
+    echo "$pid: /proc/$pid/exe inode $exe, /usr/bin/upcased inode $file"
+    [ "$pid" != 0 ] && [ -n "$exe" ] && [ "$exe" = "$file" ]
+}
+
 # reboot_container: powers the container off and boots it again on the same
 # writable layer: what was installed, enabled or written survives, as on a
 # real reboot. RS_INIT is the new PID 1, so call it in the group itself, not

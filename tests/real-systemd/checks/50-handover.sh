@@ -131,12 +131,10 @@ restarted_by_the_package() {
 check "upgrade: the package's scripts restarted $svc (no systemctl restart by hand)" restarted_by_the_package
 report upgrade "$svc"
 runs_the_new_binary() {
-    local pid exe file
-    pid=$(unit_prop "$svc" MainPID)
-    exe=$(in_container stat -L -c %i "/proc/$pid/exe")
-    file=$(in_container stat -c %i /usr/bin/upcased)
-    echo "MainPID $pid: /proc/$pid/exe inode $exe, /usr/bin/upcased inode $file"
-    [ "$exe" = "$file" ] && [ "$(in_container dpkg-query -W -f '${Version}' upcase)" = "$DEB_NEXT_VERSION" ]
+    local line ok=0
+    line=$(runs_installed_binary "$svc") || ok=1
+    echo "MainPID $line"
+    [ "$ok" = 0 ] && [ "$(in_container dpkg-query -W -f '${Version}' upcase)" = "$DEB_NEXT_VERSION" ]
 }
 check "upgrade: the connections are served by the new binary ($DEB_NEXT_VERSION)" runs_the_new_binary
 

@@ -36,12 +36,10 @@ check "dpkg -i $(basename "$DEB_NEXT") ($DEB_NEXT_VERSION): the upgrade" install
 # dpkg replaced /usr/bin/upcased (a new inode); the process must run the
 # file now installed, not the deleted old one.
 new_binary() {
-    local now exe file
-    now=$(unit_prop "$svc" MainPID)
-    exe=$(in_container stat -L -c %i "/proc/$now/exe")
-    file=$(in_container stat -c %i /usr/bin/upcased)
-    echo "MainPID $pid -> $now; /proc/$now/exe inode $exe, /usr/bin/upcased inode $file"
-    [ "$now" != "$pid" ] && [ "$now" != 0 ] && [ "$exe" = "$file" ] &&
+    local line ok=0
+    line=$(runs_installed_binary "$svc") || ok=1
+    echo "MainPID $pid -> $line"
+    [ "$ok" = 0 ] && [ "${line%%:*}" != "$pid" ] &&
         [ "$(in_container systemctl is-active "$svc")" = active ]
 }
 check "the upgrade restarted $svc with the new binary" new_binary
