@@ -128,6 +128,19 @@ pub trait Socket: Read + Write {
 
     /// Bytes the kernel has received on this socket that were not read yet.
     fn received_unread(&self) -> io::Result<usize>;
+
+    /// One read, as [`Read::read`]: the daemon's is the `recv` system
+    /// call alone, without the layers of `Read` around it (mio's, std's,
+    /// libc's), which cost more than the rest of a small message's path.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
+
+    /// One write, as [`Write::write`]: the daemon's is `send` alone
+    /// (with `MSG_NOSIGNAL`, as std's).
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write(data)
+    }
 }
 
 /// What the loop should do with a connection after a call.
@@ -453,7 +466,7 @@ impl<S: Socket> Connection<S> {
             if let Input::Draining(left) = self.input {
                 len = len.min(left);
             }
-            match self.stream.read(&mut shared.read_buf[..len]) {
+            match self.stream.recv(&mut shared.read_buf[..len]) {
                 Ok(0) => {
                     self.readable = false;
                     if !matches!(self.input, Input::Discarding(_)) {
@@ -669,6 +682,22 @@ impl Socket for TcpStream {
     fn received_unread(&self) -> io::Result<usize> {
         received_unread(self)
     }
+
+    #[inline]
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, _) = rustix::net::recv(&*self, buf, rustix::net::RecvFlags::empty())?;
+        Ok(n)
+    }
+
+    #[inline]
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        // NOSIGNAL: a peer gone is an EPIPE error, not a SIGPIPE.
+        Ok(rustix::net::send(
+            &*self,
+            data,
+            rustix::net::SendFlags::NOSIGNAL,
+        )?)
+    }
 }
 
 /// Reads a refused client may cost before its socket is closed.
@@ -691,10 +720,10 @@ pub fn refuse(stream: &mut TcpStream, shared: &mut Shared) {
 
 /// Writes as much of `data` as the kernel takes without blocking; returns how
 /// much that was. Stops at `WouldBlock`, retries `Interrupted`.
-fn write_all_nonblocking<S: Write>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
+fn write_all_nonblocking<S: Socket>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
-        match stream.write(&data[written..]) {
+        match stream.send(&data[written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
