@@ -565,18 +565,33 @@ impl<S: Socket> Connection<S> {
         result
     }
 
-    /// Answers the `n` bytes just read into the shared read buffer.
+    /// Answers the `n` bytes just read into the shared read buffer. The
+    /// plain path is inlined into the read loop: for a small request it is
+    /// most of the work there is.
+    #[inline]
     fn answer(&mut self, shared: &mut Shared, n: usize) -> io::Result<()> {
-        let Some(mut filter) = self.telnet.take() else {
-            return self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out));
-        };
+        if let Some(filter) = self.telnet.take() {
+            return self.answer_telnet(shared, n, filter);
+        }
+        self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out))
+    }
+
+    /// [`answer`](Connection::answer) for a telnet client (or one that
+    /// may turn out to be one): its bytes go through `filter`, taken out
+    /// of the connection for the call because `reply` borrows the whole
+    /// connection (it is two bytes of state).
+    #[inline(never)]
+    fn answer_telnet(
+        &mut self,
+        shared: &mut Shared,
+        n: usize,
+        mut filter: telnet::Filter,
+    ) -> io::Result<()> {
         // The replies not yet handed to the kernel: the last `pending`
         // bytes of the buffer `reply` gives (it may move them to its front
         // first, to make room), which is all an abort-output may drop.
         let pending = self.pending_output();
         let mut ended = false;
-        // The filter is taken out for the call because `reply` borrows the
-        // whole connection; it is two bytes of state.
         let result = self.reply(shared, |upcaser, input, out| {
             let floor = out.len() - pending;
             filter.feed(&input[..n], |piece| match piece {
@@ -618,6 +633,7 @@ impl<S: Socket> Connection<S> {
     /// Produces replies with `produce` and sends them: written at once from
     /// the shared scratch buffer when nothing is queued before them, appended
     /// to the queue otherwise (order is preserved).
+    #[inline]
     fn reply<F>(&mut self, shared: &mut Shared, produce: F) -> io::Result<()>
     where
         F: FnOnce(&mut Upcaser, &[u8], &mut Vec<u8>),
@@ -720,6 +736,7 @@ pub fn refuse(stream: &mut TcpStream, shared: &mut Shared) {
 
 /// Writes as much of `data` as the kernel takes without blocking; returns how
 /// much that was. Stops at `WouldBlock`, retries `Interrupted`.
+#[inline]
 fn write_all_nonblocking<S: Socket>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
