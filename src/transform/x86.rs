@@ -403,9 +403,12 @@ unsafe fn upcase_ascii32(v: __m256i) -> __m256i {
 /// rest from the first block with a non-ASCII byte. Returns 0 for an
 /// input shorter than a block.
 ///
+/// Inlined into the caller (the vector in its registers), around a leaf
+/// function that only sees pointers.
+///
 /// # Safety
 /// The CPU must support AVX2 ([`available`]).
-#[target_feature(enable = "avx2")]
+#[inline]
 pub(super) unsafe fn ascii_blocks(input: &[u8], out: &mut Vec<u8>) -> usize {
     let len = input.len();
     if len < 32 {
@@ -413,29 +416,37 @@ pub(super) unsafe fn ascii_blocks(input: &[u8], out: &mut Vec<u8>) -> usize {
     }
     out.reserve(len);
     let start = out.len();
-    let src = input.as_ptr();
-    // SAFETY (every store below): it lies within `dst[..len]`, reserved.
-    let dst = out.as_mut_ptr().add(start);
+    // SAFETY: AVX2 is the caller's promise; `input` has `len` bytes and
+    // `out` room for `len` more after `start`.
+    let done = unsafe { ascii_blocks_raw(input.as_ptr(), len, out.as_mut_ptr().add(start)) };
+    // SAFETY: the first `done` of them were stored.
+    unsafe { out.set_len(start + done) };
+    done
+}
+
+/// [`ascii_blocks`] on `len >= 32` bytes at `src`, stored at `dst`.
+///
+/// # Safety
+/// AVX2; `src` readable and `dst` writable for `len` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn ascii_blocks_raw(src: *const u8, len: usize, dst: *mut u8) -> usize {
     let mut i = 0;
     while len - i >= 32 {
         let a = _mm256_loadu_si256(src.add(i).cast());
         if _mm256_movemask_epi8(a) != 0 {
-            out.set_len(start + i);
             return i;
         }
         _mm256_storeu_si256(dst.add(i).cast(), upcase_ascii32(a));
         i += 32;
     }
     if i < len {
-        // The last block, over the end of the ones done (i >= 32 here).
+        // The last block, over the end of the ones done.
         let a = _mm256_loadu_si256(src.add(len - 32).cast());
         if _mm256_movemask_epi8(a) == 0 {
             _mm256_storeu_si256(dst.add(len - 32).cast(), upcase_ascii32(a));
             i = len;
         }
     }
-    // SAFETY: `dst[..i]` was stored.
-    out.set_len(start + i);
     i
 }
 
