@@ -236,7 +236,7 @@ impl Upcaser {
     /// if this CPU cannot run it): for tests and benchmarks.
     pub fn feed_at(&mut self, level: Level, input: &[u8], out: &mut Vec<u8>) {
         match self.mode {
-            Mode::Ascii => ascii_into(input, out),
+            Mode::Ascii => ascii_mode_at(level, input, out),
             Mode::Unicode => {
                 // One reservation per call: the ASCII path then never
                 // reallocates; only expanding non-ASCII chars may grow further.
@@ -349,7 +349,7 @@ pub fn upcase_into(mode: Mode, input: &[u8], out: &mut Vec<u8>) {
 /// this CPU cannot run it): for tests and benchmarks.
 pub fn upcase_into_at(level: Level, mode: Mode, input: &[u8], out: &mut Vec<u8>) {
     match mode {
-        Mode::Ascii => ascii_into(input, out),
+        Mode::Ascii => ascii_mode_at(level, input, out),
         Mode::Unicode => {
             out.reserve(input.len());
             let tail = unicode_body(level, input, out);
@@ -385,6 +385,21 @@ pub fn definition(input: &[u8]) -> Vec<u8> {
 fn ascii_into(input: &[u8], out: &mut Vec<u8>) {
     out.reserve(input.len());
     out.extend(input.iter().map(|&b| upcase_ascii_byte(b)));
+}
+
+/// Ascii mode at `level`: AVX2's 32-byte blocks for a piece of one block
+/// or more, where the CPU has it; else [`ascii_into`].
+#[inline]
+fn ascii_mode_at(level: Level, input: &[u8], out: &mut Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `best` is Avx2 only when the CPU has AVX2.
+    if level == Level::Avx2
+        && Level::best() == Level::Avx2
+        && unsafe { x86::ascii_mode(input, out) }
+    {
+        return;
+    }
+    ascii_into(input, out);
 }
 
 /// Unicode mode over one piece: appends the transform of `input` except a
@@ -608,6 +623,39 @@ mod tests {
                     u.feed(&case, &mut out);
                     u.finish(&mut out);
                     assert_eq!(out, want, "feed, {case:?}");
+                }
+            }
+        }
+    }
+
+    /// Ascii mode at every length up to a few 32-byte blocks (the AVX2
+    /// level's blocks and their overlapping last one), on bytes of every
+    /// value, appended to a buffer that already holds bytes, at every level.
+    #[test]
+    fn ascii_mode_at_every_length() {
+        let bytes: Vec<u8> = (0..=255u8)
+            .rev()
+            .chain(b"abcxyz`{@[".iter().copied())
+            .collect();
+        for level in Level::available() {
+            for len in 0..=140 {
+                for offset in [0, 7, 100] {
+                    let case: Vec<u8> = bytes
+                        .iter()
+                        .copied()
+                        .cycle()
+                        .skip(offset)
+                        .take(len)
+                        .collect();
+                    let mut out = b"held".to_vec();
+                    let mut u = Upcaser::new(Mode::Ascii);
+                    u.feed_at(level, &case, &mut out);
+                    let mut want = b"held".to_vec();
+                    want.extend(case.iter().map(|b| b.to_ascii_uppercase()));
+                    assert_eq!(out, want, "{level:?}, {case:?}");
+                    let mut out = b"held".to_vec();
+                    upcase_into_at(level, Mode::Ascii, &case, &mut out);
+                    assert_eq!(out, want, "upcase_into_at {level:?}, {case:?}");
                 }
             }
         }

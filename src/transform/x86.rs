@@ -450,6 +450,47 @@ unsafe fn ascii_blocks_raw(src: *const u8, len: usize, dst: *mut u8) -> usize {
     i
 }
 
+/// Ascii mode with AVX2: every byte's ASCII upper case onto `out`, 32 at
+/// a time, the last block overlapping the ones before it. Returns false,
+/// doing nothing, for an input shorter than a block.
+///
+/// # Safety
+/// The CPU must support AVX2 ([`available`]).
+#[inline]
+pub(super) unsafe fn ascii_mode(input: &[u8], out: &mut Vec<u8>) -> bool {
+    let len = input.len();
+    if len < 32 {
+        return false;
+    }
+    out.reserve(len);
+    let start = out.len();
+    // SAFETY: AVX2 is the caller's promise; `input` has `len` bytes and
+    // `out` room for `len` more after `start`.
+    unsafe { ascii_mode_raw(input.as_ptr(), len, out.as_mut_ptr().add(start)) };
+    // SAFETY: all `len` were stored.
+    unsafe { out.set_len(start + len) };
+    true
+}
+
+/// [`ascii_mode`] on `len >= 32` bytes at `src`, stored at `dst`.
+///
+/// # Safety
+/// AVX2; `src` readable and `dst` writable for `len` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn ascii_mode_raw(src: *const u8, len: usize, dst: *mut u8) {
+    let mut i = 0;
+    while len - i >= 32 {
+        let a = _mm256_loadu_si256(src.add(i).cast());
+        _mm256_storeu_si256(dst.add(i).cast(), upcase_ascii32(a));
+        i += 32;
+    }
+    if i < len {
+        // The last block again from the input, over the end of the others.
+        let a = _mm256_loadu_si256(src.add(len - 32).cast());
+        _mm256_storeu_si256(dst.add(len - 32).cast(), upcase_ascii32(a));
+    }
+}
+
 /// [`portable::body`] with AVX2; same contract.
 ///
 /// # Safety
