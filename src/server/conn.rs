@@ -128,6 +128,19 @@ pub trait Socket: Read + Write {
 
     /// Bytes the kernel has received on this socket that were not read yet.
     fn received_unread(&self) -> io::Result<usize>;
+
+    /// One read, as [`Read::read`]: the daemon's is the `recv` system
+    /// call alone, without the layers of `Read` around it (mio's, std's,
+    /// libc's), which cost more than the rest of a small message's path.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
+
+    /// One write, as [`Write::write`]: the daemon's is `send` alone
+    /// (with `MSG_NOSIGNAL`, as std's).
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write(data)
+    }
 }
 
 /// What the loop should do with a connection after a call.
@@ -453,7 +466,7 @@ impl<S: Socket> Connection<S> {
             if let Input::Draining(left) = self.input {
                 len = len.min(left);
             }
-            match self.stream.read(&mut shared.read_buf[..len]) {
+            match self.stream.recv(&mut shared.read_buf[..len]) {
                 Ok(0) => {
                     self.readable = false;
                     if !matches!(self.input, Input::Discarding(_)) {
@@ -552,18 +565,33 @@ impl<S: Socket> Connection<S> {
         result
     }
 
-    /// Answers the `n` bytes just read into the shared read buffer.
+    /// Answers the `n` bytes just read into the shared read buffer. The
+    /// plain path is inlined into the read loop: for a small request it is
+    /// most of the work there is.
+    #[inline]
     fn answer(&mut self, shared: &mut Shared, n: usize) -> io::Result<()> {
-        let Some(mut filter) = self.telnet.take() else {
-            return self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out));
-        };
+        if let Some(filter) = self.telnet.take() {
+            return self.answer_telnet(shared, n, filter);
+        }
+        self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out))
+    }
+
+    /// [`answer`](Connection::answer) for a telnet client (or one that
+    /// may turn out to be one): its bytes go through `filter`, taken out
+    /// of the connection for the call because `reply` borrows the whole
+    /// connection (it is two bytes of state).
+    #[inline(never)]
+    fn answer_telnet(
+        &mut self,
+        shared: &mut Shared,
+        n: usize,
+        mut filter: telnet::Filter,
+    ) -> io::Result<()> {
         // The replies not yet handed to the kernel: the last `pending`
         // bytes of the buffer `reply` gives (it may move them to its front
         // first, to make room), which is all an abort-output may drop.
         let pending = self.pending_output();
         let mut ended = false;
-        // The filter is taken out for the call because `reply` borrows the
-        // whole connection; it is two bytes of state.
         let result = self.reply(shared, |upcaser, input, out| {
             let floor = out.len() - pending;
             filter.feed(&input[..n], |piece| match piece {
@@ -605,6 +633,7 @@ impl<S: Socket> Connection<S> {
     /// Produces replies with `produce` and sends them: written at once from
     /// the shared scratch buffer when nothing is queued before them, appended
     /// to the queue otherwise (order is preserved).
+    #[inline]
     fn reply<F>(&mut self, shared: &mut Shared, produce: F) -> io::Result<()>
     where
         F: FnOnce(&mut Upcaser, &[u8], &mut Vec<u8>),
@@ -669,6 +698,22 @@ impl Socket for TcpStream {
     fn received_unread(&self) -> io::Result<usize> {
         received_unread(self)
     }
+
+    #[inline]
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, _) = rustix::net::recv(&*self, buf, rustix::net::RecvFlags::empty())?;
+        Ok(n)
+    }
+
+    #[inline]
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        // NOSIGNAL: a peer gone is an EPIPE error, not a SIGPIPE.
+        Ok(rustix::net::send(
+            &*self,
+            data,
+            rustix::net::SendFlags::NOSIGNAL,
+        )?)
+    }
 }
 
 /// Reads a refused client may cost before its socket is closed.
@@ -691,10 +736,11 @@ pub fn refuse(stream: &mut TcpStream, shared: &mut Shared) {
 
 /// Writes as much of `data` as the kernel takes without blocking; returns how
 /// much that was. Stops at `WouldBlock`, retries `Interrupted`.
-fn write_all_nonblocking<S: Write>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
+#[inline]
+fn write_all_nonblocking<S: Socket>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
-        match stream.write(&data[written..]) {
+        match stream.send(&data[written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

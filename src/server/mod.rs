@@ -65,7 +65,7 @@ use buffers::Shared;
 use conn::{Close, Connection, Status};
 use guard::UdpGuard;
 pub use handover::Inherited;
-use idle::{IdleList, Link, Linked};
+use idle::IdleList;
 use lifecycle::{StatusTicker, Watchdog};
 use records::Ended;
 pub use stats::Counters;
@@ -155,8 +155,6 @@ struct Slot {
     conn: Connection,
     /// When bytes last moved in either direction.
     last_active: Instant,
-    /// Its place in the list of connections by last activity.
-    link: Link,
     /// Counted in `per_ip` (the per-address limit was on when it came).
     ip_counted: bool,
     /// Its place in the run queue (queued, last turn it ran).
@@ -169,12 +167,6 @@ struct Slot {
     /// On a PROXY listener, once its header named the client: the
     /// balancer's address (the socket's peer), for its record.
     balancer: Option<SocketAddr>,
-}
-
-impl Linked for Slot {
-    fn link(&mut self) -> &mut Link {
-        &mut self.link
-    }
 }
 
 /// The daemon: bound sockets and the loop that serves them.
@@ -515,7 +507,15 @@ impl Server {
                 // data (EPOLLPRI) too: Linux ends a read at the urgent mark,
                 // so a short read no longer means the queue is empty.
                 let hup = event.is_read_closed() || event.is_error() || event.is_priority();
-                self.dispatch(event.token(), event.is_readable() || hup, hup, now)?;
+                let readable = event.is_readable() || hup;
+                let token = event.token();
+                // Most events are connections': straight to them, as
+                // `dispatch` would send them, without its other tests.
+                if (self.conn_base..AGENT_BASE).contains(&token.0) {
+                    self.on_connection(token.0 - self.conn_base, readable, hup, now);
+                    continue;
+                }
+                self.dispatch(token, readable, hup, now)?;
             }
             for &token in &due {
                 self.dispatch(token, false, false, now)?;
@@ -727,7 +727,6 @@ impl Server {
         let mut slot = Slot {
             conn,
             last_active: now,
-            link: Link::default(),
             ip_counted,
             mark: Mark::default(),
             header: proxy.then_some(now),
@@ -752,7 +751,7 @@ impl Server {
             return;
         }
         entry.insert(slot);
-        self.idle.push_back(&mut self.conns, key);
+        self.idle.push_back(key);
         if proxy {
             self.headers.wait(key, now);
         }
@@ -762,11 +761,7 @@ impl Server {
 
     fn on_connection(&mut self, key: usize, readable: bool, hup: bool, now: Instant) {
         let Some(slot) = self.conns.get_mut(key) else {
-            if key + self.conn_base >= metrics::FIRST_TOKEN {
-                self.on_metrics(Token(key + self.conn_base), now);
-            }
-            // Sporadic events happen (an event for a connection closed
-            // earlier in this same batch); there is nothing to do.
+            self.no_connection(key, now);
             return;
         };
         if !self.turns.may_run(&mut slot.mark) {
@@ -775,17 +770,40 @@ impl Server {
             slot.conn.note(readable, hup);
             return;
         }
-        if slot.header.is_some() && !self.await_header(key, hup, now) {
-            return;
-        }
-        let slot = &mut self.conns[key];
+        let slot = if slot.header.is_some() {
+            if !self.await_header(key, hup, now) {
+                return;
+            }
+            &mut self.conns[key]
+        } else {
+            slot
+        };
         let moved = self.shared.counters.bytes_in + self.shared.counters.bytes_out;
         let status = slot.conn.ready(readable, hup, &mut self.shared);
         if self.shared.counters.bytes_in + self.shared.counters.bytes_out != moved {
             slot.last_active = now;
-            self.idle.touch(&mut self.conns, key);
+            self.idle.touch(key);
         }
-        self.after(key, status);
+        match status {
+            Status::Waiting => {}
+            Status::Yielded => {
+                let token = Token(self.conn_base + key);
+                self.turns.requeue(token, &mut slot.mark);
+            }
+            Status::Closed(reason) => self.closed(key, reason),
+        }
+    }
+
+    /// An event whose token is no connection's: the metrics endpoint's
+    /// (its tokens lie above every connection's), or one for a connection
+    /// closed earlier in this same batch, which happens and asks nothing.
+    /// Out of line, so that serving connections does not carry it.
+    #[cold]
+    #[inline(never)]
+    fn no_connection(&mut self, key: usize, now: Instant) {
+        if key + self.conn_base >= metrics::FIRST_TOKEN {
+            self.on_metrics(Token(key + self.conn_base), now);
+        }
     }
 
     /// Acts on what a connection said about itself.
@@ -827,7 +845,7 @@ impl Server {
     /// Drops a connection (closing its socket also removes it from epoll)
     /// and, if accepting was paused at the limit, resumes it.
     fn remove(&mut self, key: usize) {
-        self.idle.unlink(&mut self.conns, key);
+        self.idle.unlink(key);
         let slot = self.conns.remove(key);
         debug!("{}: closed", slot.conn.peer());
         if slot.ip_counted {

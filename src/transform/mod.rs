@@ -104,6 +104,9 @@ impl FromStr for Mode {
     }
 }
 
+/// [`Level::best`], once detected: 0 not yet, else the level's value + 1.
+static BEST: AtomicU8 = AtomicU8::new(0);
+
 /// Which implementation of unicode mode runs. [`Level::best`] is what
 /// [`Upcaser::feed`] and [`upcase_into`] use; the `_at` functions take a
 /// level explicitly so that tests, the fuzz target and the benchmarks can
@@ -118,17 +121,21 @@ pub enum Level {
 
 impl Level {
     /// The fastest level this CPU runs, detected once.
+    #[inline]
     pub fn best() -> Level {
-        static BEST: AtomicU8 = AtomicU8::new(0);
         match BEST.load(Ordering::Relaxed) {
             1 => Level::Portable,
             2 => Level::Avx2,
-            _ => {
-                let best = Level::available().pop().unwrap_or(Level::Portable);
-                BEST.store(best as u8 + 1, Ordering::Relaxed);
-                best
-            }
+            _ => Level::detect(),
         }
+    }
+
+    /// [`Level::best`] the first time, out of line.
+    #[cold]
+    fn detect() -> Level {
+        let best = Level::available().pop().unwrap_or(Level::Portable);
+        BEST.store(best as u8 + 1, Ordering::Relaxed);
+        best
     }
 
     /// The levels this CPU can run, slowest first.
@@ -209,7 +216,19 @@ impl Upcaser {
     /// invalid) by the next call, so feeding a stream in any pieces gives the
     /// same bytes as [`upcase`] on the whole stream. Carried bytes, once
     /// decided, come out at the start of this call's output.
+    #[inline]
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        #[cfg(target_arch = "x86_64")]
+        if self.mode == Mode::Unicode && self.carry_len == 0 && Level::best() == Level::Avx2 {
+            // Most requests are ASCII: done here, block by block, with
+            // nothing else to set up (`feed_at` takes what is left).
+            // SAFETY: `best` is Avx2 only when the CPU has AVX2.
+            let done = unsafe { x86::ascii_blocks(input, out) };
+            if done < input.len() {
+                self.feed_at(Level::Avx2, &input[done..], out);
+            }
+            return;
+        }
         self.feed_at(Level::best(), input, out);
     }
 
@@ -217,7 +236,7 @@ impl Upcaser {
     /// if this CPU cannot run it): for tests and benchmarks.
     pub fn feed_at(&mut self, level: Level, input: &[u8], out: &mut Vec<u8>) {
         match self.mode {
-            Mode::Ascii => ascii_into(input, out),
+            Mode::Ascii => ascii_mode_at(level, input, out),
             Mode::Unicode => {
                 // One reservation per call: the ASCII path then never
                 // reallocates; only expanding non-ASCII chars may grow further.
@@ -233,9 +252,11 @@ impl Upcaser {
                 };
                 let tail = unicode_body(level, rest, out);
                 // `tail` is at most 3: a longer valid prefix is a complete char.
-                let start = rest.len() - tail;
-                self.carry[..tail].copy_from_slice(&rest[start..]);
-                self.carry_len = tail as u8;
+                if tail > 0 {
+                    let start = rest.len() - tail;
+                    self.carry[..tail].copy_from_slice(&rest[start..]);
+                    self.carry_len = tail as u8;
+                }
             }
         }
     }
@@ -328,7 +349,7 @@ pub fn upcase_into(mode: Mode, input: &[u8], out: &mut Vec<u8>) {
 /// this CPU cannot run it): for tests and benchmarks.
 pub fn upcase_into_at(level: Level, mode: Mode, input: &[u8], out: &mut Vec<u8>) {
     match mode {
-        Mode::Ascii => ascii_into(input, out),
+        Mode::Ascii => ascii_mode_at(level, input, out),
         Mode::Unicode => {
             out.reserve(input.len());
             let tail = unicode_body(level, input, out);
@@ -366,10 +387,37 @@ fn ascii_into(input: &[u8], out: &mut Vec<u8>) {
     out.extend(input.iter().map(|&b| upcase_ascii_byte(b)));
 }
 
+/// Ascii mode at `level`: AVX2's 32-byte blocks for a piece of one block
+/// or more, where the CPU has it; else [`ascii_into`].
+#[inline]
+fn ascii_mode_at(level: Level, input: &[u8], out: &mut Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `best` is Avx2 only when the CPU has AVX2.
+    if level == Level::Avx2
+        && Level::best() == Level::Avx2
+        && unsafe { x86::ascii_mode(input, out) }
+    {
+        return;
+    }
+    ascii_into(input, out);
+}
+
 /// Unicode mode over one piece: appends the transform of `input` except a
 /// trailing valid-but-incomplete sequence, whose length (0..=3) is returned
 /// for the caller to carry (streaming) or copy unchanged (one-shot).
 fn unicode_body(level: Level, input: &[u8], out: &mut Vec<u8>) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 && Level::best() == Level::Avx2 && input.len() >= 32 {
+        // ASCII text, most requests, block by block with nothing to set
+        // up; the body only from the first block with a non-ASCII byte.
+        // SAFETY: `best` is Avx2 only when the CPU has AVX2.
+        let done = unsafe { x86::ascii_blocks(input, out) };
+        if done == input.len() {
+            return 0;
+        }
+        // SAFETY: as above.
+        return unsafe { x86::body(Table::get(), &input[done..], out) };
+    }
     // Short all-ASCII pieces (most requests): one vectorized scan, then the
     // same loop as ascii mode. Measured on 64 bytes: 8 ns against 11 ns for
     // the block-wise path.
@@ -536,6 +584,78 @@ mod tests {
                 for cut in [pos, pos + 1, pos + insert.len(), LONG, 16] {
                     let (a, b) = input.split_at(cut.min(input.len()));
                     assert_eq!(stream(Mode::Unicode, &[a, b]), want, "at {pos} cut {cut}");
+                }
+            }
+        }
+    }
+
+    /// Short pieces, as most requests are: every length up to a few
+    /// 32-byte blocks, all ASCII or with one non-ASCII char anywhere (the
+    /// AVX2 level's ASCII blocks, their overlapping last block, and the
+    /// hand-over to the body), appended to a buffer that already holds
+    /// bytes, at every level.
+    #[test]
+    fn short_pieces_at_every_length() {
+        let text = b"the quick brown fox jumps over the lazy dog `{@[ 0123456789";
+        let inserts: [&[u8]; 3] = [b"\xC3\xA9", "\u{1F389}".as_bytes(), b"\xFF"];
+        for level in Level::available() {
+            for len in 0..=140 {
+                let ascii: Vec<u8> = text.iter().copied().cycle().take(len).collect();
+                let mut cases = vec![ascii.clone()];
+                for pos in 0..=len {
+                    for insert in inserts {
+                        let mut case = ascii.clone();
+                        case.splice(pos..pos, insert.iter().copied());
+                        cases.push(case);
+                    }
+                }
+                for case in cases {
+                    let mut out = b"held".to_vec();
+                    let mut u = Upcaser::new(Mode::Unicode);
+                    u.feed_at(level, &case, &mut out);
+                    u.finish(&mut out);
+                    let mut want = b"held".to_vec();
+                    want.extend_from_slice(&reference(&case));
+                    assert_eq!(out, want, "{level:?}, {case:?}");
+                    // And through `feed`, which takes ASCII blocks itself.
+                    let mut out = b"held".to_vec();
+                    let mut u = Upcaser::new(Mode::Unicode);
+                    u.feed(&case, &mut out);
+                    u.finish(&mut out);
+                    assert_eq!(out, want, "feed, {case:?}");
+                }
+            }
+        }
+    }
+
+    /// Ascii mode at every length up to a few 32-byte blocks (the AVX2
+    /// level's blocks and their overlapping last one), on bytes of every
+    /// value, appended to a buffer that already holds bytes, at every level.
+    #[test]
+    fn ascii_mode_at_every_length() {
+        let bytes: Vec<u8> = (0..=255u8)
+            .rev()
+            .chain(b"abcxyz`{@[".iter().copied())
+            .collect();
+        for level in Level::available() {
+            for len in 0..=140 {
+                for offset in [0, 7, 100] {
+                    let case: Vec<u8> = bytes
+                        .iter()
+                        .copied()
+                        .cycle()
+                        .skip(offset)
+                        .take(len)
+                        .collect();
+                    let mut out = b"held".to_vec();
+                    let mut u = Upcaser::new(Mode::Ascii);
+                    u.feed_at(level, &case, &mut out);
+                    let mut want = b"held".to_vec();
+                    want.extend(case.iter().map(|b| b.to_ascii_uppercase()));
+                    assert_eq!(out, want, "{level:?}, {case:?}");
+                    let mut out = b"held".to_vec();
+                    upcase_into_at(level, Mode::Ascii, &case, &mut out);
+                    assert_eq!(out, want, "upcase_into_at {level:?}, {case:?}");
                 }
             }
         }
