@@ -577,6 +577,12 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
         "| mode: tcp 10 x 4 KiB ascii text | upcased | ascii |",
         "| mode: tcp 10 x 4 KiB ascii text | upcased-ascii | ascii |",
         "| mode: tcp 10 x 4 KiB utf8 text | upcased | utf8 |",
+        // The same utf8 requests checked against ascii mode's replies.
+        "| mode: tcp 10 x 4 KiB utf8 text | upcased-ascii | utf8 |",
+        // The per-script table: a corpus sent to both modes.
+        "## Unicode mode against ascii mode, per script",
+        "| greek |",
+        "| 3c |",
         "| churn 2, fin | upcased |",
         "| churn 2, rst | upcased |",
         "| open loop: 50% of upcased's capacity, tcp 10 x 64 B, pipeline 4 | upcased |",
