@@ -107,11 +107,11 @@ impl Payloads {
 
     /// The requests cut from `text` (`--payload-file`), checked against a
     /// server in `mode`: consecutive pieces of `size` bytes, each made
-    /// shorter (by up to 3 bytes in valid UTF-8; see [`piece_end`]) where
-    /// it would end inside a UTF-8 character (a
-    /// server in unicode mode holds such a tail back until the rest comes,
-    /// so its reply would not be the piece's alone). The same pieces in
-    /// both modes, so the two are compared on the same bytes. A text
+    /// shorter (by up to 3 bytes in valid UTF-8) where it would end inside
+    /// a UTF-8 character: a server in unicode mode holds such a tail back
+    /// until the rest comes, so its reply would not be the piece's alone.
+    /// The same pieces in both modes, so the two are compared on the same
+    /// bytes. A text
     /// shorter than `size` is repeated to make one piece; one longer than
     /// [`MAX_PIECES`] pieces is cut off there; a last piece shorter than
     /// the rest is left out. `None` for an empty text.
@@ -158,7 +158,7 @@ impl Payloads {
         self.requests.len()
     }
 
-    /// Never: there is at least one request.
+    /// Always false: every constructor makes at least one request.
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty()
     }
