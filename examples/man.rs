@@ -594,6 +594,21 @@ The payload is
 (2-, 3- and 4-byte characters; upcased in unicode mode) or
 .B binary
 (every byte value; upcased in ascii mode).
+.B \-\-payload\-file
+sends a file's bytes instead (a text in some script, say): its
+consecutive pieces of
+.B \-\-size
+bytes, each cut short where it would end inside a UTF-8 character, so
+that a server in unicode mode holds nothing back and the reply to each
+piece is its upper case alone.
+.B \-\-mode
+names the server's mode, whose replies are expected:
+.B unicode
+(each character's upper case as Rust's standard library has it, bytes
+that are not UTF-8 unchanged; the default with a file) or
+.B ascii
+(only a to z change), so the same pieces can be sent to upcased in either
+mode.
 Reported: messages and megabytes a second, latency percentiles (from
 sending a request to the last byte of its reply), replies per connection
 and stalled connections, errors by kind; with

@@ -308,6 +308,142 @@ fn binary_payloads_pass_against_ascii_mode() {
     assert!(!report.ok, "{report}");
 }
 
+/// A corpus of bench/corpora, by file name.
+fn corpus(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/bench/corpora/").to_string() + name
+}
+
+/// `--payload-file`: the same pieces of a text pass against upcased in
+/// unicode mode and, with `--mode ascii`, in ascii mode, and each
+/// expectation fails against the other mode: the replies checked are the
+/// server's mode's, not the same for both.
+#[test]
+fn a_payload_file_passes_against_upcased_in_both_modes() {
+    let unicode = InProcess::start(loopback_config());
+    let mut config = loopback_config();
+    config.mode = Mode::Ascii;
+    let ascii = InProcess::start(config);
+    for name in ["greek.txt", "emoji-chat.txt", "invalid-gzip.bin"] {
+        let file = corpus(name);
+        for (server, mode) in [(&unicode, "unicode"), (&ascii, "ascii")] {
+            let tcp = [
+                "tcp",
+                "--connections",
+                "3",
+                "--pipeline",
+                "4",
+                "--size",
+                "4KiB",
+                "--payload-file",
+                &file,
+                "--mode",
+                mode,
+            ];
+            let report = run(server.tcp, &tcp);
+            assert!(report.ok && report.messages > 0, "{name} {mode}: {report}");
+            assert_eq!(report.payload, format!("file:{name}"));
+            assert_eq!(report.mode, mode);
+            let udp = [
+                "udp",
+                "--connections",
+                "2",
+                "--pipeline",
+                "4",
+                "--size",
+                "1400",
+                "--payload-file",
+                &file,
+                "--mode",
+                mode,
+            ];
+            let report = run(server.udp, &udp);
+            assert!(
+                report.ok && report.messages > 0,
+                "{name} {mode} udp: {report}"
+            );
+        }
+    }
+    // Unicode mode's replies expected (the default) from ascii mode, and
+    // ascii mode's from unicode mode: both wrong on Greek (the emoji have
+    // no case, so the emoji chat's replies are the same in both).
+    let greek = corpus("greek.txt");
+    for (server, args) in [
+        (&ascii, &["--payload-file", &greek][..]),
+        (&unicode, &["--payload-file", &greek, "--mode", "ascii"]),
+    ] {
+        let mut all = vec!["tcp", "--connections", "1", "--size", "4KiB"];
+        all.extend_from_slice(args);
+        let report = run(server.tcp, &all);
+        assert!(
+            !report.ok && report.errors.mismatch > 0,
+            "{args:?}: {report}"
+        );
+    }
+    for server in [unicode, ascii] {
+        let counters = server.stop();
+        assert_eq!(counters.errors(), 0, "{counters:?}");
+    }
+}
+
+#[test]
+fn a_payload_file_fails_against_wrong_servers() {
+    let file = corpus("english.txt");
+    let text = std::fs::read(&file).unwrap();
+    let request = bench::payload::Payloads::from_text(&text, Mode::Unicode, 4096)
+        .unwrap()
+        .request(0)
+        .to_vec();
+    let first_lower = request
+        .iter()
+        .position(u8::is_ascii_lowercase)
+        .expect("English has lower case");
+    let addr = wrong_tcp_server(echo);
+    let args = ["tcp", "--connections", "1", "--size", "4KiB"];
+    let report = run(addr, &[&args[..], &["--payload-file", &file]].concat());
+    assert_wrong_byte_reported(&report, first_lower);
+    // Letters right, but bytes >= 0x80 mangled: caught on Russian text.
+    let addr = wrong_tcp_server(mangle);
+    let russian = corpus("russian.txt");
+    let report = run(addr, &[&args[..], &["--payload-file", &russian]].concat());
+    assert!(!report.ok && report.errors.mismatch > 0, "{report}");
+    let addr = wrong_udp_server(mangle);
+    let report = run(
+        addr,
+        &["udp", "--size", "1400", "--payload-file", &russian][..],
+    );
+    assert!(!report.ok && report.errors.mismatch > 0, "{report}");
+}
+
+#[test]
+fn a_payload_file_that_cannot_be_used_is_a_usage_error() {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let empty = std::env::temp_dir().join(format!("upcase-bench-empty-{}", std::process::id()));
+    std::fs::write(&empty, b"").unwrap();
+    let empty = empty.to_str().unwrap().to_string();
+    for args in [
+        &["tcp", "--payload-file", "/nonexistent/upcase-corpus"][..],
+        &["tcp", "--payload-file", &empty],
+    ] {
+        let err = bench::run(&options(addr, args)).expect_err("a usage error");
+        assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        assert!(err.to_string().contains("--payload-file"), "{err}");
+    }
+    let _ = std::fs::remove_file(&empty);
+    // A payload kind and a file at once: which would it be?
+    let argv = [
+        "upcase-bench",
+        "tcp",
+        "--payload",
+        "utf8",
+        "--payload-file",
+        "x",
+    ];
+    let err = Options::try_parse_from(argv).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let err = Options::try_parse_from(["upcase-bench", "tcp", "--mode", "latin1"]).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+}
+
 /// Runs the real binary.
 fn bench_binary(addr: SocketAddr, args: &[&str]) -> std::process::Output {
     let addr = addr.to_string();
@@ -441,6 +577,12 @@ fn the_benchmark_suite_runs_in_smoke_mode() {
         "| mode: tcp 10 x 4 KiB ascii text | upcased | ascii |",
         "| mode: tcp 10 x 4 KiB ascii text | upcased-ascii | ascii |",
         "| mode: tcp 10 x 4 KiB utf8 text | upcased | utf8 |",
+        // The same utf8 requests checked against ascii mode's replies.
+        "| mode: tcp 10 x 4 KiB utf8 text | upcased-ascii | utf8 |",
+        // The per-script table: a corpus sent to both modes.
+        "## Unicode mode against ascii mode, per script",
+        "| greek |",
+        "| 3c |",
         "| churn 2, fin | upcased |",
         "| churn 2, rst | upcased |",
         "| open loop: 50% of upcased's capacity, tcp 10 x 64 B, pipeline 4 | upcased |",

@@ -164,7 +164,7 @@ enum RunPhase {
 }
 
 pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
-    let payloads = Payloads::new(options.payload, options.size.get());
+    let payloads = super::payloads(options, options.size.get())?;
     let close = options.close.unwrap_or(Close::Fin);
     let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
     let mut events = Events::with_capacity(1024);

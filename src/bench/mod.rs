@@ -68,7 +68,13 @@ pub use report::Report;
 use report::{Errors, ProcSample};
 pub use workers::{enable_worker_processes, Part};
 
+use crate::transform::Mode;
 use crate::units::{self, DeprecatedSeconds};
+
+/// `--mode`: as in the config file (`ascii`, `unicode`).
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
 
 /// What to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -143,6 +149,19 @@ pub struct Options {
     /// unicode mode), binary (upcased in ascii mode).
     #[arg(long, value_enum, default_value = "ascii")]
     pub payload: PayloadKind,
+    /// Take the requests from FILE instead: its consecutive pieces of
+    /// --size bytes, cut short where a piece would end inside a UTF-8
+    /// character (by up to 3 bytes in valid UTF-8), at most 1,024 of them;
+    /// any bytes, invalid UTF-8 too. Checked against unicode mode unless
+    /// --mode says otherwise.
+    #[arg(long, value_name = "FILE", conflicts_with = "payload")]
+    pub payload_file: Option<PathBuf>,
+    /// The server's mode, which decides the replies expected: unicode
+    /// (std's upper case of each character, invalid bytes unchanged) or
+    /// ascii (only a-z change) [default: unicode for utf8 and
+    /// --payload-file, ascii for ascii and binary].
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<Mode>,
     /// The server's process id: report its CPU time per message and its RSS.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<i32>,
@@ -290,6 +309,55 @@ pub fn write_latency_out(path: &std::path::Path, report: &Report) -> io::Result<
     }
 }
 
+impl Options {
+    /// The server mode replies are checked against (`--mode`, or the
+    /// payload's).
+    pub fn server_mode(&self) -> Mode {
+        match (self.mode, &self.payload_file) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => Mode::Unicode,
+            (None, None) => self.payload.mode(),
+        }
+    }
+
+    /// The payload's name in the report: the kind, or `file:NAME`.
+    pub fn payload_name(&self) -> String {
+        match &self.payload_file {
+            Some(path) => format!(
+                "file:{}",
+                path.file_name()
+                    .unwrap_or(path.as_os_str())
+                    .to_string_lossy()
+            ),
+            None => self.payload.to_string(),
+        }
+    }
+}
+
+/// The requests of a run whose bodies are `size` bytes, and their replies.
+fn payloads(options: &Options, size: usize) -> Result<payload::Payloads, BenchError> {
+    let mode = options.server_mode();
+    let Some(path) = &options.payload_file else {
+        return Ok(payload::Payloads::generated(options.payload, mode, size));
+    };
+    let text = std::fs::read(path)
+        .map_err(|e| BenchError::Usage(format!("--payload-file {}: {e}", path.display())))?;
+    payload::Payloads::from_text(&text, mode, size).ok_or_else(|| {
+        BenchError::Usage(format!(
+            "--payload-file {}: no request can be cut from it (empty, or one incomplete UTF-8 character)",
+            path.display()
+        ))
+    })
+}
+
+/// The request body size of a run: --size, less the UDP header.
+fn body_size(options: &Options) -> usize {
+    match options.kind {
+        Kind::Udp => options.size.get().saturating_sub(payload::UDP_HEADER),
+        _ => options.size.get(),
+    }
+}
+
 /// Runs the benchmark described by `options` and returns its report.
 pub fn run(options: &Options) -> Result<Report, BenchError> {
     // Each connection is a descriptor, and the soft limit is often far
@@ -299,6 +367,15 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
         eprintln!("upcase-bench: warning: cannot raise the file descriptor limit: {e}");
     }
     check_kind_options(options)?;
+    if options.kind == Kind::Udp && options.size.get() < payload::UDP_HEADER {
+        return Err(BenchError::Usage(format!(
+            "udp: --size must be at least {} (the sequence header)",
+            payload::UDP_HEADER
+        )));
+    }
+    // A file that cannot be read is a usage error before any connection
+    // (or worker process) is made.
+    payloads(options, body_size(options))?;
     match options.kind {
         Kind::Tcp | Kind::Idle => workers::run(options),
         Kind::Churn => {
@@ -309,12 +386,6 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
         Kind::Udp => {
             // Flows are not split: this only rejects the options that would.
             workers::check_unsplit(options)?;
-            if options.size.get() < payload::UDP_HEADER {
-                return Err(BenchError::Usage(format!(
-                    "udp: --size must be at least {} (the sequence header)",
-                    payload::UDP_HEADER
-                )));
-            }
             udp::run(options)
         }
     }
@@ -542,7 +613,8 @@ impl Recorder {
         report.connections = options.connections.get();
         report.size = options.size.get();
         report.pipeline = options.pipeline.get();
-        report.payload = options.payload.to_string();
+        report.payload = options.payload_name();
+        report.mode = options.server_mode().to_string();
         report.window_s = window_s;
         report.messages = self.messages;
         if window_s > 0.0 {

@@ -176,8 +176,10 @@ pub struct Report {
     pub size: usize,
     /// Requests in flight per connection or flow.
     pub pipeline: usize,
-    /// The payload kind.
+    /// The payload kind, or `file:NAME` (`--payload-file`).
     pub payload: String,
+    /// The server mode the replies were checked against.
+    pub mode: String,
     /// From the start until every connection was up (or given up on),
     /// seconds; a split run: until the last part's were.
     pub connect_s: f64,

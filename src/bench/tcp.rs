@@ -120,7 +120,7 @@ enum Outcome {
 /// Runs `options`; `gate`: this is a part of a split run ([`super::workers`]).
 pub(super) fn run(options: &Options, mut gate: Option<Gate>) -> Result<Report, BenchError> {
     let idle = options.kind == Kind::Idle;
-    let payloads = Payloads::new(options.payload, options.size.get());
+    let payloads = super::payloads(options, options.size.get())?;
     let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
     let mut events = Events::with_capacity(1024);
     let mut conns: Slab<Conn> = Slab::with_capacity(options.connections.get());

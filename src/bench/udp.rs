@@ -55,7 +55,7 @@ struct Flow {
 }
 
 pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
-    let payloads = Payloads::new(options.payload, options.size.get() - UDP_HEADER);
+    let payloads = super::payloads(options, options.size.get() - UDP_HEADER)?;
     let mut poll = Poll::new().map_err(BenchError::io("create poll"))?;
     let mut events = Events::with_capacity(1024);
     let mut rec = Recorder::new(options)?;
