@@ -554,6 +554,11 @@ impl<S: Socket> Connection<S> {
 
     /// Answers the `n` bytes just read into the shared read buffer.
     fn answer(&mut self, shared: &mut Shared, n: usize) -> io::Result<()> {
+        // `auto` decided by the first byte, as `feed` would: no telnet,
+        // and the filter goes before it costs a call.
+        if (self.telnet.as_ref()).is_some_and(|f| f.turns_raw(shared.read_buf[0])) {
+            self.telnet = None;
+        }
         let Some(mut filter) = self.telnet.take() else {
             return self.reply(shared, |upcaser, input, out| upcaser.feed(&input[..n], out));
         };
