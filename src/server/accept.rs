@@ -308,10 +308,13 @@ impl Acceptor {
 
     /// A client just accepted: counted, and checked against its address's
     /// limit. It is accepted already (its address is known only then), so
-    /// a refusal is a clean close, counted and reported.
+    /// a refusal is a clean close, counted and reported. Inlined: with no
+    /// PROXY and no per-address limit (the defaults) it is a count and a
+    /// move, and every connection comes through here.
+    #[inline]
     fn admit(
         &mut self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         proxy: bool,
         tcp: &TcpConfig,
@@ -321,6 +324,28 @@ impl Acceptor {
         // Counted accepted whatever happens next: every accepted connection
         // ends in exactly one `closed` reason, so accepted = open + closed.
         shared.counters.conns_accepted += 1;
+        if !proxy && tcp.max_connections_per_ip.is_none() {
+            return Accepted::Client {
+                stream,
+                peer,
+                ip_counted: false,
+                proxy,
+            };
+        }
+        self.admit_checked(stream, peer, proxy, tcp, shared, now)
+    }
+
+    /// `admit` for a PROXY listener or under a per-address limit.
+    #[inline(never)]
+    fn admit_checked(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        proxy: bool,
+        tcp: &TcpConfig,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Accepted {
         if proxy {
             // Only a trusted balancer may say whose connection this is; the
             // client's own address is counted once its header names it.
@@ -474,6 +499,11 @@ pub fn adopt(socket: Socket, socket_buffer: Option<NonZeroUsize>) -> io::Result<
     // for a MSG_OOB read that never comes. Set here once: accepted sockets
     // inherit it (and the buffer sizes) from the listener.
     socket.set_out_of_band_inline(true)?;
+    // Replies are written whole as soon as they are made; Nagle's
+    // algorithm would only hold small ones back waiting for an ACK.
+    // Accepted sockets inherit it too (Linux clones the listener's TCP
+    // state), which saves a `setsockopt` per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     let socket = TcpListener::from_std(socket.into());
     let addr = socket.local_addr()?;
@@ -538,6 +568,9 @@ mod tests {
         // Inherited from the listener, before the loop sets them again.
         let a = SockRef::from(&accepted);
         assert_eq!(a.recv_buffer_size().expect("SO_RCVBUF"), doubled);
+        // Nagle off and urgent data inline: the loop sets neither itself.
+        assert!(a.tcp_nodelay().expect("TCP_NODELAY"));
+        assert!(a.out_of_band_inline().expect("SO_OOBINLINE"));
         assert_eq!(a.send_buffer_size().expect("SO_SNDBUF"), doubled);
         set_buffers(a, NonZeroUsize::new(64 * 1024).expect("non-zero")).expect("set");
         let a = SockRef::from(&accepted);

@@ -705,13 +705,9 @@ impl Server {
         proxy: bool,
         now: Instant,
     ) {
-        // Replies are written whole as soon as they are made; Nagle's
-        // algorithm would only hold small ones back waiting for an ACK.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!("{peer}: TCP_NODELAY: {e}");
-        }
-        // SO_OOBINLINE and the buffer sizes of `[tcp] socket_buffer` come
-        // from the listener (tcp.rs), as accepted sockets inherit them.
+        // TCP_NODELAY, SO_OOBINLINE and the buffer sizes of `[tcp]
+        // socket_buffer` come from the listener (`accept::adopt`), as
+        // accepted sockets inherit them.
         let conn = Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet);
         self.insert_connection(conn, ip_counted, proxy, now);
     }
