@@ -551,6 +551,11 @@ impl<S: Socket> Connection<S> {
     /// telnet filter and the transform still hold (a lone `IAC` of an
     /// undecided connection, a character cut short: both come back raw).
     fn finish(&mut self, shared: &mut Shared) -> io::Result<()> {
+        if self.telnet.is_none() && self.upcaser.carried() == 0 && self.out.is_none() {
+            // Nothing held and nothing queued (the usual end): `reply`
+            // would produce no byte and write none.
+            return Ok(());
+        }
         let mut filter = self.telnet.take();
         let result = self.reply(shared, |upcaser, _, out| {
             if let Some(filter) = &mut filter {
