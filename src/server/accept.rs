@@ -164,8 +164,17 @@ impl Acceptor {
 
     /// `open` connections remain of at most `max` (one closed, or the limit
     /// was reloaded): true if accepting was paused at the limit and resumes.
+    /// Inlined: every closed connection asks, and it is one test unless
+    /// accepting was paused.
+    #[inline]
     pub fn below_limit(&mut self, open: usize, max: usize) -> bool {
-        if self.at_limit && open < max {
+        self.at_limit && self.leave_pause(open, max)
+    }
+
+    /// `below_limit` while paused at the limit.
+    #[inline(never)]
+    fn leave_pause(&mut self, open: usize, max: usize) -> bool {
+        if open < max {
             self.at_limit = false;
             self.limit_time.stop(Instant::now());
             debug!(target: super::LOG_TARGET, "below the connection limit again: accepting resumed");

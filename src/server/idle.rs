@@ -1,23 +1,25 @@
 //! Idle timeouts without scanning: the connections form a list in order of
-//! their last activity, threaded through the slab (each slot holds its
-//! neighbours' keys). Activity moves a connection to the back, closing
-//! unlinks it, and the front is always the connection idle the longest, so
-//! the nearest deadline is `front.last_active + idle_timeout` and expiring is
-//! a walk from the front that stops at the first connection not yet due.
+//! their last activity, threaded through a vector indexed by slab key (each
+//! entry holds its neighbours' keys). Activity moves a connection to the
+//! back, closing unlinks it, and the front is always the connection idle
+//! the longest, so the nearest deadline is `front.last_active +
+//! idle_timeout` and expiring is a walk from the front that stops at the
+//! first connection not yet due.
 //!
 //! Every operation is O(1) and nothing is left behind by closed connections
 //! (a heap of deadlines would keep stale entries until they came due). The
 //! order does not depend on the timeout, so a reload may change it freely.
-
-use slab::Slab;
+//! The links live beside the slab, not in its slots: a plain vector index
+//! costs a bounds check where a slab index also tests the slot is occupied,
+//! and each connection's activity moves up to five links.
 
 /// "No neighbour".
 const NIL: u32 = u32::MAX;
 
-/// A slot's place in the list: the neighbours' slab keys, as `u32` to keep
-/// every connection 8 bytes smaller (the slab never holds 4 billion).
+/// A key's place in the list: its neighbours' keys, as `u32` (the slab
+/// never holds 4 billion).
 #[derive(Debug, Clone, Copy)]
-pub struct Link {
+struct Link {
     prev: u32,
     next: u32,
 }
@@ -31,16 +33,13 @@ impl Default for Link {
     }
 }
 
-/// Anything stored in the slab that can be on the list.
-pub trait Linked {
-    fn link(&mut self) -> &mut Link;
-}
-
-/// Ends of the list; the links live in the slots.
+/// Ends of the list, and every key's links (a key off the list keeps
+/// stale ones, never read).
 #[derive(Debug)]
 pub struct IdleList {
     head: u32,
     tail: u32,
+    links: Vec<Link>,
 }
 
 impl Default for IdleList {
@@ -48,6 +47,7 @@ impl Default for IdleList {
         IdleList {
             head: NIL,
             tail: NIL,
+            links: Vec::new(),
         }
     }
 }
@@ -59,40 +59,54 @@ impl IdleList {
     }
 
     /// Appends `key` (not on the list) as the most recently active.
-    pub fn push_back<T: Linked>(&mut self, slab: &mut Slab<T>, key: usize) {
+    #[inline]
+    pub fn push_back(&mut self, key: usize) {
         let key32 = u32::try_from(key).expect("slab key fits u32");
-        *slab[key].link() = Link {
+        if key >= self.links.len() {
+            self.grow(key);
+        }
+        self.links[key] = Link {
             prev: self.tail,
             next: NIL,
         };
         if self.tail == NIL {
             self.head = key32;
         } else {
-            slab[self.tail as usize].link().next = key32;
+            self.links[self.tail as usize].next = key32;
         }
         self.tail = key32;
     }
 
+    /// Room for `key`'s links. The slab's keys are dense: this grows by
+    /// one, now and then; out of line, so the list's every step stays small.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, key: usize) {
+        self.links.resize(key + 1, Link::default());
+    }
+
     /// Takes `key` (on the list) off it.
-    pub fn unlink<T: Linked>(&mut self, slab: &mut Slab<T>, key: usize) {
-        let Link { prev, next } = std::mem::take(slab[key].link());
+    #[inline]
+    pub fn unlink(&mut self, key: usize) {
+        let Link { prev, next } = self.links[key];
         if prev == NIL {
             self.head = next;
         } else {
-            slab[prev as usize].link().next = next;
+            self.links[prev as usize].next = next;
         }
         if next == NIL {
             self.tail = prev;
         } else {
-            slab[next as usize].link().prev = prev;
+            self.links[next as usize].prev = prev;
         }
     }
 
     /// `key` was just active: it moves to the back.
-    pub fn touch<T: Linked>(&mut self, slab: &mut Slab<T>, key: usize) {
+    #[inline]
+    pub fn touch(&mut self, key: usize) {
         if self.tail as usize != key {
-            self.unlink(slab, key);
-            self.push_back(slab, key);
+            self.unlink(key);
+            self.push_back(key);
         }
     }
 }
@@ -101,26 +115,19 @@ impl IdleList {
 mod tests {
     use super::*;
 
-    struct Item(Link);
-    impl Linked for Item {
-        fn link(&mut self) -> &mut Link {
-            &mut self.0
-        }
-    }
-
-    fn order(list: &IdleList, slab: &mut Slab<Item>) -> Vec<usize> {
+    fn order(list: &IdleList) -> Vec<usize> {
         let mut keys = Vec::new();
         let mut at = list.head;
         while at != NIL {
             keys.push(at as usize);
-            at = slab[at as usize].link().next;
+            at = list.links[at as usize].next;
         }
         // The backward links agree.
         let mut back = Vec::new();
         let mut at = list.tail;
         while at != NIL {
             back.push(at as usize);
-            at = slab[at as usize].link().prev;
+            at = list.links[at as usize].prev;
         }
         back.reverse();
         assert_eq!(keys, back);
@@ -129,28 +136,39 @@ mod tests {
 
     #[test]
     fn keeps_keys_in_order_of_activity() {
-        let mut slab = Slab::new();
         let mut list = IdleList::default();
-        let keys: Vec<usize> = (0..4).map(|_| slab.insert(Item(Link::default()))).collect();
-        for &k in &keys {
-            list.push_back(&mut slab, k);
+        for k in 0..4 {
+            list.push_back(k);
         }
-        assert_eq!(order(&list, &mut slab), [0, 1, 2, 3]);
-        list.touch(&mut slab, 0);
-        assert_eq!(order(&list, &mut slab), [1, 2, 3, 0]);
-        list.touch(&mut slab, 2);
-        assert_eq!(order(&list, &mut slab), [1, 3, 0, 2]);
-        list.touch(&mut slab, 2);
-        assert_eq!(order(&list, &mut slab), [1, 3, 0, 2]);
-        list.unlink(&mut slab, 1);
-        slab.remove(1);
+        assert_eq!(order(&list), [0, 1, 2, 3]);
+        list.touch(0);
+        assert_eq!(order(&list), [1, 2, 3, 0]);
+        list.touch(2);
+        assert_eq!(order(&list), [1, 3, 0, 2]);
+        list.touch(2);
+        assert_eq!(order(&list), [1, 3, 0, 2]);
+        list.unlink(1);
         assert_eq!(list.front(), Some(3));
-        list.unlink(&mut slab, 2);
-        slab.remove(2);
-        assert_eq!(order(&list, &mut slab), [3, 0]);
-        list.unlink(&mut slab, 3);
-        list.unlink(&mut slab, 0);
+        list.unlink(2);
+        assert_eq!(order(&list), [3, 0]);
+        // A key freed and used again (the slab reuses keys) goes back on.
+        list.push_back(1);
+        assert_eq!(order(&list), [3, 0, 1]);
+        list.unlink(3);
+        list.unlink(0);
+        list.unlink(1);
         assert_eq!(list.front(), None);
-        assert_eq!(order(&list, &mut slab), Vec::<usize>::new());
+        assert_eq!(order(&list), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn keys_out_of_order_grow_the_links() {
+        let mut list = IdleList::default();
+        list.push_back(5);
+        list.push_back(2);
+        list.push_back(9);
+        assert_eq!(order(&list), [5, 2, 9]);
+        list.touch(5);
+        assert_eq!(order(&list), [2, 9, 5]);
     }
 }

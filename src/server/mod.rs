@@ -65,7 +65,7 @@ use buffers::Shared;
 use conn::{Close, Connection, Status};
 use guard::UdpGuard;
 pub use handover::Inherited;
-use idle::{IdleList, Link, Linked};
+use idle::IdleList;
 use lifecycle::{StatusTicker, Watchdog};
 use records::Ended;
 pub use stats::Counters;
@@ -155,8 +155,6 @@ struct Slot {
     conn: Connection,
     /// When bytes last moved in either direction.
     last_active: Instant,
-    /// Its place in the list of connections by last activity.
-    link: Link,
     /// Counted in `per_ip` (the per-address limit was on when it came).
     ip_counted: bool,
     /// Its place in the run queue (queued, last turn it ran).
@@ -169,12 +167,6 @@ struct Slot {
     /// On a PROXY listener, once its header named the client: the
     /// balancer's address (the socket's peer), for its record.
     balancer: Option<SocketAddr>,
-}
-
-impl Linked for Slot {
-    fn link(&mut self) -> &mut Link {
-        &mut self.link
-    }
 }
 
 /// The daemon: bound sockets and the loop that serves them.
@@ -715,31 +707,32 @@ impl Server {
     /// Takes a connection (accepted, or handed over by the previous
     /// process) into the slab and the poll; `proxy`: it awaits its PROXY
     /// header (never so for a handed-over one).
+    /// Inlined, so that an accepted connection is built where the slab
+    /// keeps it rather than moved there (a slot is over 200 bytes).
+    #[inline]
     fn insert_connection(&mut self, conn: Connection, ip_counted: bool, proxy: bool, now: Instant) {
-        let peer = conn.peer();
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        let token = Token(self.conn_base + key);
-        let mut slot = Slot {
+        let key = self.conns.insert(Slot {
             conn,
             last_active: now,
-            link: Link::default(),
             ip_counted,
             mark: Mark::default(),
             header: proxy.then_some(now),
             opened: now,
             balancer: None,
-        };
+        });
+        let token = Token(self.conn_base + key);
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
         // buffer gets room, which is exactly when pending output can move.
         // PRIORITY reports urgent data, after which a short read is no
         // proof of a drained socket.
         if let Err(e) = self.poll.registry().register(
-            slot.conn.stream_mut(),
+            self.conns[key].conn.stream_mut(),
             token,
             Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         ) {
+            // Dropped, so closed: it never was in the poll.
+            let peer = self.conns.remove(key).conn.peer();
             self.shared.counters.closed_error += 1;
             warn!("{peer}: cannot register connection: {e}");
             if ip_counted {
@@ -747,13 +740,12 @@ impl Server {
             }
             return;
         }
-        entry.insert(slot);
-        self.idle.push_back(&mut self.conns, key);
+        self.idle.push_back(key);
         if proxy {
             self.headers.wait(key, now);
         }
         self.shared.counters.conns_open += 1;
-        debug!("{peer}: connected");
+        debug!("{}: connected", self.conns[key].conn.peer());
     }
 
     fn on_connection(&mut self, key: usize, readable: bool, hup: bool, now: Instant) {
@@ -779,7 +771,7 @@ impl Server {
         let status = slot.conn.ready(readable, hup, &mut self.shared);
         if self.shared.counters.bytes_in + self.shared.counters.bytes_out != moved {
             slot.last_active = now;
-            self.idle.touch(&mut self.conns, key);
+            self.idle.touch(key);
         }
         self.after(key, status);
     }
@@ -823,7 +815,7 @@ impl Server {
     /// Drops a connection (closing its socket also removes it from epoll)
     /// and, if accepting was paused at the limit, resumes it.
     fn remove(&mut self, key: usize) {
-        self.idle.unlink(&mut self.conns, key);
+        self.idle.unlink(key);
         let slot = self.conns.remove(key);
         debug!("{}: closed", slot.conn.peer());
         if slot.ip_counted {
