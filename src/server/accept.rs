@@ -202,6 +202,9 @@ impl Acceptor {
     }
 
     /// Takes one client off listener `i`, `open` connections being open.
+    /// Inlined into the loop's accept loop, with what is not a client
+    /// taken (the limit, an error, an empty queue) out of line.
+    #[inline]
     pub fn accept_one(
         &mut self,
         i: usize,
@@ -211,11 +214,7 @@ impl Acceptor {
         now: Instant,
     ) -> Accepted {
         if open >= tcp.max_connections.get() {
-            self.at_limit = true;
-            self.limit_time.start(now);
-            shared.counters.accept_pauses += 1;
-            self.enter_limit(open, now);
-            return Accepted::Stop;
+            return self.stop_at_limit(open, shared, now);
         }
         let listener = &mut self.listeners[i];
         match listener.socket.accept() {
@@ -227,15 +226,42 @@ impl Acceptor {
                 let proxy = listener.proxy;
                 self.admit(stream, peer, proxy, tcp, shared, now)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) => self.accept_failed(i, e, open, shared, now),
+        }
+    }
+
+    /// `max_connections` open: accepting pauses until one closes.
+    #[inline(never)]
+    fn stop_at_limit(&mut self, open: usize, shared: &mut Shared, now: Instant) -> Accepted {
+        self.at_limit = true;
+        self.limit_time.start(now);
+        shared.counters.accept_pauses += 1;
+        self.enter_limit(open, now);
+        Accepted::Stop
+    }
+
+    /// An accept on listener `i` gave no client: the queue is empty, or
+    /// the call failed.
+    #[inline(never)]
+    fn accept_failed(
+        &mut self,
+        i: usize,
+        e: io::Error,
+        open: usize,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Accepted {
+        let listener = &mut self.listeners[i];
+        match e {
+            e if e.kind() == io::ErrorKind::WouldBlock => {
                 listener.pending = false;
                 self.out_of_fds = false;
                 // Below the limit with nobody waiting: accepting keeps up.
                 self.leave_limit(now);
                 Accepted::Stop
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Accepted::Nothing,
-            Err(e) if is_resource_exhaustion(&e) => {
+            e if e.kind() == io::ErrorKind::Interrupted => Accepted::Nothing,
+            e if is_resource_exhaustion(&e) => {
                 // The client stays queued and no new event will come for
                 // it: retry after a pause driven by the loop's timer,
                 // instead of spinning on a descriptor we cannot get.
@@ -257,7 +283,7 @@ impl Acceptor {
                 }
                 Accepted::Stop
             }
-            Err(e) => {
+            e => {
                 // ECONNABORTED and the like: that client is gone, the next
                 // one may be fine.
                 shared.counters.errors_accept += 1;
