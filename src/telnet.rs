@@ -274,6 +274,14 @@ impl Filter {
         })
     }
 
+    /// An undecided (`auto`) filter whose next input starts with `first`
+    /// that is not `IAC`: the client does not speak telnet, and `feed`
+    /// would pass every byte through raw. The caller may drop the filter
+    /// without feeding it (the first read of most connections).
+    pub fn turns_raw(&self, first: u8) -> bool {
+        self.state == State::Undecided && first != IAC
+    }
+
     /// The client turned out not to speak telnet: the filter only passes
     /// bytes through from now on, and the caller may drop it.
     pub fn is_raw(&self) -> bool {
@@ -559,6 +567,24 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(all(&bytes), want, "byte by byte");
+    }
+
+    #[test]
+    fn turns_raw_is_what_feeding_the_first_byte_decides() {
+        for first in 0..=u8::MAX {
+            let mut filter = Filter::auto();
+            let mut pieces = Vec::new();
+            filter.feed(&[first, b'a'], |p| pieces.push(format!("{p:?}")));
+            let raw = filter.is_raw() && pieces == [format!("{:?}", Piece::Raw(&[first, b'a']))];
+            assert_eq!(
+                Filter::auto().turns_raw(first),
+                raw,
+                "first byte {first:#04x}"
+            );
+            // Decided already (either way), or never undecided: no.
+            assert!(!filter.turns_raw(first));
+            assert!(!Filter::new().turns_raw(first));
+        }
     }
 
     #[test]

@@ -164,8 +164,17 @@ impl Acceptor {
 
     /// `open` connections remain of at most `max` (one closed, or the limit
     /// was reloaded): true if accepting was paused at the limit and resumes.
+    /// Inlined: every closed connection asks, and it is one test unless
+    /// accepting was paused.
+    #[inline]
     pub fn below_limit(&mut self, open: usize, max: usize) -> bool {
-        if self.at_limit && open < max {
+        self.at_limit && self.leave_pause(open, max)
+    }
+
+    /// `below_limit` while paused at the limit.
+    #[inline(never)]
+    fn leave_pause(&mut self, open: usize, max: usize) -> bool {
+        if open < max {
             self.at_limit = false;
             self.limit_time.stop(Instant::now());
             debug!(target: super::LOG_TARGET, "below the connection limit again: accepting resumed");
@@ -193,6 +202,9 @@ impl Acceptor {
     }
 
     /// Takes one client off listener `i`, `open` connections being open.
+    /// Inlined into the loop's accept loop, with what is not a client
+    /// taken (the limit, an error, an empty queue) out of line.
+    #[inline]
     pub fn accept_one(
         &mut self,
         i: usize,
@@ -202,11 +214,7 @@ impl Acceptor {
         now: Instant,
     ) -> Accepted {
         if open >= tcp.max_connections.get() {
-            self.at_limit = true;
-            self.limit_time.start(now);
-            shared.counters.accept_pauses += 1;
-            self.enter_limit(open, now);
-            return Accepted::Stop;
+            return self.stop_at_limit(open, shared, now);
         }
         let listener = &mut self.listeners[i];
         match listener.socket.accept() {
@@ -218,15 +226,42 @@ impl Acceptor {
                 let proxy = listener.proxy;
                 self.admit(stream, peer, proxy, tcp, shared, now)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) => self.accept_failed(i, e, open, shared, now),
+        }
+    }
+
+    /// `max_connections` open: accepting pauses until one closes.
+    #[inline(never)]
+    fn stop_at_limit(&mut self, open: usize, shared: &mut Shared, now: Instant) -> Accepted {
+        self.at_limit = true;
+        self.limit_time.start(now);
+        shared.counters.accept_pauses += 1;
+        self.enter_limit(open, now);
+        Accepted::Stop
+    }
+
+    /// An accept on listener `i` gave no client: the queue is empty, or
+    /// the call failed.
+    #[inline(never)]
+    fn accept_failed(
+        &mut self,
+        i: usize,
+        e: io::Error,
+        open: usize,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Accepted {
+        let listener = &mut self.listeners[i];
+        match e {
+            e if e.kind() == io::ErrorKind::WouldBlock => {
                 listener.pending = false;
                 self.out_of_fds = false;
                 // Below the limit with nobody waiting: accepting keeps up.
                 self.leave_limit(now);
                 Accepted::Stop
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Accepted::Nothing,
-            Err(e) if is_resource_exhaustion(&e) => {
+            e if e.kind() == io::ErrorKind::Interrupted => Accepted::Nothing,
+            e if is_resource_exhaustion(&e) => {
                 // The client stays queued and no new event will come for
                 // it: retry after a pause driven by the loop's timer,
                 // instead of spinning on a descriptor we cannot get.
@@ -248,7 +283,7 @@ impl Acceptor {
                 }
                 Accepted::Stop
             }
-            Err(e) => {
+            e => {
                 // ECONNABORTED and the like: that client is gone, the next
                 // one may be fine.
                 shared.counters.errors_accept += 1;
@@ -308,10 +343,13 @@ impl Acceptor {
 
     /// A client just accepted: counted, and checked against its address's
     /// limit. It is accepted already (its address is known only then), so
-    /// a refusal is a clean close, counted and reported.
+    /// a refusal is a clean close, counted and reported. Inlined: with no
+    /// PROXY and no per-address limit (the defaults) it is a count and a
+    /// move, and every connection comes through here.
+    #[inline]
     fn admit(
         &mut self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         proxy: bool,
         tcp: &TcpConfig,
@@ -321,6 +359,28 @@ impl Acceptor {
         // Counted accepted whatever happens next: every accepted connection
         // ends in exactly one `closed` reason, so accepted = open + closed.
         shared.counters.conns_accepted += 1;
+        if !proxy && tcp.max_connections_per_ip.is_none() {
+            return Accepted::Client {
+                stream,
+                peer,
+                ip_counted: false,
+                proxy,
+            };
+        }
+        self.admit_checked(stream, peer, proxy, tcp, shared, now)
+    }
+
+    /// `admit` for a PROXY listener or under a per-address limit.
+    #[inline(never)]
+    fn admit_checked(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        proxy: bool,
+        tcp: &TcpConfig,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Accepted {
         if proxy {
             // Only a trusted balancer may say whose connection this is; the
             // client's own address is counted once its header names it.
@@ -474,6 +534,11 @@ pub fn adopt(socket: Socket, socket_buffer: Option<NonZeroUsize>) -> io::Result<
     // for a MSG_OOB read that never comes. Set here once: accepted sockets
     // inherit it (and the buffer sizes) from the listener.
     socket.set_out_of_band_inline(true)?;
+    // Replies are written whole as soon as they are made; Nagle's
+    // algorithm would only hold small ones back waiting for an ACK.
+    // Accepted sockets inherit it too (Linux clones the listener's TCP
+    // state), which saves a `setsockopt` per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     let socket = TcpListener::from_std(socket.into());
     let addr = socket.local_addr()?;
@@ -538,6 +603,9 @@ mod tests {
         // Inherited from the listener, before the loop sets them again.
         let a = SockRef::from(&accepted);
         assert_eq!(a.recv_buffer_size().expect("SO_RCVBUF"), doubled);
+        // Nagle off and urgent data inline: the loop sets neither itself.
+        assert!(a.tcp_nodelay().expect("TCP_NODELAY"));
+        assert!(a.out_of_band_inline().expect("SO_OOBINLINE"));
         assert_eq!(a.send_buffer_size().expect("SO_SNDBUF"), doubled);
         set_buffers(a, NonZeroUsize::new(64 * 1024).expect("non-zero")).expect("set");
         let a = SockRef::from(&accepted);

@@ -220,6 +220,12 @@ pub struct Connection<S = TcpStream> {
     /// A restart hands this connection to the next process: once what the
     /// kernel held is answered, input is `Parked` instead of ended.
     handing_over: bool,
+    /// This process's descriptor is the socket's only one, so closing it
+    /// sends our FIN: at the client's EOF the connection closes without a
+    /// `shutdown` first. Not so once the socket went through the service
+    /// manager's store (`handover.rs`), which may still hold a duplicate
+    /// for a while: then only `shutdown` sends the FIN.
+    alone: bool,
     /// Bytes read from this client, for its record when it ends.
     bytes_in: u64,
     /// Bytes of replies the kernel took, for its record when it ends.
@@ -286,6 +292,7 @@ impl<S: Socket> Connection<S> {
             input: Input::Open,
             hup: false,
             handing_over: false,
+            alone: true,
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -315,6 +322,7 @@ impl<S: Socket> Connection<S> {
             },
             hup: false,
             handing_over: false,
+            alone: false,
             // Its record in this process counts from here: the previous
             // one's share went with it.
             bytes_in: 0,
@@ -363,6 +371,8 @@ impl<S: Socket> Connection<S> {
     /// for it): a graceful shutdown from where it stands.
     pub fn abandon_handover(&mut self, shared: &mut Shared) -> Status {
         self.handing_over = false;
+        // The store may have taken a duplicate before the handover failed.
+        self.alone = false;
         if self.input == Input::Parked {
             self.input = Input::Draining(0);
         }
@@ -498,7 +508,7 @@ impl<S: Socket> Connection<S> {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e) if is_kind(&e, libc::EAGAIN, io::ErrorKind::WouldBlock) => {
                     self.readable = false;
                     if let Input::Draining(_) = self.input {
                         // Fewer bytes than counted (cannot happen with TCP,
@@ -506,7 +516,7 @@ impl<S: Socket> Connection<S> {
                         self.stop_answering(shared)?;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_kind(&e, libc::EINTR, io::ErrorKind::Interrupted) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -515,8 +525,12 @@ impl<S: Socket> Connection<S> {
                 Input::Eof => {
                     // Half-close done right: every reply is with the kernel,
                     // which delivers it before the FIN. The client's input is
-                    // fully read, so closing sends no RST.
-                    send_fin(&self.stream)?;
+                    // fully read, so closing sends no RST. The loop closes
+                    // the socket next, which sends the FIN when no other
+                    // process holds it (`alone`): one syscall less.
+                    if !self.alone {
+                        send_fin(&self.stream)?;
+                    }
                     return Ok(Status::Closed(Close::Done));
                 }
                 Input::Discarding(false) => {
@@ -550,6 +564,11 @@ impl<S: Socket> Connection<S> {
     /// telnet filter and the transform still hold (a lone `IAC` of an
     /// undecided connection, a character cut short: both come back raw).
     fn finish(&mut self, shared: &mut Shared) -> io::Result<()> {
+        if self.telnet.is_none() && self.upcaser.carried() == 0 && self.out.is_none() {
+            // Nothing held and nothing queued (the usual end): `reply`
+            // would produce no byte and write none.
+            return Ok(());
+        }
         let mut filter = self.telnet.take();
         let result = self.reply(shared, |upcaser, _, out| {
             if let Some(filter) = &mut filter {
@@ -570,6 +589,11 @@ impl<S: Socket> Connection<S> {
     /// most of the work there is.
     #[inline]
     fn answer(&mut self, shared: &mut Shared, n: usize) -> io::Result<()> {
+        // `auto` decided by the first byte, as `feed` would: no telnet,
+        // and the filter goes before it costs a call.
+        if (self.telnet.as_ref()).is_some_and(|f| f.turns_raw(shared.read_buf[0])) {
+            self.telnet = None;
+        }
         if let Some(filter) = self.telnet.take() {
             return self.answer_telnet(shared, n, filter);
         }
@@ -767,8 +791,24 @@ fn send_fin<S: Socket>(stream: &S) -> io::Result<()> {
     }
 }
 
+/// `e` is `kind`, errno `code` if it came from the kernel: tested on the
+/// number, as decoding an errno into a kind is a table walk, and a
+/// connection that ends in a reset goes through three such tests.
+fn is_kind(e: &io::Error, code: i32, kind: io::ErrorKind) -> bool {
+    match e.raw_os_error() {
+        Some(errno) => errno == code,
+        None => e.kind() == kind,
+    }
+}
+
 /// A peer that resets or vanishes is a normal end, not a server error.
 fn classify(e: &io::Error) -> Close {
+    if let Some(errno) = e.raw_os_error() {
+        return match errno {
+            libc::ECONNRESET | libc::ECONNABORTED | libc::EPIPE | libc::ENOTCONN => Close::Reset,
+            _ => Close::Error,
+        };
+    }
     match e.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
@@ -1031,9 +1071,61 @@ mod tests {
         on_telnet(fake, mode, telnet::Setting::Off)
     }
 
+    /// Not `alone`: every FIN the state machine means to send is a
+    /// `shutdown_write` the fake records (an `alone` connection leaves the
+    /// FIN at the client's EOF to the close; see `alone_at_eof_...`).
     fn on_telnet(fake: Fake, mode: Mode, setting: telnet::Setting) -> Connection<Fake> {
         let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
-        Connection::new(fake, peer, mode, setting)
+        let mut conn = Connection::new(fake, peer, mode, setting);
+        conn.alone = false;
+        conn
+    }
+
+    #[test]
+    fn alone_at_eof_every_reply_is_written_and_the_close_sends_the_fin() {
+        let fake = Fake::new().with([data(b"abc"), Rd::Eof]);
+        let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
+        let mut conn = Connection::new(fake, peer, Mode::Ascii, telnet::Setting::Off);
+        let mut shared = shared();
+        // The event that reports the data also reports the client's FIN.
+        assert_eq!(
+            conn.ready(true, true, &mut shared),
+            Status::Closed(Close::Done)
+        );
+        assert_eq!(conn.stream.written, b"ABC");
+        // No shutdown: dropping the connection closes its only descriptor.
+        assert!(conn.stream.fins().is_empty());
+    }
+
+    #[test]
+    fn errors_are_classified_by_errno_as_by_their_kind() {
+        let by_kind = |e: &io::Error| match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected => Close::Reset,
+            _ => Close::Error,
+        };
+        for errno in 1..200 {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(classify(&e), by_kind(&e), "errno {errno}");
+            let would_block = e.kind() == io::ErrorKind::WouldBlock;
+            assert_eq!(
+                is_kind(&e, libc::EAGAIN, io::ErrorKind::WouldBlock),
+                would_block
+            );
+            let interrupted = e.kind() == io::ErrorKind::Interrupted;
+            assert_eq!(
+                is_kind(&e, libc::EINTR, io::ErrorKind::Interrupted),
+                interrupted
+            );
+        }
+        let simple = io::Error::from(io::ErrorKind::WouldBlock);
+        assert!(is_kind(&simple, libc::EAGAIN, io::ErrorKind::WouldBlock));
+        assert_eq!(
+            classify(&io::Error::from(io::ErrorKind::BrokenPipe)),
+            Close::Reset
+        );
     }
 
     /// Shared buffers with the daemon's default output cap.

@@ -59,12 +59,21 @@ impl IdleList {
     }
 
     /// Appends `key` (not on the list) as the most recently active.
+    #[inline]
     pub fn push_back(&mut self, key: usize) {
         let key32 = u32::try_from(key).expect("slab key fits u32");
         if key >= self.links.len() {
-            self.links.resize(key + 1, Link::default());
+            self.grow(key);
         }
         self.link_back(key32);
+    }
+
+    /// Room for `key`'s links. The slab's keys are dense: this grows by
+    /// one, now and then; out of line, so the list's every step stays small.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, key: usize) {
+        self.links.resize(key + 1, Link::default());
     }
 
     /// Links `key` (within `links`, not on the list) at the back.
@@ -161,5 +170,16 @@ mod tests {
         }
         assert_eq!(list.front(), None);
         assert_eq!(order(&list), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn keys_out_of_order_grow_the_links() {
+        let mut list = IdleList::default();
+        list.push_back(5);
+        list.push_back(2);
+        list.push_back(9);
+        assert_eq!(order(&list), [5, 2, 9]);
+        list.touch(5);
+        assert_eq!(order(&list), [2, 9, 5]);
     }
 }

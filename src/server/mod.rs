@@ -705,13 +705,9 @@ impl Server {
         proxy: bool,
         now: Instant,
     ) {
-        // Replies are written whole as soon as they are made; Nagle's
-        // algorithm would only hold small ones back waiting for an ACK.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!("{peer}: TCP_NODELAY: {e}");
-        }
-        // SO_OOBINLINE and the buffer sizes of `[tcp] socket_buffer` come
-        // from the listener (tcp.rs), as accepted sockets inherit them.
+        // TCP_NODELAY, SO_OOBINLINE and the buffer sizes of `[tcp]
+        // socket_buffer` come from the listener (`accept::adopt`), as
+        // accepted sockets inherit them.
         let conn = Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet);
         self.insert_connection(conn, ip_counted, proxy, now);
     }
@@ -719,12 +715,11 @@ impl Server {
     /// Takes a connection (accepted, or handed over by the previous
     /// process) into the slab and the poll; `proxy`: it awaits its PROXY
     /// header (never so for a handed-over one).
+    /// Inlined, so that an accepted connection is built where the slab
+    /// keeps it rather than moved there (a slot is over 200 bytes).
+    #[inline]
     fn insert_connection(&mut self, conn: Connection, ip_counted: bool, proxy: bool, now: Instant) {
-        let peer = conn.peer();
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        let token = Token(self.conn_base + key);
-        let mut slot = Slot {
+        let key = self.conns.insert(Slot {
             conn,
             last_active: now,
             ip_counted,
@@ -732,17 +727,20 @@ impl Server {
             header: proxy.then_some(now),
             opened: now,
             balancer: None,
-        };
+        });
+        let token = Token(self.conn_base + key);
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
         // buffer gets room, which is exactly when pending output can move.
         // PRIORITY reports urgent data, after which a short read is no
         // proof of a drained socket.
         if let Err(e) = self.poll.registry().register(
-            slot.conn.stream_mut(),
+            self.conns[key].conn.stream_mut(),
             token,
             Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         ) {
+            // Dropped, so closed: it never was in the poll.
+            let peer = self.conns.remove(key).conn.peer();
             self.shared.counters.closed_error += 1;
             warn!("{peer}: cannot register connection: {e}");
             if ip_counted {
@@ -750,13 +748,12 @@ impl Server {
             }
             return;
         }
-        entry.insert(slot);
         self.idle.push_back(key);
         if proxy {
             self.headers.wait(key, now);
         }
         self.shared.counters.conns_open += 1;
-        debug!("{peer}: connected");
+        debug!("{}: connected", self.conns[key].conn.peer());
     }
 
     fn on_connection(&mut self, key: usize, readable: bool, hup: bool, now: Instant) {
