@@ -696,8 +696,17 @@ fn haproxy_routes_around_a_killed_host() {
         servers[2].stot, down[2].stot,
         "HAProxy sent connections to h3 after marking it down"
     );
-    // Only the connections on the killed host failed, once each.
-    assert_eq!(bench_error_total(&report), on_victim, "{report}");
+    // Only connections on the killed host failed, each once: at most
+    // the bench's connections on h3, and the kill was seen. Not exactly
+    // that many: a session HAProxy had not finished connecting to h3 at
+    // the kill is retried on another host (`retries`, `option
+    // redispatch`) and its client never notices (seen once on a loaded
+    // machine: 8 errors with 10 sessions on h3).
+    let errors = bench_error_total(&report);
+    assert!(
+        (1..=on_victim).contains(&errors),
+        "h3 held {on_victim} of the bench's connections, {errors} failed: {report}"
+    );
     assert_eq!(bench_errors(&report, "mismatch"), 0, "{report}");
     // The killed host's connections may not have completed their first
     // exchange yet; every other one did.
