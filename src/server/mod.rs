@@ -501,18 +501,24 @@ impl Server {
                     Turns::dequeued(mark);
                 }
             }
+            // Connections' tokens: `conn_base + key`, below `AGENT_BASE`.
+            let conn_span = AGENT_BASE - self.conn_base;
             for event in events.iter() {
                 // An error or hang-up is worth a read: it reports the cause
                 // (or the EOF) in order, after the data before it. Urgent
                 // data (EPOLLPRI) too: Linux ends a read at the urgent mark,
                 // so a short read no longer means the queue is empty.
-                let hup = event.is_read_closed() || event.is_error() || event.is_priority();
-                let readable = event.is_readable() || hup;
+                // `|`, not `||`: every test reads the same flags word, and
+                // without the short circuits they fold into a few masks.
+                let hup = event.is_read_closed() | event.is_error() | event.is_priority();
+                let readable = event.is_readable() | hup;
                 let token = event.token();
                 // Most events are connections': straight to them, as
-                // `dispatch` would send them, without its other tests.
-                if (self.conn_base..AGENT_BASE).contains(&token.0) {
-                    self.on_connection(token.0 - self.conn_base, readable, hup, now);
+                // `dispatch` would send them, without its other tests. One
+                // comparison: a token below `conn_base` wraps above the span.
+                let key = token.0.wrapping_sub(self.conn_base);
+                if key < conn_span {
+                    self.on_connection(key, readable, hup, now);
                     continue;
                 }
                 self.dispatch(token, readable, hup, now)?;

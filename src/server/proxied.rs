@@ -75,6 +75,10 @@ impl Server {
     /// Returns true when the header is in and the connection is to be
     /// served now (what follows the header may be waiting already); false
     /// when it still waits, or was closed.
+    /// Out of line: only PROXY listeners' connections, before their first
+    /// run, come here; every other event should not carry its code.
+    #[cold]
+    #[inline(never)]
     pub(super) fn await_header(&mut self, key: usize, hup: bool, now: Instant) -> bool {
         let slot = &mut self.conns[key];
         let buf = &mut self.shared.read_buf[..proxy::MAX_HEADER];
