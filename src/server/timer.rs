@@ -47,10 +47,20 @@ impl Timer {
     /// Makes sure the loop wakes by `at`. Costs a system call only when the
     /// timer is disarmed or set for later than `at`; the clock is read only
     /// then too.
+    /// Inlined: the loop calls it every turn, and nearly always the timer
+    /// is already set early enough.
+    #[inline]
     pub fn wake_by(&mut self, at: Instant) -> io::Result<()> {
         if self.armed.is_some_and(|armed| armed <= at) {
             return Ok(());
         }
+        self.arm(at)
+    }
+
+    /// Sets the timer for `at` (out of line: once per timeout period, or
+    /// when a deadline comes earlier).
+    #[inline(never)]
+    fn arm(&mut self, at: Instant) -> io::Result<()> {
         // Relative to a clock read before the call, so it fires at `at` or
         // a little after, never before. Zero would disarm: at least 1 ns.
         let after = at
