@@ -485,8 +485,11 @@ impl Server {
         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut due = Vec::new();
+        // When the connection idle the longest times out: `expire` finds it
+        // at the end of every turn, and the next `poll_timeout` uses it.
+        let mut idle_due = self.idle_deadline();
         loop {
-            let timeout = self.poll_timeout().map_err(ServerError::Timer)?;
+            let timeout = self.poll_timeout(idle_due).map_err(ServerError::Timer)?;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     // A signal arrived during the wait; its own event follows.
@@ -526,7 +529,7 @@ impl Server {
             for &token in &due {
                 self.dispatch(token, false, false, now)?;
             }
-            self.expire(now);
+            idle_due = self.expire(now);
             self.tick_watchdog(now);
             self.handover_turn(now);
             if self.side_work {
@@ -550,7 +553,13 @@ impl Server {
     /// How long `poll` may sleep: not at all when work is queued, else
     /// until an event, the timer being set to wake the loop by the nearest
     /// deadline (idle timeout, accept back-off, shutdown, watchdog).
-    fn poll_timeout(&mut self) -> io::Result<Option<Duration>> {
+    ///
+    /// `idle_due`: the idle timeout's deadline as `expire` found it. What
+    /// the turn did after `expire` (a handover, a drain, cutting every
+    /// connection) can only close connections, so the true deadline is
+    /// that one or later: at worst the timer fires early, the turn finds
+    /// nothing due and sets it again.
+    fn poll_timeout(&mut self, idle_due: Option<Instant>) -> io::Result<Option<Duration>> {
         if self.turns.has_queued() {
             return Ok(Some(Duration::ZERO));
         }
@@ -558,7 +567,7 @@ impl Server {
         // `flatten().min()`: this runs every turn, and the straight tests
         // cost a few instructions each where the array was built and walked.
         let watchdog = self.watchdog.as_ref().map(Watchdog::due);
-        let mut nearest = earlier(self.idle_deadline(), self.acceptor.backoff_until());
+        let mut nearest = earlier(idle_due, self.acceptor.backoff_until());
         nearest = earlier(nearest, self.headers.deadline());
         nearest = earlier(nearest, self.deadline);
         nearest = earlier(nearest, self.drain.as_ref().map(drain::Drain::next));
@@ -873,18 +882,20 @@ impl Server {
     }
 
     /// Timers: idle connections and the end of an accept back-off.
-    fn expire(&mut self, now: Instant) {
+    /// Returns when the connection idle the longest (once those due are
+    /// closed) times out, as `idle_deadline` would: computed here, where
+    /// it was just compared, rather than again for the next turn's wait.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
         self.expire_headers(now);
         if self.acceptor.backoff_over(now) {
             self.resume_accepting();
         }
-        let Some(timeout) = self.config.tcp.idle_timeout else {
-            return;
-        };
+        let timeout = self.config.tcp.idle_timeout?;
         while let Some(key) = self.idle.front() {
             let slot = &self.conns[key];
-            if slot.last_active + timeout > now {
-                break;
+            let due = slot.last_active + timeout;
+            if due > now {
+                return Some(due);
             }
             // No bytes either way for the whole timeout. Usually none are
             // waiting to be read and closing sends a FIN; a client held back
@@ -897,6 +908,7 @@ impl Server {
             self.record(key, Ended::Idle);
             self.remove(key);
         }
+        None
     }
 
     /// What the loop does beside serving, when it has any of it to do:
@@ -911,7 +923,8 @@ impl Server {
         self.tick_status(now);
     }
 
-    /// When the connection idle the longest reaches the idle timeout.
+    /// When the connection idle the longest reaches the idle timeout
+    /// (before the loop's first turn; `expire` finds it after every turn).
     fn idle_deadline(&self) -> Option<Instant> {
         let timeout = self.config.tcp.idle_timeout?;
         let key = self.idle.front()?;
