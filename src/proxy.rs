@@ -214,8 +214,14 @@ fn v1(received: &[u8]) -> Parsed {
 
 /// `SRC DST SPORT DPORT`, exactly one space apart.
 fn v1_fields(v6: bool, fields: &[u8]) -> Result<(SocketAddr, SocketAddr), &'static str> {
-    let fields: Vec<&[u8]> = fields.split(|&b| b == b' ').collect();
-    let [src, dst, sport, dport] = fields[..] else {
+    let mut split = fields.split(|&b| b == b' ');
+    let (Some(src), Some(dst), Some(sport), Some(dport), None) = (
+        split.next(),
+        split.next(),
+        split.next(),
+        split.next(),
+        split.next(),
+    ) else {
         return Err("line is not four fields separated by single spaces");
     };
     let address = |field: &[u8]| {
@@ -359,11 +365,7 @@ impl Cidr {
     /// Whether `ip` is in the network. An IPv4-mapped IPv6 address (a
     /// client of a dual-stack socket) is its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.network, ip) {
+        match (self.network, crate::server::canonical_ip(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 mask(u128::from(u32::from(ip)), 32, self.prefix) == u128::from(u32::from(net))
             }

@@ -34,6 +34,32 @@ pub struct Errors {
     pub other: u64,
 }
 
+/// Counts added kind by kind (merging workers' figures). Every field is
+/// named, so a kind added to [`Errors`] later does not compile until it is
+/// summed here: no count can be dropped (which would pass a failed run).
+impl std::ops::AddAssign<&Errors> for Errors {
+    fn add_assign(&mut self, more: &Errors) {
+        let Errors {
+            connect_failed,
+            connect_timeout,
+            reset,
+            unexpected_close,
+            mismatch,
+            missing,
+            no_eof,
+            other,
+        } = more;
+        self.connect_failed += connect_failed;
+        self.connect_timeout += connect_timeout;
+        self.reset += reset;
+        self.unexpected_close += unexpected_close;
+        self.mismatch += mismatch;
+        self.missing += missing;
+        self.no_eof += no_eof;
+        self.other += other;
+    }
+}
+
 impl Errors {
     /// All errors together.
     pub fn total(&self) -> u64 {

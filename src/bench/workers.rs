@@ -684,7 +684,7 @@ impl Partial {
             (_, 0) => a,
             _ => (a.0.min(b.0), a.1.max(b.1), a.2 + b.2, a.3 + b.3, a.4 + b.4),
         };
-        self.errors = add_errors(&self.errors, &other.errors);
+        self.errors += &other.errors;
         for s in other.samples {
             if self.samples.len() < MAX_SAMPLES {
                 self.samples.push(format!("{who}: {s}"));
@@ -705,22 +705,6 @@ fn merge(results: Vec<Result<Partial, String>>, what: &str) -> Partial {
         }
     }
     total
-}
-
-/// Error counts added kind by kind. Through their JSON form, so that a
-/// kind added to [`Errors`] later is summed too and can never be dropped
-/// (a dropped count would turn a failed run into a passed one).
-fn add_errors(a: &Errors, b: &Errors) -> Errors {
-    let (Ok(serde_json::Value::Object(mut sum)), Ok(serde_json::Value::Object(more))) =
-        (serde_json::to_value(a), serde_json::to_value(b))
-    else {
-        return a.clone();
-    };
-    for (kind, count) in more {
-        let old = sum.get(&kind).and_then(|v| v.as_u64()).unwrap_or(0);
-        sum.insert(kind, (old + count.as_u64().unwrap_or(0)).into());
-    }
-    serde_json::from_value(serde_json::Value::Object(sum)).unwrap_or_else(|_| a.clone())
 }
 
 /// A worker process's output: its figures as one line for the coordinator.

@@ -761,7 +761,7 @@ pub fn refuse(stream: &mut TcpStream, shared: &mut Shared) {
 /// Writes as much of `data` as the kernel takes without blocking; returns how
 /// much that was. Stops at `WouldBlock`, retries `Interrupted`.
 #[inline]
-fn write_all_nonblocking<S: Socket>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
+pub(super) fn write_all_nonblocking<S: Socket>(stream: &mut S, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
         match stream.send(&data[written..]) {
@@ -802,7 +802,7 @@ fn is_kind(e: &io::Error, code: i32, kind: io::ErrorKind) -> bool {
 }
 
 /// A peer that resets or vanishes is a normal end, not a server error.
-fn classify(e: &io::Error) -> Close {
+pub(super) fn classify(e: &io::Error) -> Close {
     if let Some(errno) = e.raw_os_error() {
         return match errno {
             libc::ECONNRESET | libc::ECONNABORTED | libc::EPIPE | libc::ENOTCONN => Close::Reset,

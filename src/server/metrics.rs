@@ -20,7 +20,7 @@
 //! transform. Their own bounds (a few at once, a small request, a timeout)
 //! cap what a slow or hostile one costs.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +35,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry as Metrics, Unit};
 use slab::Slab;
 
+use super::conn::write_all_nonblocking;
 use super::records::Ended;
 use super::{Server, ServerError};
 
@@ -262,14 +263,9 @@ impl Client {
             return Ok(false);
         };
         if self.sent < response.len() {
-            while self.sent < response.len() {
-                match self.stream.write(&response[self.sent..]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => self.sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+            self.sent += write_all_nonblocking(&mut self.stream, &response[self.sent..])?;
+            if self.sent < response.len() {
+                return Ok(false);
             }
             self.stream.shutdown(std::net::Shutdown::Write)?;
         }

@@ -189,23 +189,11 @@ impl Server {
         self.remove(key);
     }
 
-    /// Connection `key` failed on a socket error while awaiting its header.
+    /// Connection `key` failed on a socket error while awaiting its header:
+    /// counted, recorded and dropped as any connection's error
+    /// (`conn::classify`, `Server::closed`).
     fn lost(&mut self, key: usize, e: &io::Error) {
-        let counters = &mut self.shared.counters;
-        let ended = match e.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe => {
-                counters.closed_reset += 1;
-                Ended::Reset
-            }
-            _ => {
-                counters.closed_error += 1;
-                Ended::Error
-            }
-        };
-        self.record(key, ended);
-        self.remove(key);
+        self.closed(key, super::conn::classify(e));
     }
 
     /// Closes the connections whose header timeout has ended.
