@@ -354,4 +354,25 @@ mod tests {
         }
         assert_eq!(counters.records_suppressed, 55);
     }
+
+    /// The time between two tokens is kept, not dropped when one is earned:
+    /// with the bucket empty, a record 19 ms later takes the token earned
+    /// at 10 ms, and one at 20 ms the token earned then.
+    #[test]
+    fn the_rate_keeps_the_time_towards_the_next_token() {
+        let mut records = Records::to(None);
+        let mut counters = Counters::default();
+        let t0 = Instant::now();
+        for _ in 0..BURST {
+            records.write(&record(Ended::Reset), &mut counters, t0);
+        }
+        assert_eq!(counters.records_suppressed, 0);
+        let step = Duration::from_millis(1000 / u64::from(RATE));
+        records.write(&record(Ended::Reset), &mut counters, t0 + step * 19 / 10);
+        records.write(&record(Ended::Reset), &mut counters, t0 + step * 2);
+        assert_eq!(counters.records_suppressed, 0);
+        // And no more than the rate: a third within the same 20 ms is over.
+        records.write(&record(Ended::Reset), &mut counters, t0 + step * 2);
+        assert_eq!(counters.records_suppressed, 1);
+    }
 }
