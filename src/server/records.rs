@@ -174,7 +174,7 @@ pub struct Records {
     journal: Option<Journal>,
     /// Records that may be written now (the bucket), at most [`BURST`].
     tokens: u32,
-    /// When the bucket was last filled.
+    /// Up to when time has been turned into tokens.
     filled: Instant,
     /// Records suppressed since the last one written.
     suppressed: u64,
@@ -205,8 +205,17 @@ impl Records {
         let earned =
             now.saturating_duration_since(self.filled).as_millis() as u64 * RATE as u64 / 1000;
         if earned > 0 {
-            self.tokens = (self.tokens as u64 + earned).min(BURST as u64) as u32;
-            self.filled = now;
+            let tokens = self.tokens as u64 + earned;
+            if tokens >= BURST as u64 {
+                // Full: nothing banks beyond a burst.
+                self.tokens = BURST;
+                self.filled = now;
+            } else {
+                // Only the time the tokens paid for is spent; the rest
+                // counts towards the next one.
+                self.tokens = tokens as u32;
+                self.filled += Duration::from_millis(earned * 1000 / RATE as u64);
+            }
         }
         if self.tokens == 0 {
             self.suppressed += 1;
