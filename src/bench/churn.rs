@@ -55,24 +55,6 @@ enum Step {
     Closing,
 }
 
-/// Which phase of a connection a failure belongs to.
-#[derive(Clone, Copy, Debug)]
-enum Phase {
-    Connect,
-    Exchange,
-    Close,
-}
-
-impl From<Step> for Phase {
-    fn from(step: Step) -> Phase {
-        match step {
-            Step::Connecting => Phase::Connect,
-            Step::Exchange => Phase::Exchange,
-            Step::Closing => Phase::Close,
-        }
-    }
-}
-
 /// One connection of a client.
 struct Conn {
     /// The socket.
@@ -285,8 +267,7 @@ pub(super) fn run(options: &Options) -> Result<Report, BenchError> {
                 continue;
             };
             let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-            let writable = event.is_writable() || event.is_error();
-            match service(conn, i, readable, writable, close, &mut sh) {
+            match service(conn, i, readable, close, &mut sh) {
                 Outcome::Keep => continue,
                 Outcome::Completed => complete(&poll, client, &mut sh),
                 Outcome::Failed => {
@@ -487,10 +468,10 @@ fn fail(
     sh: &mut Shared,
     describe: impl FnOnce() -> String,
 ) -> Outcome {
-    match Phase::from(conn.step) {
-        Phase::Connect => sh.failures.connect += 1,
-        Phase::Exchange => sh.failures.exchange += 1,
-        Phase::Close => sh.failures.close += 1,
+    match conn.step {
+        Step::Connecting => sh.failures.connect += 1,
+        Step::Exchange => sh.failures.exchange += 1,
+        Step::Closing => sh.failures.close += 1,
     }
     sh.rec.error(kind, || format!("client {i}: {}", describe()));
     Outcome::Failed
@@ -507,15 +488,9 @@ fn io_failure(conn: &Conn, i: usize, e: io::Error, sh: &mut Shared) -> Outcome {
     fail(conn, i, kind, sh, || format!("{step:?}: {e}"))
 }
 
-/// Handles readiness of one client's connection.
-fn service(
-    conn: &mut Conn,
-    i: usize,
-    readable: bool,
-    writable: bool,
-    close: Close,
-    sh: &mut Shared,
-) -> Outcome {
+/// Handles readiness of one client's connection (any event may find room
+/// to write, so only whether to read is told).
+fn service(conn: &mut Conn, i: usize, readable: bool, close: Close, sh: &mut Shared) -> Outcome {
     if conn.step == Step::Connecting {
         match connected(&conn.stream) {
             Ok(true) => {}
@@ -540,10 +515,9 @@ fn service(
             done => return done,
         }
     }
-    if writable || !conn.unsent.is_empty() || conn.step == Step::Exchange {
-        return fill_and_flush(conn, i, sh);
-    }
-    Outcome::Keep
+    // Only the exchange writes (`fill_and_flush` does nothing otherwise),
+    // and in it there may be room for the next request whatever the event.
+    fill_and_flush(conn, i, sh)
 }
 
 /// Nanoseconds from `from` to `to`, at least 1 (the histogram's floor).

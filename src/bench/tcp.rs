@@ -566,7 +566,8 @@ fn release_due(
     let Some(schedule) = &mut sh.schedule else {
         return Ok(());
     };
-    let due: Vec<usize> = schedule.release(now).collect();
+    // The iterator holds only numbers, not the schedule: no list to build.
+    let due = schedule.release(now);
     let next = schedule.next_due();
     for key in due {
         // A connection that is gone (an error ended it) sends nothing:
