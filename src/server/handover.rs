@@ -238,26 +238,14 @@ impl Server {
 
     /// Stores every listener of ours that is not in the store already.
     fn store_listeners(&mut self, taken: &[(&'static str, SocketAddr)]) {
-        let mut ours: Vec<(String, BorrowedFd<'_>)> = Vec::new();
-        for l in &self.acceptor.listeners {
-            ours.push((listener_name("tcp", l.addr), l.socket.as_fd()));
-        }
-        for u in &self.udp {
-            ours.push((listener_name("udp", u.addr), u.socket.as_fd()));
-        }
-        let total = ours.len();
-        for (name, fd) in ours {
-            let proto = if name.starts_with(TCP_PREFIX) {
-                "tcp"
-            } else {
-                "udp"
-            };
-            let known = taken
-                .iter()
-                .any(|&(p, addr)| p == proto && listener_name(p, addr) == name);
-            if known {
+        let tcp = (self.acceptor.listeners.iter()).map(|l| ("tcp", l.addr, l.socket.as_fd()));
+        let udp = (self.udp.iter()).map(|u| ("udp", u.addr, u.socket.as_fd()));
+        let ours: Vec<_> = tcp.chain(udp).collect();
+        for &(proto, addr, fd) in &ours {
+            if taken.contains(&(proto, addr)) {
                 continue;
             }
+            let name = listener_name(proto, addr);
             if let Err((_, e)) = systemd::store_fds(&name, &[fd]) {
                 warn!(target: super::LOG_TARGET, "cannot store {name} with the service manager: {e}; \
                     a restart will be a graceful shutdown");
@@ -266,7 +254,7 @@ impl Server {
             }
             debug!(target: super::LOG_TARGET, "stored {name} with the service manager");
         }
-        self.handover.stored = total;
+        self.handover.stored = ours.len();
     }
 
     /// Serves on the connections a previous process stored, each as it
@@ -428,10 +416,12 @@ impl Server {
             if chosen.len() == room {
                 break;
             }
-            let snapshot = slot.conn.snapshot();
-            if state.len() + record_len(&snapshot) > MAX_STATE_BYTES {
+            // Sized before the snapshot copies its pending output: one
+            // that does not fit is not copied at all.
+            if state.len() + record_len(slot.conn.pending_output()) > MAX_STATE_BYTES {
                 continue;
             }
+            let snapshot = slot.conn.snapshot();
             let Ok(stat) = rustix::fs::fstat(slot.conn.stream()) else {
                 continue;
             };
@@ -554,8 +544,8 @@ const RECORD_FIXED_LEN: usize = 8 + 1 + 16 + 2 + 1 + 1 + 3 + 1 + 3 + 1 + 4;
 const TRAILER_LEN: usize = 8;
 
 /// Bytes a connection's record takes.
-fn record_len(snapshot: &Snapshot) -> usize {
-    RECORD_FIXED_LEN + snapshot.pending.len()
+fn record_len(pending: usize) -> usize {
+    RECORD_FIXED_LEN + pending
 }
 
 /// Builds a state, record by record.
