@@ -226,6 +226,17 @@ impl Acceptor {
                 let proxy = listener.proxy;
                 self.admit(stream, peer, proxy, tcp, shared, now)
             }
+            // The usual end of a batch: the backlog is empty. Told by its
+            // errno, inline: `accept_failed` decodes the error's kind (a
+            // table walk) behind a call with a large frame for its warnings.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.listeners[i].pending = false;
+                self.out_of_fds = false;
+                if self.episode.is_some() {
+                    self.leave_limit(now);
+                }
+                Accepted::Stop
+            }
             Err(e) => self.accept_failed(i, e, open, shared, now),
         }
     }
