@@ -433,10 +433,7 @@ impl Server {
             match self.send_handover(&chosen, state.finish()) {
                 Ok(()) => {
                     for &key in &chosen {
-                        let _ = self
-                            .poll
-                            .registry()
-                            .deregister(self.conns[key].conn.stream_mut());
+                        let _ = self.unregister(key);
                         self.shared.counters.closed_handed_over += 1;
                         self.record(key, Ended::HandedOver);
                         // Our copy closes; the store's keeps the connection.
