@@ -536,37 +536,48 @@ impl<S: Socket> Connection<S> {
         result: io::Result<usize>,
         len: usize,
     ) -> io::Result<()> {
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            other => return self.took_nothing(shared, other),
+        };
+        shared.counters.bytes_in += n as u64;
+        shared.counters.tcp_reads += 1;
+        self.bytes_in += n as u64;
+        if n < len && !self.hup && self.input == Input::Open {
+            // A short read emptied the receive queue: on Linux, data
+            // arriving after it raises a new edge, so the read that would
+            // only say WouldBlock is saved (one syscall in four for small
+            // requests). Not once the client's FIN is known: it came with
+            // the edge we are serving and no new edge would report the EOF.
+            self.readable = false;
+        }
+        if !matches!(self.input, Input::Discarding(_)) {
+            self.answer(shared, n)?;
+        }
+        if let Input::Draining(left) = self.input {
+            let left = left.saturating_sub(n);
+            self.input = Input::Draining(left);
+            if left == 0 {
+                self.stop_answering(shared)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`took`](Connection::took) for a read that brought no bytes: the
+    /// client's EOF, `WouldBlock`, an interruption or an error. Apart, so
+    /// that the fast path's exit shares it without a second copy of the
+    /// answer (which would keep it from being inlined into the read loop).
+    #[inline(always)]
+    fn took_nothing(&mut self, shared: &mut Shared, result: io::Result<usize>) -> io::Result<()> {
         match result {
-            Ok(0) => {
+            // A read of 0 bytes: the client's EOF (bytes go to `took`).
+            Ok(_) => {
                 self.readable = false;
                 if !matches!(self.input, Input::Discarding(_)) {
                     self.finish(shared)?;
                 }
                 self.input = Input::Eof;
-            }
-            Ok(n) => {
-                shared.counters.bytes_in += n as u64;
-                shared.counters.tcp_reads += 1;
-                self.bytes_in += n as u64;
-                if n < len && !self.hup && self.input == Input::Open {
-                    // A short read emptied the receive queue: on Linux,
-                    // data arriving after it raises a new edge, so the
-                    // read that would only say WouldBlock is saved (one
-                    // syscall in four for small requests). Not once the
-                    // client's FIN is known: it came with the edge we
-                    // are serving and no new edge would report the EOF.
-                    self.readable = false;
-                }
-                if !matches!(self.input, Input::Discarding(_)) {
-                    self.answer(shared, n)?;
-                }
-                if let Input::Draining(left) = self.input {
-                    let left = left.saturating_sub(n);
-                    self.input = Input::Draining(left);
-                    if left == 0 {
-                        self.stop_answering(shared)?;
-                    }
-                }
             }
             Err(e) if is_kind(&e, libc::EAGAIN, io::ErrorKind::WouldBlock) => {
                 self.readable = false;
@@ -615,7 +626,7 @@ impl<S: Socket> Connection<S> {
         let len = shared.read_buf.len().min(shared.max_pending_output);
         let n = match self.stream.recv(&mut shared.read_buf[..len]) {
             Ok(n) if n > 0 => n,
-            result => return self.fast_read_exit(shared, result, len),
+            result => return self.fast_read_exit(shared, result),
         };
         shared.counters.bytes_in += n as u64;
         shared.counters.tcp_reads += 1;
@@ -647,16 +658,11 @@ impl<S: Socket> Connection<S> {
     /// read as the read loop takes it, then the rest of the turn.
     #[cold]
     #[inline(never)]
-    fn fast_read_exit(
-        &mut self,
-        shared: &mut Shared,
-        result: io::Result<usize>,
-        len: usize,
-    ) -> Fast {
+    fn fast_read_exit(&mut self, shared: &mut Shared, result: io::Result<usize>) -> Fast {
         let moved = shared.counters.bytes_in + shared.counters.bytes_out;
         self.readable = true;
         let result = self
-            .took(shared, result, len)
+            .took_nothing(shared, result)
             .and_then(|()| self.read_loop(shared, 1));
         let moved = shared.counters.bytes_in + shared.counters.bytes_out != moved;
         Fast::Ran(status_of(result), moved)
