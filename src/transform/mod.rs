@@ -218,6 +218,15 @@ impl Upcaser {
     /// decided, come out at the start of this call's output.
     #[inline]
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.feed_inline(input, out);
+    }
+
+    /// [`Upcaser::feed`], always inlined: for the server's steady-state
+    /// path, where the caller's frame is already set up and a call's
+    /// prologue and epilogue would cost more than an ASCII request's
+    /// blocks.
+    #[inline(always)]
+    pub fn feed_inline(&mut self, input: &[u8], out: &mut Vec<u8>) {
         #[cfg(target_arch = "x86_64")]
         if self.mode == Mode::Unicode && self.carry_len == 0 && Level::best() == Level::Avx2 {
             // Most requests are ASCII: done here, block by block, with
