@@ -362,6 +362,24 @@ pub(super) fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usize {
                 let n = (high.trailing_zeros() / 8) as usize;
                 w.advance(n);
                 i += n;
+                // The char after them, when it is in the window and a
+                // fast one: most often a letter after a space, taken here
+                // so that the loop's first branch (ASCII or not) does not
+                // flip twice per word of Cyrillic or Chinese text (a
+                // mispredicted branch each; see changes.md for figures).
+                let next = (q >> (8 * n)) as u32;
+                if n <= 6 && next & 0xC0E0 == 0x80C0 {
+                    let up = table.pair(next);
+                    if up != 0 {
+                        w.store(up.to_le_bytes());
+                        w.advance(2);
+                        i += 2;
+                    }
+                } else if n <= 5 && next & 0xC0_C0F0 == 0x80_80E0 && table.caseless(next) {
+                    w.store(next.to_le_bytes());
+                    w.advance(3);
+                    i += 3;
+                }
                 continue;
             }
             w.advance(8);
