@@ -8,7 +8,7 @@
 //! char as it is. Only 63 blocks of Unicode 16 have any case at all.
 //!
 //! Two more tables serve the portable loop's fast steps, keyed on the
-//! first two bytes of a char as they sit in the 4-byte window (masked, so
+//! first two bytes of a char as they sit in the loop's window (masked, so
 //! one AND makes the index):
 //!
 //! - `pair`: the upper case of every 2-byte sequence (lead `C0`..`DF`, a
@@ -211,6 +211,7 @@ fn encode_entry(chars: &[char]) -> Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::definition as reference;
 
     /// Every char's entry (page or copy) is `to_uppercase`'s answer.
     #[test]
@@ -222,17 +223,6 @@ mod tests {
             let len = entry_len(table.lookup(ch));
             assert_eq!(&entry[..len], want.as_bytes(), "U+{:04X}", u32::from(ch));
         }
-    }
-
-    /// The transform std defines for `bytes`: `utf8_chunks`, valid
-    /// chunks upper-cased, invalid ones copied.
-    fn reference(bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for chunk in bytes.utf8_chunks() {
-            out.extend_from_slice(chunk.valid().to_uppercase().as_bytes());
-            out.extend_from_slice(chunk.invalid());
-        }
-        out
     }
 
     /// Every 2-byte lead (`C0`..`DF`, the overlongs too) and continuation
