@@ -155,6 +155,28 @@ pub enum Status {
     Closed(Close),
 }
 
+/// What [`Connection::serve_fast`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fast {
+    /// The connection is not in the plain steady state: nothing was done;
+    /// the general path ([`Connection::ready`]) takes the event.
+    General,
+    /// A request was read, answered and sent whole, and the input is
+    /// drained: bytes moved, nothing more to do until the next event.
+    Served,
+    /// The event went on by the general rules after the read: what the
+    /// connection says about itself, and whether bytes moved.
+    Ran(Status, bool),
+}
+
+/// A turn's result as the loop takes it: an error closes the connection.
+fn status_of(result: io::Result<Status>) -> Status {
+    match result {
+        Ok(status) => status,
+        Err(e) => Status::Closed(classify(&e)),
+    }
+}
+
 /// Why a connection ended; each reason has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -445,10 +467,7 @@ impl<S: Socket> Connection<S> {
     /// One turn of work: flush, read and reply within the budget, then see
     /// whether the connection is finished.
     pub fn run(&mut self, shared: &mut Shared) -> Status {
-        match self.turn(shared) {
-            Ok(status) => status,
-            Err(e) => Status::Closed(classify(&e)),
-        }
+        status_of(self.turn(shared))
     }
 
     fn turn(&mut self, shared: &mut Shared) -> io::Result<Status> {
@@ -458,8 +477,13 @@ impl<S: Socket> Connection<S> {
         if self.input == Input::Draining(0) {
             self.stop_answering(shared)?;
         }
+        self.read_loop(shared, 0)
+    }
+
+    /// The read loop, `reads` reads of the turn's budget already spent,
+    /// then the end of the turn (a finished connection's FIN).
+    fn read_loop(&mut self, shared: &mut Shared, mut reads: usize) -> io::Result<Status> {
         let cap = shared.max_pending_output;
-        let mut reads = 0;
         while self.readable && !matches!(self.input, Input::Eof | Input::Parked) {
             if self.pending_output() >= cap {
                 // Back-pressure: the client is not reading its replies. Leave
@@ -477,49 +501,8 @@ impl<S: Socket> Connection<S> {
             if let Input::Draining(left) = self.input {
                 len = len.min(left);
             }
-            match self.stream.recv(&mut shared.read_buf[..len]) {
-                Ok(0) => {
-                    self.readable = false;
-                    if !matches!(self.input, Input::Discarding(_)) {
-                        self.finish(shared)?;
-                    }
-                    self.input = Input::Eof;
-                }
-                Ok(n) => {
-                    shared.counters.bytes_in += n as u64;
-                    shared.counters.tcp_reads += 1;
-                    self.bytes_in += n as u64;
-                    if n < len && !self.hup && self.input == Input::Open {
-                        // A short read emptied the receive queue: on Linux,
-                        // data arriving after it raises a new edge, so the
-                        // read that would only say WouldBlock is saved (one
-                        // syscall in four for small requests). Not once the
-                        // client's FIN is known: it came with the edge we
-                        // are serving and no new edge would report the EOF.
-                        self.readable = false;
-                    }
-                    if !matches!(self.input, Input::Discarding(_)) {
-                        self.answer(shared, n)?;
-                    }
-                    if let Input::Draining(left) = self.input {
-                        let left = left.saturating_sub(n);
-                        self.input = Input::Draining(left);
-                        if left == 0 {
-                            self.stop_answering(shared)?;
-                        }
-                    }
-                }
-                Err(e) if is_kind(&e, libc::EAGAIN, io::ErrorKind::WouldBlock) => {
-                    self.readable = false;
-                    if let Input::Draining(_) = self.input {
-                        // Fewer bytes than counted (cannot happen with TCP,
-                        // but a count is no promise): what there was is answered.
-                        self.stop_answering(shared)?;
-                    }
-                }
-                Err(e) if is_kind(&e, libc::EINTR, io::ErrorKind::Interrupted) => {}
-                Err(e) => return Err(e),
-            }
+            let result = self.stream.recv(&mut shared.read_buf[..len]);
+            self.took(shared, result, len)?;
         }
         if self.pending_output() == 0 {
             match self.input {
@@ -544,6 +527,178 @@ impl<S: Socket> Connection<S> {
             }
         }
         Ok(Status::Waiting)
+    }
+
+    /// Acts on what one read of at most `len` bytes gave.
+    #[inline(always)]
+    fn took(
+        &mut self,
+        shared: &mut Shared,
+        result: io::Result<usize>,
+        len: usize,
+    ) -> io::Result<()> {
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            other => return self.took_nothing(shared, other),
+        };
+        shared.counters.bytes_in += n as u64;
+        shared.counters.tcp_reads += 1;
+        self.bytes_in += n as u64;
+        if n < len && !self.hup && self.input == Input::Open {
+            // A short read emptied the receive queue: on Linux, data
+            // arriving after it raises a new edge, so the read that would
+            // only say WouldBlock is saved (one syscall in four for small
+            // requests). Not once the client's FIN is known: it came with
+            // the edge we are serving and no new edge would report the EOF.
+            self.readable = false;
+        }
+        if !matches!(self.input, Input::Discarding(_)) {
+            self.answer(shared, n)?;
+        }
+        if let Input::Draining(left) = self.input {
+            let left = left.saturating_sub(n);
+            self.input = Input::Draining(left);
+            if left == 0 {
+                self.stop_answering(shared)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`took`](Connection::took) for a read that brought no bytes: the
+    /// client's EOF, `WouldBlock`, an interruption or an error. Apart, so
+    /// that the fast path's exit shares it without a second copy of the
+    /// answer (which would keep it from being inlined into the read loop).
+    #[inline(always)]
+    fn took_nothing(&mut self, shared: &mut Shared, result: io::Result<usize>) -> io::Result<()> {
+        match result {
+            // A read of 0 bytes: the client's EOF (bytes go to `took`).
+            Ok(_) => {
+                self.readable = false;
+                if !matches!(self.input, Input::Discarding(_)) {
+                    self.finish(shared)?;
+                }
+                self.input = Input::Eof;
+            }
+            Err(e) if is_kind(&e, libc::EAGAIN, io::ErrorKind::WouldBlock) => {
+                self.readable = false;
+                if let Input::Draining(_) = self.input {
+                    // Fewer bytes than counted (cannot happen with TCP,
+                    // but a count is no promise): what there was is answered.
+                    self.stop_answering(shared)?;
+                }
+            }
+            Err(e) if is_kind(&e, libc::EINTR, io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// A readiness event, on the path of a connection in the plain steady
+    /// state: open, no telnet filter, nothing pending to send, no `hup`.
+    /// There, one read, its answer and one send are the whole of the usual
+    /// event, and they are done here, inlined into the loop, without the
+    /// general path's call, state tests and result. Anything else leaves
+    /// by the general rules: [`Fast::General`] before anything is done (the
+    /// caller calls [`ready`](Connection::ready)), or, once the read is
+    /// done, the rest of the turn out of line ([`Fast::Ran`]): a read that
+    /// is not a request (EOF, `WouldBlock`, an error), a send the kernel
+    /// did not take whole, a full read (more may wait: the read loop goes
+    /// on, within the turn's budget, this read counted).
+    ///
+    /// The rules it keeps, as the general path: the read is at most the
+    /// read buffer and the output cap; a short read without `hup` means
+    /// drained; the transform carries a split character on; the counters
+    /// and the connection's record count every byte.
+    #[inline(always)]
+    pub fn serve_fast(&mut self, readable: bool, hup: bool, shared: &mut Shared) -> Fast {
+        // `|`: one branch for the five tests.
+        if !readable
+            | hup
+            | self.hup
+            | self.out.is_some()
+            | self.telnet.is_some()
+            | (self.input != Input::Open)
+        {
+            return Fast::General;
+        }
+        // As the read loop's first read: nothing is pending, so it is
+        // under the cap (which is never 0) and within the budget.
+        let len = shared.read_buf.len().min(shared.max_pending_output);
+        let n = match self.stream.recv(&mut shared.read_buf[..len]) {
+            Ok(n) if n > 0 => n,
+            result => return self.fast_read_exit(shared, result),
+        };
+        shared.counters.bytes_in += n as u64;
+        shared.counters.tcp_reads += 1;
+        self.bytes_in += n as u64;
+        // The short-read rule (no `hup`, open): drained. The event was
+        // readable, so a full read leaves `readable` set, as `note` would.
+        self.readable = n == len;
+        let scratch = &mut shared.scratch;
+        scratch.clear();
+        self.upcaser.feed_inline(&shared.read_buf[..n], scratch);
+        // Nothing to send when the read was only part of a character:
+        // `write_all_nonblocking` makes no call then either.
+        if !scratch.is_empty() {
+            match self.stream.send(scratch) {
+                Ok(written) if written == scratch.len() => {
+                    shared.counters.bytes_out += written as u64;
+                    self.bytes_out += written as u64;
+                }
+                result => return self.fast_send_exit(shared, result),
+            }
+        }
+        if self.readable {
+            return self.fast_more(shared);
+        }
+        Fast::Served
+    }
+
+    /// [`serve_fast`](Connection::serve_fast)'s read gave no request: that
+    /// read as the read loop takes it, then the rest of the turn.
+    #[cold]
+    #[inline(never)]
+    fn fast_read_exit(&mut self, shared: &mut Shared, result: io::Result<usize>) -> Fast {
+        let moved = shared.counters.bytes_in + shared.counters.bytes_out;
+        self.readable = true;
+        let result = self
+            .took_nothing(shared, result)
+            .and_then(|()| self.read_loop(shared, 1));
+        let moved = shared.counters.bytes_in + shared.counters.bytes_out != moved;
+        Fast::Ran(status_of(result), moved)
+    }
+
+    /// [`serve_fast`](Connection::serve_fast)'s send went otherwise than
+    /// whole (in part, `WouldBlock`, interrupted, an error): the write
+    /// loop goes on as [`reply`](Connection::reply)'s, what the kernel
+    /// does not take is queued, then the rest of the turn.
+    #[cold]
+    #[inline(never)]
+    fn fast_send_exit(&mut self, shared: &mut Shared, first: io::Result<usize>) -> Fast {
+        let scratch = &shared.scratch;
+        let written = match first {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => write_all_nonblocking(&mut self.stream, &scratch[n..]).map(|more| n + more),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                write_all_nonblocking(&mut self.stream, scratch)
+            }
+            Err(e) => Err(e),
+        };
+        let result = written
+            .map(|written| self.sent(shared, written))
+            .and_then(|()| self.read_loop(shared, 1));
+        Fast::Ran(status_of(result), true)
+    }
+
+    /// [`serve_fast`](Connection::serve_fast)'s read was full: more input
+    /// may wait, and the read loop goes on with it, one read of the
+    /// budget spent.
+    #[cold]
+    #[inline(never)]
+    fn fast_more(&mut self, shared: &mut Shared) -> Fast {
+        Fast::Ran(status_of(self.read_loop(shared, 1)), true)
     }
 
     /// Shutdown: everything received before it is answered (a character
@@ -682,14 +837,22 @@ impl<S: Socket> Connection<S> {
         scratch.clear();
         produce(&mut self.upcaser, &shared.read_buf, scratch);
         let written = write_all_nonblocking(&mut self.stream, scratch)?;
+        self.sent(shared, written);
+        Ok(())
+    }
+
+    /// The kernel took `written` bytes of the reply in the scratch
+    /// buffer: counted, and the rest queued.
+    #[inline(always)]
+    fn sent(&mut self, shared: &mut Shared, written: usize) {
         shared.counters.bytes_out += written as u64;
         self.bytes_out += written as u64;
+        let scratch = &shared.scratch;
         if written < scratch.len() {
             let mut out = shared.pool.take();
             out.data.extend_from_slice(&scratch[written..]);
             self.out = Some(out);
         }
-        Ok(())
     }
 
     /// Writes pending output until it is gone or the kernel refuses more.
@@ -917,7 +1080,7 @@ mod tests {
     use std::collections::VecDeque;
 
     /// What the next read returns.
-    #[derive(Debug)]
+    #[derive(Debug, Clone)]
     enum Rd {
         /// Bytes in the receive queue. A read given less room takes what
         /// fits and leaves the rest at the front; a read never runs past one
@@ -934,7 +1097,7 @@ mod tests {
     }
 
     /// What the next write does, before the send buffer's `room` decides.
-    #[derive(Debug)]
+    #[derive(Debug, Clone)]
     enum Wr {
         /// Takes at most this many bytes (0: `Ok(0)`).
         Take(usize),
@@ -1768,5 +1931,315 @@ mod tests {
         assert_eq!(conn.stream.written, b"X\xC3");
         assert_eq!(conn.stream.fins(), [2]);
         assert_eq!(conn.ready(true, true, &mut shared), DONE);
+    }
+
+    /// An event as the loop hands it to a connection: the fast path first,
+    /// the general one if the fast path declines. Returns the status and
+    /// whether the fast path was taken.
+    fn event(
+        conn: &mut Connection<Fake>,
+        readable: bool,
+        hup: bool,
+        shared: &mut Shared,
+    ) -> (Status, bool, bool) {
+        let before = shared.counters.bytes_in + shared.counters.bytes_out;
+        match conn.serve_fast(readable, hup, shared) {
+            Fast::Served => {
+                assert_ne!(shared.counters.bytes_in + shared.counters.bytes_out, before);
+                (WAITING, true, true)
+            }
+            Fast::Ran(status, moved) => {
+                let really = shared.counters.bytes_in + shared.counters.bytes_out != before;
+                assert_eq!(moved, really, "moved");
+                (status, moved, true)
+            }
+            Fast::General => {
+                let status = conn.ready(readable, hup, shared);
+                let moved = shared.counters.bytes_in + shared.counters.bytes_out != before;
+                (status, moved, false)
+            }
+        }
+    }
+
+    /// One situation for the fast path: the socket's script, the output
+    /// cap, the mode, and the events (readable, hup, the send buffer's
+    /// room from then on, if it changes).
+    struct Script {
+        name: &'static str,
+        reads: Vec<Rd>,
+        writes: Vec<Wr>,
+        room: usize,
+        per_write: usize,
+        cap: usize,
+        mode: Mode,
+        events: Vec<(bool, bool, Option<usize>)>,
+    }
+
+    impl Script {
+        fn new(name: &'static str, reads: Vec<Rd>) -> Script {
+            Script {
+                name,
+                reads,
+                writes: Vec::new(),
+                room: usize::MAX,
+                per_write: usize::MAX,
+                cap: 64 * 1024,
+                mode: Mode::Unicode,
+                events: vec![(true, false, None)],
+            }
+        }
+
+        fn connection(&self) -> Connection<Fake> {
+            let mut fake = Fake::new().with(self.reads.iter().cloned());
+            fake.writes.extend(self.writes.iter().cloned());
+            fake.room = self.room;
+            fake.per_write = self.per_write;
+            on(fake, self.mode)
+        }
+    }
+
+    /// Every exit of the fast path (a read that is EOF, `WouldBlock`,
+    /// interrupted or an error; a full read, with the turn's budget; a
+    /// send taken in part, refused, interrupted, failed or taking
+    /// nothing; a read that is only part of a character) against the
+    /// general path on the same script: after every event the same
+    /// bytes written, FINs, reads, pending output, counters, status and
+    /// "bytes moved" (what touches the idle list), the fast path taken
+    /// at least once in each script.
+    #[test]
+    fn the_fast_path_does_exactly_what_the_general_path_does() {
+        let twice = |events: usize| vec![(true, false, None); events];
+        let scripts = vec![
+            Script::new("short read", vec![data(b"hello\n"), Rd::WouldBlock]),
+            Script {
+                events: twice(3),
+                ..Script::new(
+                    "requests, then EOF",
+                    vec![data(b"ab"), Rd::WouldBlock, data(b"cd"), Rd::Eof],
+                )
+            },
+            Script::new("read WouldBlock", vec![Rd::WouldBlock]),
+            Script::new(
+                "read interrupted",
+                vec![
+                    Rd::Err(io::ErrorKind::Interrupted),
+                    data(b"abc"),
+                    Rd::WouldBlock,
+                ],
+            ),
+            Script::new("read reset", vec![Rd::Err(io::ErrorKind::ConnectionReset)]),
+            Script::new("read error", vec![Rd::Err(io::ErrorKind::Other)]),
+            Script::new("EOF at once", vec![Rd::Eof]),
+            Script {
+                cap: 8,
+                // The event, then the turns the loop queues it for.
+                events: vec![
+                    (true, false, None),
+                    (false, false, None),
+                    (false, false, None),
+                ],
+                ..Script::new(
+                    "full reads over the budget",
+                    vec![data(&[b'a'; 72]), Rd::WouldBlock],
+                )
+            },
+            Script {
+                cap: 8,
+                events: twice(2),
+                ..Script::new(
+                    "a full read, then a short one",
+                    vec![
+                        data(b"abcdefgh"),
+                        data(b"ij"),
+                        Rd::WouldBlock,
+                        data(b"k"),
+                        Rd::Eof,
+                    ],
+                )
+            },
+            Script {
+                room: 3,
+                events: vec![(true, false, None), (false, false, Some(usize::MAX))],
+                ..Script::new(
+                    "send in part",
+                    vec![data(b"hello, world\n"), Rd::WouldBlock],
+                )
+            },
+            Script {
+                per_write: 4,
+                ..Script::new(
+                    "short sends, all taken",
+                    vec![data(b"hello, world\n"), Rd::WouldBlock],
+                )
+            },
+            Script {
+                room: 0,
+                events: vec![(true, false, None), (false, false, Some(usize::MAX))],
+                ..Script::new("send WouldBlock", vec![data(b"hello"), Rd::WouldBlock])
+            },
+            Script {
+                room: 0,
+                cap: 8,
+                events: vec![(true, false, None), (false, false, Some(usize::MAX))],
+                ..Script::new(
+                    "full read, send refused, back-pressure",
+                    vec![data(&[b'x'; 24]), Rd::WouldBlock],
+                )
+            },
+            Script {
+                writes: vec![Wr::Err(io::ErrorKind::Interrupted)],
+                ..Script::new("send interrupted", vec![data(b"abc"), Rd::WouldBlock])
+            },
+            Script {
+                writes: vec![Wr::Take(1), Wr::Err(io::ErrorKind::BrokenPipe)],
+                ..Script::new(
+                    "send reset after a part",
+                    vec![data(b"abc"), Rd::WouldBlock],
+                )
+            },
+            Script {
+                writes: vec![Wr::Err(io::ErrorKind::Other)],
+                ..Script::new("send error", vec![data(b"abc"), Rd::WouldBlock])
+            },
+            Script {
+                writes: vec![Wr::Take(0)],
+                ..Script::new("send takes nothing", vec![data(b"abc"), Rd::WouldBlock])
+            },
+            Script {
+                events: twice(4),
+                ..Script::new(
+                    "a character split across reads",
+                    vec![
+                        data(b"stra\xC3"),
+                        Rd::WouldBlock,
+                        data(b"\x9F"),
+                        Rd::WouldBlock,
+                        data(b"e \xE2\x82"),
+                        Rd::WouldBlock,
+                        Rd::Eof,
+                    ],
+                )
+            },
+            Script {
+                mode: Mode::Ascii,
+                events: vec![(true, false, None), (true, true, None), (true, false, None)],
+                ..Script::new(
+                    "ascii mode, then the client's FIN",
+                    vec![data(b"abc"), Rd::WouldBlock, data(b"d"), Rd::Eof],
+                )
+            },
+        ];
+        for script in scripts {
+            let name = script.name;
+            let mut general = script.connection();
+            let mut fast = script.connection();
+            let mut shared_general = Shared::new(script.cap);
+            let mut shared_fast = Shared::new(script.cap);
+            let mut taken = 0;
+            for (i, &(readable, hup, room)) in script.events.iter().enumerate() {
+                if let Some(room) = room {
+                    general.stream.room = room;
+                    fast.stream.room = room;
+                }
+                let before = shared_general.counters.bytes_in + shared_general.counters.bytes_out;
+                let expected = general.ready(readable, hup, &mut shared_general);
+                let moved =
+                    shared_general.counters.bytes_in + shared_general.counters.bytes_out != before;
+                let (status, fast_moved, took_fast) =
+                    event(&mut fast, readable, hup, &mut shared_fast);
+                taken += usize::from(took_fast);
+                let at = format!("{name}, event {i}");
+                assert_eq!(status, expected, "{at}");
+                assert_eq!(fast_moved, moved, "{at}: moved");
+                assert_eq!(fast.stream.written, general.stream.written, "{at}");
+                assert_eq!(fast.stream.fins(), general.stream.fins(), "{at}");
+                assert_eq!(fast.stream.read_calls, general.stream.read_calls, "{at}");
+                assert_eq!(fast.pending_output(), general.pending_output(), "{at}");
+                assert_eq!(fast.input, general.input, "{at}");
+                assert_eq!(fast.readable, general.readable, "{at}");
+                assert_eq!(fast.bytes(), general.bytes(), "{at}");
+                let counters = |s: &Shared| {
+                    let c = &s.counters;
+                    (c.bytes_in, c.bytes_out, c.tcp_reads)
+                };
+                assert_eq!(counters(&shared_fast), counters(&shared_general), "{at}");
+                if matches!(expected, Status::Closed(_)) {
+                    break;
+                }
+            }
+            assert!(taken > 0, "{name}: the fast path was never taken");
+        }
+    }
+
+    /// The fast path on a real socket whose kernel buffers are as small
+    /// as they go and whose client does not read: the first replies go
+    /// whole, then a send the kernel takes in part queues the rest, and
+    /// from there the general path carries the connection; every byte
+    /// comes back, in order, once the client reads.
+    #[test]
+    fn on_a_real_socket_the_fast_path_hands_a_partial_send_to_the_queue() {
+        let (mut client, mut conn) = slow_pair(Mode::Ascii);
+        let mut shared = Shared::new(1 << 20);
+        let request: Vec<u8> = (0..4096).map(|i| b"abcdefghij\n"[i % 11]).collect();
+        let mut sent = 0;
+        let mut fast_served = 0;
+        let mut queued = false;
+        // Requests one by one, each served at its event, until a reply
+        // no longer fits.
+        while !queued {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut at = 0;
+            while at < request.len() {
+                assert!(Instant::now() < deadline, "request not sent");
+                match client.write(&request[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(e) => panic!("client write: {e}"),
+                }
+            }
+            sent += request.len();
+            // Wait for the bytes to arrive (the socket says so itself).
+            while conn.stream.received_unread().unwrap() < request.len() {
+                assert!(Instant::now() < deadline, "request never arrived");
+                std::thread::yield_now();
+            }
+            match conn.serve_fast(true, false, &mut shared) {
+                Fast::Served => fast_served += 1,
+                Fast::Ran(status, moved) => {
+                    assert_eq!(status, WAITING);
+                    assert!(moved);
+                    queued = conn.pending_output() > 0;
+                    assert!(queued, "a read of {} bytes was not short", request.len());
+                }
+                Fast::General => panic!("a plain connection declined the fast path"),
+            }
+        }
+        assert!(fast_served > 0, "the first reply did not fit");
+        // Queued output: the fast path declines, the general path writes.
+        assert_eq!(conn.serve_fast(true, false, &mut shared), Fast::General);
+        let expected: Vec<u8> = (0..sent)
+            .map(|i| b"abcdefghij\n"[(i % request.len()) % 11].to_ascii_uppercase())
+            .collect();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < expected.len() {
+            assert!(
+                Instant::now() < deadline,
+                "replies stalled at {}",
+                got.len()
+            );
+            let mut buf = [0u8; 65536];
+            match client.read(&mut buf) {
+                Ok(0) => panic!("EOF"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert_eq!(conn.ready(false, false, &mut shared), WAITING);
+                }
+                Err(e) => panic!("client read: {e}"),
+            }
+        }
+        assert_eq!(got, expected);
+        assert_eq!(shared.counters.bytes_in, sent as u64);
+        assert_eq!(shared.counters.bytes_out, sent as u64);
     }
 }

@@ -62,7 +62,7 @@ use crate::systemd::ListenFd;
 use crate::transform;
 use accept::{Accepted, Acceptor};
 use buffers::Shared;
-use conn::{Close, Connection, Status};
+use conn::{Close, Connection, Fast, Status};
 use guard::UdpGuard;
 pub use handover::Inherited;
 use idle::IdleList;
@@ -833,6 +833,22 @@ impl Server {
             slot.conn.note(readable, hup);
             return;
         }
+        // The plain steady state's event, inlined here: read, answer,
+        // send, touch. Anything else leaves it by the general rules.
+        if slot.header.is_none() {
+            match slot.conn.serve_fast(readable, hup, &mut self.shared) {
+                Fast::Served => {
+                    slot.last_active = now;
+                    self.idle.touch(key);
+                    return;
+                }
+                Fast::Ran(status, moved) => {
+                    self.ran(key, status, moved, now);
+                    return;
+                }
+                Fast::General => {}
+            }
+        }
         let slot = if slot.header.is_some() {
             if !self.await_header(key, hup, now) {
                 return;
@@ -867,6 +883,18 @@ impl Server {
         if key + self.conn_base >= metrics::FIRST_TOKEN {
             self.on_metrics(Token(key + self.conn_base), now);
         }
+    }
+
+    /// What a connection's event on the fast path ended in, when it went
+    /// on by the general rules: as `on_connection`'s general path after
+    /// `ready`. Out of line: the fast path's usual end is `Fast::Served`.
+    #[inline(never)]
+    fn ran(&mut self, key: usize, status: Status, moved: bool, now: Instant) {
+        if moved {
+            self.conns[key].last_active = now;
+            self.idle.touch(key);
+        }
+        self.after(key, status);
     }
 
     /// Acts on what a connection said about itself.

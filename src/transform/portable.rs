@@ -3,14 +3,17 @@
 //! they do not map themselves and for the last bytes of a piece.
 //!
 //! The loop writes straight into the output's reserved capacity (a
-//! [`Writer`]): every step stores a fixed 4 or 8 bytes at once and then
+//! [`Writer`]): every step stores a fixed 2, 4 or 8 bytes at once and then
 //! advances by the count it means, so a char costs one load of its bytes,
-//! one table lookup and one store, with one bounds check per step (is
-//! there a 4-byte window left?). Reserving per chunk of input, with the
+//! one mask test, one table lookup and one store, with one bounds check
+//! per step (is there an 8-byte window left?). The tables are keyed on
+//! the first two bytes as they are (see `table.rs`): a 2-byte char's upper
+//! case is one load, a caseless 3- or 4-byte char (CJK, kana, Hangul,
+//! emoji) is copied after one. Reserving per chunk of input, with the
 //! worst growth (3 bytes out per byte in, see `max_growth`) plus room for
 //! the widest store, is what makes the unchecked stores sound.
 
-use super::table::{entry_len, Table};
+use super::table::{entry_len, Entry, Table};
 
 /// Input bytes per reservation: small enough that the worst-case
 /// reservation (3x) stays a few KiB over what ASCII text needs.
@@ -26,9 +29,12 @@ pub(super) const SLACK: usize = 3 * 36 + 64;
 /// Sound because every store goes through [`Writer::store`], which
 /// requires (and checks in debug builds) that the stored bytes lie within
 /// the capacity reserved by [`Writer::new`]; `commit` then sets the length
-/// to the bytes actually meant, all of which were written.
+/// to the bytes actually meant, all of which were written. The start of
+/// the buffer is kept as a raw pointer (the vector cannot move while the
+/// writer borrows it), so a store is one instruction on registers.
 pub(super) struct Writer<'a> {
     out: &'a mut Vec<u8>,
+    start: *mut u8,
     len: usize,
 }
 
@@ -38,7 +44,8 @@ impl<'a> Writer<'a> {
     pub(super) fn new(out: &'a mut Vec<u8>, need: usize) -> Writer<'a> {
         out.reserve(need);
         let len = out.len();
-        Writer { out, len }
+        let start = out.as_mut_ptr();
+        Writer { out, start, len }
     }
 
     /// Stores `N` bytes at the current end, without advancing.
@@ -47,9 +54,7 @@ impl<'a> Writer<'a> {
         assert_room(self.out, self.len, N);
         // SAFETY: `len + N <= capacity` (the chunk's reservation covers
         // every store of the chunk, see `SLACK`; checked in debug builds).
-        unsafe {
-            std::ptr::write_unaligned(self.out.as_mut_ptr().add(self.len).cast::<[u8; N]>(), bytes)
-        };
+        unsafe { std::ptr::write_unaligned(self.start.add(self.len).cast::<[u8; N]>(), bytes) };
     }
 
     /// A raw pointer to the current end, for vector stores of up to `n`
@@ -59,7 +64,7 @@ impl<'a> Writer<'a> {
     pub(super) fn end_ptr(&mut self, n: usize) -> *mut u8 {
         assert_room(self.out, self.len, n);
         // SAFETY: in bounds of the allocation (`len <= capacity`).
-        unsafe { self.out.as_mut_ptr().add(self.len) }
+        unsafe { self.start.add(self.len) }
     }
 
     /// Keeps `n` of the bytes stored at the end.
@@ -94,17 +99,17 @@ pub(super) fn upcase_ascii_byte(b: u8) -> u8 {
     b - (u8::from(b.wrapping_sub(b'a') < 26) << 5)
 }
 
-/// ASCII upper case of the bytes of `w` that are ASCII (the others come
-/// out as garbage): eight at once, no carry between bytes.
+/// ASCII upper case of the bytes of `w` (little-endian) before its first
+/// non-ASCII byte; the bytes from that one on come out as garbage (carries
+/// run from it towards the later bytes only), and are not kept.
 #[inline(always)]
-fn upcase_ascii_word(w: u64) -> u64 {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let low7 = w & !HIGH;
-    // Bit 7 of each byte: low7 >= 'a', and low7 > 'z'.
-    let ge_a = low7 + 0x1F1F_1F1F_1F1F_1F1F;
-    let gt_z = low7 + 0x0505_0505_0505_0505;
-    let lower = ge_a & !gt_z & !w & HIGH;
-    w - (lower >> 2)
+fn upcase_ascii_prefix(w: u64) -> u64 {
+    // Bit 7 of each ASCII byte: byte >= 'a', and byte > 'z' (no carry out
+    // of an ASCII byte: 0x7F + 0x1F < 0x100).
+    let ge_a = w.wrapping_add(0x1F1F_1F1F_1F1F_1F1F);
+    let gt_z = w.wrapping_add(0x0505_0505_0505_0505);
+    let lower = ge_a & !gt_z & 0x8080_8080_8080_8080;
+    w.wrapping_sub(lower >> 2)
 }
 
 /// Whether all 16 bytes of `block` (`block.len() >= 16`) are ASCII: one OR of
@@ -166,7 +171,63 @@ fn short_ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
 
 /// One step at a non-ASCII byte, with `w` the 4 bytes from it on
 /// (little-endian; all 4 are in the input): stores its transform and
-/// returns (bytes consumed, bytes kept).
+/// returns the bytes consumed.
+///
+/// The common chars take one mask test and one table load: a 2-byte char
+/// whose upper case is 2 bytes too (Latin, Greek, Cyrillic, Arabic, ...)
+/// through `pair`, a 3- or 4-byte one without case (CJK, kana, Hangul,
+/// emoji, punctuation) copied after `caseless`. The rest, and every byte
+/// that is not valid UTF-8, go to [`general_step`], out of line: the AVX2
+/// level calls this for the few chars its rules do not map.
+#[inline(always)]
+pub(super) fn step(table: &Table, w: u32, out: &mut Writer<'_>) -> usize {
+    step_with(table, w, out, general_step_out_of_line)
+}
+
+/// [`step`], with `general` for what the fast steps do not take. The
+/// portable loop inlines [`general_step`]: measured, 21.4 instead of 27.5
+/// instructions per byte of invalid bytes (most of binary data goes
+/// there), the same on text; the AVX2 level's loop is the faster for
+/// keeping it out of line.
+#[inline(always)]
+fn step_with(
+    table: &Table,
+    w: u32,
+    out: &mut Writer<'_>,
+    general: impl Fn(&Table, u32) -> (usize, Entry),
+) -> usize {
+    if w & 0xC0E0 == 0x80C0 {
+        // 110xxxxx 10xxxxxx
+        let up = table.pair(w);
+        if up != 0 {
+            out.store(up.to_le_bytes());
+            out.advance(2);
+            return 2;
+        }
+    } else if w & 0xC0_C0F0 == 0x80_80E0 {
+        // 1110xxxx 10xxxxxx 10xxxxxx
+        if table.caseless(w) {
+            return copy(w, 3, out);
+        }
+    } else if w & 0xC0C0_C0F8 == 0x8080_80F0 && table.caseless(w) {
+        // 11110xxx 10xxxxxx 10xxxxxx 10xxxxxx
+        return copy(w, 4, out);
+    }
+    let (n, entry) = general(table, w);
+    out.store(entry.to_le_bytes());
+    out.advance(entry_len(entry));
+    n
+}
+
+#[inline(never)]
+fn general_step_out_of_line(table: &Table, w: u32) -> (usize, Entry) {
+    general_step(table, w)
+}
+
+/// [`step`] for any bytes: decodes one char (or invalid run) from `w`;
+/// returns the bytes consumed and what to store for them, as an entry
+/// (free of the writer, so that a call to it leaves the writer in
+/// registers).
 ///
 /// A valid char is looked up, or copied when its block is caseless (one
 /// store of `w`, whose first 1..=4 bytes are kept). Bytes that are not
@@ -178,16 +239,16 @@ fn short_ascii_run(input: &[u8], out: &mut Vec<u8>) -> usize {
 /// rules out overlongs (`C0`, `C1`, `E0 80..9F`, `F0 80..8F`), surrogates
 /// (`ED A0..BF`) and code points above U+10FFFF (`F4 90..`, `F5..FF`).
 #[inline(always)]
-pub(super) fn step(table: &Table, w: u32, out: &mut Writer<'_>) -> usize {
+fn general_step(table: &Table, w: u32) -> (usize, Entry) {
     let b0 = w & 0xFF;
     let b1 = (w >> 8) & 0xFF;
     let cont = |k: u32| (w >> (8 * k)) & 0xC0 == 0x80;
     let (cp, n) = if b0 < 0xC2 {
         // A continuation byte, or C0/C1 (only ever overlong): never a lead.
-        return copy(w, 1, out);
+        return kept(w, 1);
     } else if b0 < 0xE0 {
         if !cont(1) {
-            return copy(w, 1, out);
+            return kept(w, 1);
         }
         ((b0 & 0x1F) << 6 | (b1 & 0x3F), 2)
     } else if b0 < 0xF0 {
@@ -197,10 +258,10 @@ pub(super) fn step(table: &Table, w: u32, out: &mut Writer<'_>) -> usize {
             _ => (0x80, 0xBF),
         };
         if !(lo..=hi).contains(&b1) {
-            return copy(w, 1, out);
+            return kept(w, 1);
         }
         if !cont(2) {
-            return copy(w, 2, out);
+            return kept(w, 2);
         }
         ((b0 & 0x0F) << 12 | (b1 & 0x3F) << 6 | (w >> 16) & 0x3F, 3)
     } else if b0 < 0xF5 {
@@ -210,28 +271,30 @@ pub(super) fn step(table: &Table, w: u32, out: &mut Writer<'_>) -> usize {
             _ => (0x80, 0xBF),
         };
         if !(lo..=hi).contains(&b1) {
-            return copy(w, 1, out);
+            return kept(w, 1);
         }
         if !cont(2) {
-            return copy(w, 2, out);
+            return kept(w, 2);
         }
         if !cont(3) {
-            return copy(w, 3, out);
+            return kept(w, 3);
         }
         let cp = (b0 & 0x07) << 18 | (b1 & 0x3F) << 12 | ((w >> 16) & 0x3F) << 6 | (w >> 24) & 0x3F;
         (cp, 4)
     } else {
-        return copy(w, 1, out);
+        return kept(w, 1);
     };
     match table.page(cp) {
-        0 => copy(w, n, out),
-        page => {
-            let entry = table.entry(page, cp);
-            out.store(entry.to_le_bytes());
-            out.advance(entry_len(entry));
-            n
-        }
+        0 => kept(w, n),
+        page => (n, table.entry(page, cp)),
     }
+}
+
+/// The first `n` bytes of `w`, as they are: `n` consumed, and the entry
+/// that keeps them.
+#[inline(always)]
+fn kept(w: u32, n: usize) -> (usize, Entry) {
+    (n, u64::from(w) | (n as u64) << 56)
 }
 
 /// Keeps the first `n` bytes of `w` as they are.
@@ -250,57 +313,106 @@ pub(super) fn load4(input: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(w)
 }
 
+/// The `N` bytes at `input[i..]`, unchecked.
+///
+/// # Safety
+/// `i + N <= input.len()`.
 #[inline(always)]
-fn load8(input: &[u8], i: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&input[i..i + 8]);
-    u64::from_le_bytes(w)
+unsafe fn load_unchecked<const N: usize>(input: &[u8], i: usize) -> [u8; N] {
+    debug_assert!(i + N <= input.len());
+    // SAFETY: the N bytes are in `input` (the caller's promise).
+    unsafe { std::ptr::read_unaligned(input.as_ptr().add(i).cast::<[u8; N]>()) }
 }
 
 /// Unicode mode over one piece: appends the transform of `input` except a
 /// trailing valid-but-incomplete sequence, whose length (0..=3) is returned
 /// for the caller to carry (streaming) or copy unchanged (one-shot).
+///
+/// The main loop reads an 8-byte window at every step, with one bounds
+/// check for it (the loop's own): a non-ASCII byte is one [`step`]; an
+/// ASCII one is stored with the ASCII bytes after it, up to 8, upper-cased
+/// as one word, and kept up to the first non-ASCII byte (so one space
+/// between words costs one step). Where all 8 are ASCII, the run goes on
+/// 16 bytes at a time (two words). Pieces that start with a long
+/// ASCII run take it in the block loop ([`ascii_run`]) first.
 pub(super) fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usize {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
     let len = input.len();
     let mut i = 0;
-    // Every step below reads a 4-byte window, so it runs while one fits;
-    // the last 1..=3 bytes go to `tail`, which also decides the carry.
-    while len - i >= 4 {
+    while len - i >= 8 {
         if len - i >= 16 && is_ascii16(&input[i..]) {
             i += ascii_run(&input[i..], out);
             continue;
         }
-        let end = (i + CHUNK).min(len - 3);
+        let end = (i + CHUNK).min(len - 7);
+        // Where a 16-byte block may start: in the chunk, and in `input`.
+        let block_end = end.min(len.saturating_sub(15));
         let mut w = Writer::new(out, 3 * (end - i) + SLACK);
         while i < end {
-            let word = load4(input, i);
-            if word & 0x80 != 0 {
-                i += step(table, word, &mut w);
+            // SAFETY: i < end <= len - 7.
+            let q = u64::from_le_bytes(unsafe { load_unchecked(input, i) });
+            if q & 0x80 != 0 {
+                i += step_with(table, q as u32, &mut w, general_step);
                 continue;
             }
-            // ASCII: one byte between non-ASCII chars (a space, a comma)
-            // alone; else eight bytes at once where they are there, kept
-            // up to the first non-ASCII one.
-            if word & 0x8000 != 0 || len - i < 8 {
-                w.store([upcase_ascii_byte(word as u8)]);
-                w.advance(1);
-                i += 1;
-                continue;
-            }
-            let q = load8(input, i);
-            let high = q & 0x8080_8080_8080_8080;
-            w.store(upcase_ascii_word(q).to_le_bytes());
-            if high == 0 {
-                w.advance(8);
-                i += 8;
-                if len - i >= 16 && is_ascii16(&input[i..]) {
-                    // A long run: the block loop is faster.
-                    break;
-                }
-            } else {
+            w.store(upcase_ascii_prefix(q).to_le_bytes());
+            let high = q & HIGH;
+            if high != 0 {
+                // 1..=7: the ASCII bytes before the first non-ASCII one.
                 let n = (high.trailing_zeros() / 8) as usize;
                 w.advance(n);
                 i += n;
+                // The char after them, when it is in the window and a
+                // fast one: most often a letter after a space, taken here
+                // so that the loop's first branch (ASCII or not) does not
+                // flip twice per word of Cyrillic or Chinese text (a
+                // mispredicted branch each; see changes.md for figures).
+                let next = (q >> (8 * n)) as u32;
+                if n <= 6 && next & 0xC0E0 == 0x80C0 {
+                    let up = table.pair(next);
+                    if up != 0 {
+                        w.store(up.to_le_bytes());
+                        w.advance(2);
+                        i += 2;
+                    }
+                } else if n <= 5 && next & 0xC0_C0F0 == 0x80_80E0 && table.caseless(next) {
+                    w.store(next.to_le_bytes());
+                    w.advance(3);
+                    i += 3;
+                }
+                continue;
+            }
+            w.advance(8);
+            i += 8;
+            // Then 16 bytes at a time while they are ASCII.
+            while i < block_end {
+                // SAFETY (both): i < block_end <= len - 15.
+                let a = u64::from_le_bytes(unsafe { load_unchecked(input, i) });
+                let b = u64::from_le_bytes(unsafe { load_unchecked(input, i + 8) });
+                if (a | b) & HIGH != 0 {
+                    break;
+                }
+                w.store(upcase_ascii_prefix(a).to_le_bytes());
+                w.advance(8);
+                w.store(upcase_ascii_prefix(b).to_le_bytes());
+                w.advance(8);
+                i += 16;
+            }
+        }
+        w.commit();
+    }
+    // The last 4..=7 bytes: the same steps on a 4-byte window (all that a
+    // char needs), ASCII one byte at a time.
+    if len - i >= 4 {
+        let mut w = Writer::new(out, 3 * 8 + SLACK);
+        while len - i >= 4 {
+            let word = load4(input, i);
+            if word & 0x80 != 0 {
+                i += step(table, word, &mut w);
+            } else {
+                w.store([upcase_ascii_byte(word as u8)]);
+                w.advance(1);
+                i += 1;
             }
         }
         w.commit();

@@ -6,6 +6,20 @@
 //! block's page of 64 entries, or is 0 when no char of the block changes
 //! (most of CJK, Hangul, kana, emoji, Arabic), so the caller copies the
 //! char as it is. Only 63 blocks of Unicode 16 have any case at all.
+//!
+//! Two more tables serve the portable loop's fast steps, keyed on the
+//! first two bytes of a char as they sit in the loop's window (masked, so
+//! one AND makes the index):
+//!
+//! - `pair`: the upper case of every 2-byte sequence (lead `C0`..`DF`, a
+//!   continuation byte), when it is 2 bytes too; 0 when it is not (`ı` to
+//!   `I`, `ŉ` to `ʼN`, `ɐ` to `Ɐ`, `ΐ`...), for the general step. The
+//!   overlongs `C0`/`C1` map to themselves (they are copied as invalid).
+//! - `caseless`: for a 3- or 4-byte lead and the byte after it, whether
+//!   no char that starts with those two bytes has case (CJK, kana, Hangul
+//!   with its `ED` lead, emoji, most punctuation): such a lead and its
+//!   continuation bytes are copied as they are. Invalid ones are copied
+//!   unchanged too, byte by byte, which is the same bytes.
 
 use std::sync::OnceLock;
 
@@ -30,6 +44,35 @@ pub(super) struct Table {
     page: Box<[u8; 1 << 15]>,
     /// `pages[p][cp % 64]` for the blocks with case.
     pages: Box<[[Entry; 64]; PAGES]>,
+    /// The upper case of a 2-byte sequence as its 2 bytes (little-endian),
+    /// 0 when it is not 2 bytes long; index: [`pair_index`].
+    pair: Box<[u16; PAIR]>,
+    /// 1 where no char starting with a 3- or 4-byte lead and the next byte
+    /// has case; index: [`caseless_index`].
+    caseless: Box<[u8; CASELESS]>,
+}
+
+/// Entries of `pair`: every index `pair_index` makes (32 KiB, of which a
+/// 64-byte line per second byte is used: one AND is the index).
+const PAIR: usize = 0x4000;
+
+/// Entries of `caseless`: every index `caseless_index` makes.
+const CASELESS: usize = 0x4000;
+
+/// The index in `pair` of the window `w` that starts with a 2-byte lead
+/// (`110xxxxx`) and a continuation byte: the lead's 5 low bits and the
+/// next byte's 6.
+#[inline(always)]
+pub(super) fn pair_index(w: u32) -> usize {
+    (w & 0x3F1F) as usize
+}
+
+/// The index in `caseless` of the window `w` that starts with a 3-byte
+/// (`1110xxxx`) or 4-byte (`11110xxx`) lead and a continuation byte: the
+/// lead's 5 low bits (which tell the two apart) and the next byte's 6.
+#[inline(always)]
+pub(super) fn caseless_index(w: u32) -> usize {
+    (w & 0x3F1F) as usize
 }
 
 impl Table {
@@ -50,6 +93,21 @@ impl Table {
     #[inline(always)]
     pub(super) fn entry(&self, page: u8, cp: u32) -> Entry {
         self.pages[usize::from(page) & (PAGES - 1)][cp as usize & 63]
+    }
+
+    /// The upper case of the 2-byte sequence at the start of `w` (a
+    /// 2-byte lead and a continuation byte) as 2 bytes, or 0 when it is
+    /// not 2 bytes long.
+    #[inline(always)]
+    pub(super) fn pair(&self, w: u32) -> u16 {
+        self.pair[pair_index(w) & (PAIR - 1)]
+    }
+
+    /// Whether the sequence at the start of `w` (a 3- or 4-byte lead and
+    /// its continuation bytes) is the same bytes in upper case.
+    #[inline(always)]
+    pub(super) fn caseless(&self, w: u32) -> bool {
+        self.caseless[caseless_index(w) & (CASELESS - 1)] != 0
     }
 
     /// The upper case of `ch` as its entry, the char itself for caseless blocks.
@@ -88,8 +146,50 @@ impl Table {
                 *entry = encode_entry(&up);
             }
         }
-        Table { page, pages }
+        let (pair, caseless) = build_fast();
+        Table {
+            page,
+            pages,
+            pair,
+            caseless,
+        }
     }
+}
+
+/// The tables of the fast steps, from `to_uppercase`: every entry starts
+/// as "copy the bytes" (right for the sequences no char starts with, which
+/// are invalid and copied unchanged), then every char of 2 bytes or more
+/// writes its own.
+#[allow(clippy::type_complexity)]
+fn build_fast() -> (Box<[u16; PAIR]>, Box<[u8; CASELESS]>) {
+    let mut pair: Box<[u16; PAIR]> = vec![0u16; PAIR]
+        .into_boxed_slice()
+        .try_into()
+        .expect("length is PAIR");
+    let mut caseless: Box<[u8; CASELESS]> = vec![1u8; CASELESS]
+        .into_boxed_slice()
+        .try_into()
+        .expect("length is CASELESS");
+    for lead in 0xC0..=0xDFu32 {
+        for next in 0x80..=0xBFu32 {
+            pair[pair_index(lead | next << 8)] = (lead | next << 8) as u16;
+        }
+    }
+    for ch in (0x80..=0x10_FFFF).filter_map(char::from_u32) {
+        let mut buf = [0u8; 4];
+        let bytes = ch.encode_utf8(&mut buf).as_bytes();
+        let w = u32::from(bytes[0]) | u32::from(bytes[1]) << 8;
+        if bytes.len() == 2 {
+            let up = ch.to_uppercase().to_string();
+            pair[pair_index(w)] = match *up.as_bytes() {
+                [a, b] => u16::from_le_bytes([a, b]),
+                _ => 0,
+            };
+        } else if !is_caseless(ch) {
+            caseless[caseless_index(w)] = 0;
+        }
+    }
+    (pair, caseless)
 }
 
 fn is_caseless(ch: char) -> bool {
@@ -111,6 +211,7 @@ fn encode_entry(chars: &[char]) -> Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::definition as reference;
 
     /// Every char's entry (page or copy) is `to_uppercase`'s answer.
     #[test]
@@ -121,6 +222,69 @@ mod tests {
             let want = ch.to_uppercase().to_string();
             let len = entry_len(table.lookup(ch));
             assert_eq!(&entry[..len], want.as_bytes(), "U+{:04X}", u32::from(ch));
+        }
+    }
+
+    /// Every 2-byte lead (`C0`..`DF`, the overlongs too) and continuation
+    /// byte: a `pair` entry is std's transform of the two bytes, and 0
+    /// only where that is not 2 bytes long.
+    #[test]
+    fn every_pair_agrees_with_std() {
+        let table = Table::get();
+        let mut sent_on = 0;
+        for lead in 0xC0..=0xDFu8 {
+            for next in 0x80..=0xBFu8 {
+                let w = u32::from_le_bytes([lead, next, 0, 0]);
+                let want = reference(&[lead, next]);
+                match table.pair(w) {
+                    0 => {
+                        assert_ne!(want.len(), 2, "{lead:02X} {next:02X}");
+                        sent_on += 1;
+                    }
+                    up => assert_eq!(up.to_le_bytes(), *want, "{lead:02X} {next:02X}"),
+                }
+            }
+        }
+        // ı, ſ, ŉ, ǰ, ΐ, ΰ, և and the Latin letters whose capitals are 3
+        // bytes (ɐ, ɑ, ɫ...): a few dozen.
+        assert!((10..100).contains(&sent_on), "{sent_on} sent on");
+    }
+
+    /// Every 3- and 4-byte lead and continuation byte that `caseless`
+    /// calls caseless: the lead and every continuation bytes after it are
+    /// their own transform (valid chars and invalid runs alike), checked
+    /// for every such sequence; and where it does not, some char there has
+    /// case.
+    #[test]
+    fn every_caseless_prefix_agrees_with_std() {
+        let table = Table::get();
+        let cont = 0x80..=0xBFu8;
+        for lead in 0xE0..=0xF7u8 {
+            let n = if lead < 0xF0 { 3 } else { 4 };
+            for b1 in cont.clone() {
+                let w = u32::from_le_bytes([lead, b1, 0x80, 0x80]);
+                let mut same = true;
+                for b2 in cont.clone() {
+                    let tails: Vec<u8> = if n == 3 {
+                        vec![0]
+                    } else {
+                        cont.clone().collect()
+                    };
+                    for &b3 in &tails {
+                        let seq = &[lead, b1, b2, b3][..n];
+                        same &= reference(seq) == seq;
+                    }
+                }
+                assert_eq!(table.caseless(w), same, "{lead:02X} {b1:02X}");
+            }
+        }
+        // CJK, kana, Hangul (its `ED` lead too), emoji.
+        for s in ["\u{4E2D}", "\u{3042}", "\u{D55C}", "\u{D7A3}", "\u{1F600}"] {
+            let b = s.as_bytes();
+            assert!(
+                table.caseless(u32::from_le_bytes([b[0], b[1], 0x80, 0x80])),
+                "{s}"
+            );
         }
     }
 }
