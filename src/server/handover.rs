@@ -433,7 +433,10 @@ impl Server {
             match self.send_handover(&chosen, state.finish()) {
                 Ok(()) => {
                     for &key in &chosen {
-                        let _ = self.unregister(key);
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(self.conns[key].conn.stream_mut());
                         self.shared.counters.closed_handed_over += 1;
                         self.record(key, Ended::HandedOver);
                         // Our copy closes; the store's keeps the connection.

@@ -774,25 +774,11 @@ impl Server {
         // buffer gets room, which is exactly when pending output can move.
         // PRIORITY reports urgent data, after which a short read is no
         // proof of a drained socket.
-        //
-        // Straight to `epoll_ctl` (rustix), with the flags mio's `register`
-        // would give READABLE | WRITABLE | PRIORITY: mio's own path (its
-        // source wrapper, `as_fd` twice, the trace check, libc's wrapper)
-        // cost about 40 instructions a connection. mio reads events the
-        // same either way (its accessors test the raw epoll flags, the
-        // token is the event's data). A connection is taken out of the poll
-        // the same way (`unregister`), never through mio's `deregister`,
-        // which in debug builds refuses a source mio did not register.
-        use rustix::event::epoll;
-        let flags = epoll::EventFlags::ET
-            | epoll::EventFlags::IN
-            | epoll::EventFlags::RDHUP
-            | epoll::EventFlags::OUT
-            | epoll::EventFlags::PRI;
-        let data = epoll::EventData::new_u64(token.0 as u64);
-        let stream = self.conns[key].conn.stream();
-        if let Err(e) = epoll::add(self.poll.registry(), stream, data, flags) {
-            let e = io::Error::from(e);
+        if let Err(e) = self.poll.registry().register(
+            self.conns[key].conn.stream_mut(),
+            token,
+            Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
+        ) {
             // Dropped, so closed: it never was in the poll.
             let peer = self.conns.remove(key).conn.peer();
             self.shared.counters.closed_error += 1;
@@ -808,14 +794,6 @@ impl Server {
         }
         self.shared.counters.conns_open += 1;
         debug!("{}: connected", self.conns[key].conn.peer());
-    }
-
-    /// Takes connection `key` out of the poll (it was put there by
-    /// `enter`, past mio): while its socket lives on elsewhere (handed
-    /// over), no event of its may reach this loop.
-    fn unregister(&self, key: usize) -> io::Result<()> {
-        let stream = self.conns[key].conn.stream();
-        Ok(rustix::event::epoll::delete(self.poll.registry(), stream)?)
     }
 
     /// An event (or a turn) for connection `key`. Inlined into the loop,
