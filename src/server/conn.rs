@@ -299,7 +299,6 @@ impl<S: Socket> Connection<S> {
     /// Wraps a freshly accepted socket; `telnet` says whether it gets the
     /// telnet command filter (decided now for its whole life, or by its
     /// first bytes with `auto`).
-    #[inline(always)]
     pub fn new(stream: S, peer: SocketAddr, mode: Mode, telnet: telnet::Setting) -> Connection<S> {
         Connection {
             stream,

@@ -308,7 +308,7 @@ impl Server {
             }
             self.shared.counters.conns_accepted += 1;
             let conn = Connection::restore(stream, snapshot, &mut self.shared);
-            self.insert_connection(conn, ip_counted, now);
+            self.insert_connection(conn, ip_counted, false, now);
             adopted += 1;
         }
         let mut also = String::new();
@@ -412,7 +412,7 @@ impl Server {
         let mut state = StateWriter::new();
         let mut chosen = Vec::new();
         let mut pending = 0u64;
-        for (key, slot) in self.conns.iter() {
+        for (key, slot) in &self.conns {
             if chosen.len() == room {
                 break;
             }

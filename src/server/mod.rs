@@ -40,7 +40,6 @@ mod metrics;
 mod mmsg;
 mod proxied;
 mod records;
-mod slots;
 mod stats;
 mod throttle;
 pub(crate) mod timer;
@@ -55,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
 
 use crate::config::Config;
 use crate::signals::{Request, Signals};
@@ -68,7 +68,6 @@ pub use handover::Inherited;
 use idle::IdleList;
 use lifecycle::{StatusTicker, Watchdog};
 use records::Ended;
-use slots::Slots;
 pub use stats::Counters;
 use throttle::count;
 use timer::Timer;
@@ -170,22 +169,6 @@ struct Slot {
     balancer: Option<SocketAddr>,
 }
 
-impl Slot {
-    /// A new connection's slot, `now` its start and last activity.
-    #[inline(always)]
-    fn new(conn: Connection, ip_counted: bool, proxy: bool, now: Instant) -> Slot {
-        Slot {
-            conn,
-            last_active: now,
-            ip_counted,
-            mark: Mark::default(),
-            header: proxy.then_some(now),
-            opened: now,
-            balancer: None,
-        }
-    }
-}
-
 /// The daemon: bound sockets and the loop that serves them.
 pub struct Server {
     poll: Poll,
@@ -193,7 +176,7 @@ pub struct Server {
     /// The TCP listeners and the accept policy (limits, back-off).
     acceptor: Acceptor,
     udp: Vec<udp::Endpoint>,
-    conns: Slots<Slot>,
+    conns: Slab<Slot>,
     /// Token of the first UDP socket (listeners come before, from `FIRST_SOCKET`).
     first_udp: usize,
     /// Token of slab key 0.
@@ -396,7 +379,7 @@ impl Server {
             config,
             acceptor: Acceptor::new(listeners),
             udp,
-            conns: Slots::default(),
+            conns: Slab::new(),
             first_udp,
             conn_base,
             shared,
@@ -726,10 +709,6 @@ impl Server {
 
     /// Takes an accepted client into the slab and the poll; from a PROXY
     /// listener (`proxy`), to await its header.
-    /// Inlined, with `Connection::new` and `Slots::fill`: the connection is
-    /// written field by field into its entry, not built aside and copied
-    /// there (a slot is 200 bytes).
-    #[inline(always)]
     fn add_connection(
         &mut self,
         stream: mio::net::TcpStream,
@@ -741,33 +720,26 @@ impl Server {
         // TCP_NODELAY, SO_OOBINLINE and the buffer sizes of `[tcp]
         // socket_buffer` come from the listener (`accept::adopt`), as
         // accepted sockets inherit them.
-        let (mode, telnet) = (self.config.mode, self.config.tcp.telnet);
-        let key = self.conns.vacant();
-        self.conns.fill(
-            key,
-            Slot::new(
-                Connection::new(stream, peer, mode, telnet),
-                ip_counted,
-                proxy,
-                now,
-            ),
-        );
-        self.enter(key, ip_counted, proxy, now);
+        let conn = Connection::new(stream, peer, self.config.mode, self.config.tcp.telnet);
+        self.insert_connection(conn, ip_counted, proxy, now);
     }
 
-    /// Takes a connection handed over by the previous process into the
-    /// slab and the poll.
-    fn insert_connection(&mut self, conn: Connection, ip_counted: bool, now: Instant) {
-        let key = self.conns.vacant();
-        self.conns
-            .fill(key, Slot::new(conn, ip_counted, false, now));
-        self.enter(key, ip_counted, false, now);
-    }
-
-    /// Registers the connection just put in slot `key` with the poll and
-    /// the idle list; `proxy`: it awaits its PROXY header. If it cannot be
-    /// registered, it is dropped (closed) again.
-    fn enter(&mut self, key: usize, ip_counted: bool, proxy: bool, now: Instant) {
+    /// Takes a connection (accepted, or handed over by the previous
+    /// process) into the slab and the poll; `proxy`: it awaits its PROXY
+    /// header (never so for a handed-over one).
+    /// Inlined, so that an accepted connection is built where the slab
+    /// keeps it rather than moved there (a slot is over 200 bytes).
+    #[inline]
+    fn insert_connection(&mut self, conn: Connection, ip_counted: bool, proxy: bool, now: Instant) {
+        let key = self.conns.insert(Slot {
+            conn,
+            last_active: now,
+            ip_counted,
+            mark: Mark::default(),
+            header: proxy.then_some(now),
+            opened: now,
+            balancer: None,
+        });
         let token = Token(self.conn_base + key);
         // Registered once for both directions and never re-registered: with
         // edge-triggered readiness, WRITABLE only fires when a full send
@@ -915,13 +887,11 @@ impl Server {
     /// and, if accepting was paused at the limit, resumes it.
     fn remove(&mut self, key: usize) {
         self.idle.unlink(key);
-        let slot = &self.conns[key];
+        let slot = self.conns.remove(key);
         debug!("{}: closed", slot.conn.peer());
         if slot.ip_counted {
             self.acceptor.closed(slot.conn.peer().ip());
         }
-        // Dropped where it lies (closing the socket), not moved out first.
-        self.conns.drop_at(key);
         self.shared.counters.conns_open -= 1;
         let max = self.config.tcp.max_connections.get();
         if self.acceptor.below_limit(self.conns.len(), max) {
