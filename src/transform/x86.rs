@@ -29,8 +29,8 @@
 
 use std::arch::x86_64::*;
 
-use super::portable::{self, load4, step, upcase_ascii_byte, Writer, CHUNK, SLACK};
-use super::table::Table;
+use super::portable::{self, load4, step, Writer, CHUNK, SLACK};
+use super::table::{entry_len, Table};
 
 /// One class of flagged pairs: the lead byte's high and low nibble, the
 /// next byte's high and low nibble, each a set (bit n: nibble n). Their
@@ -517,6 +517,9 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
         let case_bit = _mm256_set1_epi8(0x20);
         let zero = _mm256_setzero_si256();
         let last = len - 36;
+        // A block's mapped bytes, for the runs between its hard chars;
+        // loads of 32 bytes from any offset below 32 stay inside.
+        let mut spill = [0u8; 64];
         while i <= last {
             let end = (i + CHUNK).min(last + 1);
             let mut w = Writer::new(out, 3 * (end - i) + SLACK);
@@ -596,33 +599,58 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                     }
                 }
                 _mm256_storeu_si256(w.end_ptr(32).cast(), mapped);
+                // A ruled pair whose second byte is beyond the block is
+                // left for the next block, which starts at its lead.
+                let keep = 32 - (ruled >> 31) as usize;
                 if hard == 0 {
-                    // A ruled pair whose second byte is beyond the block
-                    // is left for the next block, which starts at its lead.
-                    let keep = 32 - (ruled >> 31) as usize;
                     w.advance(keep);
                     i += keep;
                     continue;
                 }
-                // Keep the block up to the first char no rule maps, and
-                // take that char with the portable step. Where it is the
-                // block's first, such chars are likely dense (Armenian,
-                // Latin Extended): go char by char to the block's end.
-                let first = hard.trailing_zeros() as usize;
-                w.advance(first);
-                let stop = if first == 0 { i + 32 } else { i + first + 1 };
-                i += first;
-                while i < stop {
-                    // i < last + 32 = len - 4: a 4-byte window is there.
-                    let word = load4(input, i);
-                    if word & 0x80 != 0 {
-                        i += step(table, word, &mut w);
-                    } else {
-                        w.store([upcase_ascii_byte(word as u8)]);
-                        w.advance(1);
-                        i += 1;
+                // Chars no rule maps: each through the portable step, in
+                // place, and the block's mapped bytes between them copied
+                // from `spill` (a hard char may change length, `ß` -> `SS`,
+                // so what follows moves). The block's first run is stored
+                // already.
+                _mm256_storeu_si256(spill.as_mut_ptr().cast(), mapped);
+                let mut at = hard.trailing_zeros() as usize;
+                w.advance(at);
+                let mut from;
+                loop {
+                    // i + at < last + 32 = len - 4: a 4-byte window is there.
+                    let word = load4(input, i + at);
+                    from = at
+                        + if word & 0xE0 == 0xC0 {
+                            // A 2-byte char: a flagged pair with a C*/D* lead
+                            // has a continuation byte (see CLASSES).
+                            debug_assert!(word & 0xC000 == 0x8000 && word & 0xFF >= 0xC2);
+                            let entry = table.entry2((word & 0x1F) << 6 | (word >> 8) & 0x3F);
+                            w.store(entry.to_le_bytes());
+                            w.advance(entry_len(entry));
+                            2
+                        } else {
+                            step(table, word, &mut w)
+                        };
+                    // Flags inside the char just taken (invalid bytes'
+                    // only) go; `from` is at most 35.
+                    hard &= (u64::MAX << from) as u32;
+                    if hard == 0 {
+                        break;
                     }
+                    at = hard.trailing_zeros() as usize;
+                    // SAFETY: `from <= at < 32` and `spill` has 64 bytes.
+                    let run = _mm256_loadu_si256(spill.as_ptr().add(from).cast());
+                    _mm256_storeu_si256(w.end_ptr(32).cast(), run);
+                    w.advance(at - from);
                 }
+                if from < keep {
+                    // SAFETY: as above.
+                    let run = _mm256_loadu_si256(spill.as_ptr().add(from).cast());
+                    _mm256_storeu_si256(w.end_ptr(32).cast(), run);
+                    w.advance(keep - from);
+                    from = keep;
+                }
+                i += from;
             }
             w.commit();
         }
