@@ -814,6 +814,37 @@ mod tests {
         }
     }
 
+    /// Text that turns from Greek to chars of the other set of rules that
+    /// no class flags (а..п, µ), at every offset: a version that tried
+    /// Greek's set alone on Greek text left these lower case.
+    #[test]
+    fn greek_then_unflagged_cyrillic_and_micro() {
+        for shift in 0..40 {
+            for tail in ["абвгдежзийклмноп", "µ µµ µ", "ώ а µ ς"] {
+                let text = "a".repeat(shift) + &"άλφα βήτα ".repeat(20) + &tail.repeat(8);
+                assert_eq!(
+                    uni(text.as_bytes()),
+                    text.to_uppercase().as_bytes(),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    /// A block takes Greek's set of rules only for pairs still flagged
+    /// hard, so every pair that set maps must be flagged.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_greek_rules_map_only_flagged_pairs() {
+        for lead in 0..=255u8 {
+            for next in 0..=255u8 {
+                if x86::rule_bits(lead, next).0 != 0 {
+                    assert!(x86::flagged(lead, next), "{lead:02X} {next:02X}");
+                }
+            }
+        }
+    }
+
     /// Every pair an AVX2 rule maps is a 2-byte char whose upper case is
     /// exactly the rule's moves away, and no rule touches anything else.
     #[cfg(target_arch = "x86_64")]
