@@ -31,7 +31,7 @@
 
 use std::arch::x86_64::*;
 
-use super::portable::{self, load4, step, Writer, CHUNK, SLACK};
+use super::portable::{self, step, Writer, CHUNK, SLACK};
 use super::table::{entry_len, Table};
 
 /// One class of flagged pairs: the lead byte's high and low nibble, the
@@ -180,7 +180,7 @@ const fn two_byte(lead: u8, next_hi: &[u8], next_lo: u16) -> Class {
 /// could not cut out. The first set (Latin-1, Cyrillic) is looked up for
 /// a block with one of its leads (C2, C3, D0, D1); the second (Greek) for
 /// a block where pairs are still hard, so every pair it maps is flagged
-/// (a test checks). Chars left out (`÷`, `ÿ`, `ΐ`, `Π`, `ґ`...) are flagged
+/// (a test checks). Chars left out (`÷`, `ǅ`, `ΐ`, `Π`, `ґ`...) are flagged
 /// by [`CLASSES`] and taken by the scalar step.
 const RULES: [Rule; 16] = [
     // à..þ (C3 A0..BF) -> À..Þ, but not ç/ï (next rule), ÷ (C3 B7), ÿ (C3 BF).
@@ -232,36 +232,38 @@ const RULES: [Rule; 16] = [
         lead: 0x0C,
         next: -0x19,
     },
-    // The second set: Greek.
+    // The second set: Greek (and ÿ).
     // α..ο (CE B1..BF) -> Α..Ο; not ΰ (CE B0).
     Rule {
         pairs: two_byte(0xCE, &[0xB], ANY & !1),
         lead: 0,
         next: -0x20,
     },
-    // π..ϋ (CF 80..8B) -> Π..Ϋ (CE A0..AB), and ς (next rule).
+    // CF 80..8E: π..ϋ (CF 80..8B) -> Π..Ϋ (CE A0..AB), ς (CF 82) -> Σ
+    // (CE A3), ό (CF 8C) -> Ό (CE 8C), ύ, ώ (CF 8D, 8E) -> Ύ, Ώ (CE 8E,
+    // 8F), in three rules: the lead's move for all of them...
+    Rule {
+        pairs: two_byte(0xCF, &[8], ANY & !nibbles(&[0xF])),
+        lead: -1,
+        next: 0,
+    },
+    // ...π..ϋ's next byte...
     Rule {
         pairs: two_byte(0xCF, &[8], ANY & !nibbles(&[0xC, 0xD, 0xE, 0xF])),
-        lead: -1,
+        lead: 0,
         next: 0x20,
     },
-    // ς (CF 82) -> Σ (CE A3), over the rule before.
+    // ...and one more for ς, ύ, ώ.
     Rule {
-        pairs: two_byte(0xCF, &[8], nibbles(&[2])),
+        pairs: two_byte(0xCF, &[8], nibbles(&[2, 0xD, 0xE])),
         lead: 0,
         next: 1,
     },
-    // ύ, ώ (CF 8D, 8E) -> Ύ, Ώ (CE 8E, 8F), and ό (next rule).
+    // ÿ (C3 BF) -> Ÿ (C5 B8): flagged, so here is as good as the first set.
     Rule {
-        pairs: two_byte(0xCF, &[8], nibbles(&[0xC, 0xD, 0xE])),
-        lead: -1,
-        next: 1,
-    },
-    // ό (CF 8C) -> Ό (CE 8C), over the rule before.
-    Rule {
-        pairs: two_byte(0xCF, &[8], nibbles(&[0xC])),
-        lead: 0,
-        next: -1,
+        pairs: two_byte(0xC3, &[0xB], nibbles(&[0xF])),
+        lead: 2,
+        next: -7,
     },
     // έ, ή, ί (CE AD..AF) -> Έ, Ή, Ί (CE 88..8A), and ά (next rule).
     Rule {
@@ -355,28 +357,6 @@ const MOVES: [[[u8; 16]; 4]; 2] = [
         moves(1, 1, true),
     ],
 ];
-
-/// A 16-byte table twice, as `vpshufb` on 32 bytes wants it.
-#[repr(C, align(32))]
-struct Wide([u8; 32]);
-
-const fn wide(t: [u8; 16]) -> Wide {
-    let mut w = [0u8; 32];
-    let mut k = 0;
-    while k < 32 {
-        w[k] = t[k % 16];
-        k += 1;
-    }
-    Wide(w)
-}
-
-const fn wide4(t: [[u8; 16]; 4]) -> [Wide; 4] {
-    [wide(t[0]), wide(t[1]), wide(t[2]), wide(t[3])]
-}
-
-/// The second (Greek) set's tables.
-static WIDE_RULES: [Wide; 4] = wide4(RULE_LUTS[1]);
-static WIDE_MOVES: [Wide; 4] = wide4(MOVES[1]);
 
 /// Whether the pair (lead, next) is flagged: the scalar twin of the vector
 /// lookup, for the test that checks the classes cover every char with case.
@@ -556,13 +536,7 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
         let (next_hi, next_lo) = (lut(NEXT_HI), lut(NEXT_LO));
         let latin_rules = RULE_LUTS[0].map(lut);
         let latin_moves = MOVES[0].map(lut);
-        // Greek's tables are read from memory where they are used
-        // (volatile, so not hoisted out of the loop): kept in registers
-        // too, they pushed the others out of them in every block.
-        let wide = |t: &Wide| {
-            // SAFETY: `Wide` is 32 aligned bytes.
-            unsafe { std::ptr::read_volatile((t as *const Wide).cast::<__m256i>()) }
-        };
+        let (greek_rules, greek_moves) = (RULE_LUTS[1].map(lut), MOVES[1].map(lut));
         let nibble = _mm256_set1_epi8(0x0F);
         let bias = _mm256_set1_epi8((0x80u8.wrapping_sub(b'a')) as i8);
         let limit = _mm256_set1_epi8(-128 + 26);
@@ -608,9 +582,8 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                         ),
                     )
                 };
-                let rules = |set: usize| {
-                    debug_assert!(set == 1);
-                    let [a, b, c, d] = WIDE_RULES.each_ref().map(wide);
+                let greek = || {
+                    let [a, b, c, d] = greek_rules;
                     let rule = pairs(a, b, c, d);
                     let ruled = !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(rule, zero)) as u32);
                     (rule, ruled)
@@ -619,11 +592,8 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                 // after it by the same rule's other move: the rule bits
                 // shifted up one byte (across the lanes).
                 let moved = |set: usize, rule| {
-                    let [lead_lo, lead_hi, next_lo, next_hi] = if set == 0 {
-                        latin_moves
-                    } else {
-                        WIDE_MOVES.each_ref().map(wide)
-                    };
+                    let [lead_lo, lead_hi, next_lo, next_hi] =
+                        if set == 0 { latin_moves } else { greek_moves };
                     let by = |r, lo_t, hi_t| {
                         _mm256_add_epi8(
                             _mm256_shuffle_epi8(lo_t, _mm256_and_si256(r, nibble)),
@@ -663,7 +633,7 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                     hard &= !ruled;
                 }
                 if hard != 0 {
-                    let (rule, ruled_greek) = rules(1);
+                    let (rule, ruled_greek) = greek();
                     mapped = _mm256_add_epi8(mapped, moved(1, rule));
                     ruled |= ruled_greek;
                     hard &= !ruled_greek;
@@ -688,7 +658,10 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                 let mut from;
                 loop {
                     // i + at < last + 32 = len - 4: a 4-byte window is there.
-                    let word = load4(input, i + at);
+                    debug_assert!(i + at + 4 <= len);
+                    // SAFETY: as just said.
+                    let word = unsafe { input.as_ptr().add(i + at).cast::<u32>().read_unaligned() }
+                        .to_le();
                     from = at
                         + if word & 0xE0 == 0xC0 {
                             // A 2-byte char: a flagged pair with a C*/D* lead
