@@ -13,8 +13,11 @@ use std::sync::OnceLock;
 /// index can be masked instead of bounds-checked.
 const PAGES: usize = 128;
 
-/// The 64-code-point blocks below U+0800: all of them have pages.
-const TWO_BYTE_BLOCKS: u32 = 0x800 / 64;
+/// The 2-byte chars that the AVX2 level's hard step looks up with
+/// [`Table::entry2`] (leads C3..D6): every block of them has a page. Not
+/// the caseless blocks after them (Hebrew, Arabic): there a page would
+/// make the portable step look up what it now copies.
+const PAGED_2BYTE: std::ops::Range<u32> = 0xC0..0x5C0;
 
 /// One char's upper case: the UTF-8 bytes (at most 6: `ΐ` becomes three
 /// 2-byte chars) in bytes 0..7, little-endian, and their count in byte 7.
@@ -55,11 +58,12 @@ impl Table {
         self.pages[usize::from(page) & (PAGES - 1)][cp as usize & 63]
     }
 
-    /// The entry of `cp` below U+0800 (a 2-byte char or ASCII): every such
-    /// block has a page, so this is one lookup without a test.
+    /// The entry of `cp` in U+00C0..U+05BF (2-byte chars with leads
+    /// C3..D6): every such block has a page, so this is one lookup without
+    /// a test.
     #[inline(always)]
     pub(super) fn entry2(&self, cp: u32) -> Entry {
-        debug_assert!(cp < 0x800);
+        debug_assert!(PAGED_2BYTE.contains(&cp));
         self.entry(self.page(cp), cp)
     }
 
@@ -86,9 +90,9 @@ impl Table {
         // its blocks get pages like any other so the table is complete.
         for block in 0..0x11_0000 / 64 {
             let chars = (block * 64..block * 64 + 64).filter_map(char::from_u32);
-            // Every block of 2-byte chars gets a page, caseless or not, so
-            // that `entry2` needs no test (11 pages more).
-            if block >= TWO_BYTE_BLOCKS && chars.clone().all(is_caseless) {
+            // Every block of `PAGED_2BYTE` gets a page, caseless or not,
+            // so that `entry2` needs no test.
+            if !PAGED_2BYTE.contains(&(block * 64)) && chars.clone().all(is_caseless) {
                 continue;
             }
             used += 1;
@@ -134,7 +138,7 @@ mod tests {
             let want = ch.to_uppercase().to_string();
             let len = entry_len(table.lookup(ch));
             assert_eq!(&entry[..len], want.as_bytes(), "U+{:04X}", u32::from(ch));
-            if u32::from(ch) < 0x800 {
+            if PAGED_2BYTE.contains(&u32::from(ch)) {
                 assert_eq!(table.entry2(u32::from(ch)), table.lookup(ch));
             }
         }
