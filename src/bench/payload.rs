@@ -399,6 +399,21 @@ mod tests {
         assert_eq!(p.len(), 16);
     }
 
+    /// bench/corpora/bench-utf8.txt is this generator's first 16 requests
+    /// of 4 KiB (`bench/corpora/make` redoes it in Python), so the
+    /// transform's benchmark measures the bytes the `mode:` cell sends.
+    #[test]
+    fn bench_utf8_corpus_is_the_generated_payload() {
+        let want: Vec<u8> = (0..16)
+            .flat_map(|v| generate(PayloadKind::Utf8, 4096, v))
+            .collect();
+        let corpus: &[u8] = include_bytes!("../../bench/corpora/bench-utf8.txt");
+        assert!(
+            corpus == want.as_slice(),
+            "regenerate with bench/corpora/make"
+        );
+    }
+
     #[test]
     fn short_texts_repeat_and_empty_ones_are_refused() {
         let p = Payloads::from_text("ab😀".as_bytes(), Mode::Unicode, 64).unwrap();

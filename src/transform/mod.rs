@@ -799,6 +799,100 @@ mod tests {
         }
     }
 
+    /// The chars the AVX2 level's classes flag and no rule maps (*hard*),
+    /// which its blocks hand one by one to a scalar step in place.
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_hard_chars() -> Vec<char> {
+        (0x80..=0x10_FFFF)
+            .filter_map(char::from_u32)
+            .filter(|ch| {
+                let mut buf = [0; 4];
+                let b = ch.encode_utf8(&mut buf).as_bytes();
+                x86::flagged(b[0], b[1]) && x86::ruled(b[0], b[1]).is_none()
+            })
+            .collect()
+    }
+
+    /// Every hard char at every offset of a 32-byte block (and past it),
+    /// among ASCII, ruled and caseless neighbours, followed by another hard
+    /// char, at every level, against std.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_hard_chars_at_every_block_offset() {
+        let hard = avx2_hard_chars();
+        assert!(hard.len() > 500, "{}", hard.len());
+        for (k, &ch) in hard.iter().enumerate() {
+            let next = hard[(k * 7 + 1) % hard.len()];
+            for fill in ["é", "東", "ω"] {
+                for offset in 0..36 {
+                    let text = format!(
+                        "{}{ch}{fill}{next}{next}{}",
+                        "a".repeat(offset),
+                        fill.repeat(30)
+                    );
+                    assert_eq!(
+                        uni(text.as_bytes()),
+                        text.to_uppercase().as_bytes(),
+                        "{text}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    proptest! {
+        /// Dense mixes of hard chars with ruled, caseless and ASCII ones,
+        /// one-shot and streamed at random cuts, against std.
+        #[test]
+        fn prop_avx2_dense_hard_chars(
+            chars in vec(
+                prop_oneof![
+                    4 => proptest::sample::select(avx2_hard_chars()),
+                    2 => proptest::sample::select(vec!['é', 'ß', 'я', 'ω', 'ά', 'ς', 'µ', 'Ά', 'ÿ']),
+                    1 => proptest::sample::select(vec!['東', '😀', '\u{5d0}', 'A', 'x', ' ']),
+                    1 => any::<char>(),
+                ],
+                0..300,
+            ),
+            cuts in vec(any::<Index>(), 0..6),
+        ) {
+            let text: String = chars.into_iter().collect();
+            check_valid_text(&text, &cuts)?;
+        }
+    }
+
+    /// Text that turns from Greek to chars of the other set of rules that
+    /// no class flags (а..п, µ), at every offset: a version that tried
+    /// Greek's set alone on Greek text left these lower case.
+    #[test]
+    fn greek_then_unflagged_cyrillic_and_micro() {
+        for shift in 0..40 {
+            for tail in ["абвгдежзийклмноп", "µ µµ µ", "ώ а µ ς"] {
+                let text = "a".repeat(shift) + &"άλφα βήτα ".repeat(20) + &tail.repeat(8);
+                assert_eq!(
+                    uni(text.as_bytes()),
+                    text.to_uppercase().as_bytes(),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    /// A block takes Greek's set of rules only for pairs still flagged
+    /// hard, so every pair that set maps must be flagged.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_greek_rules_map_only_flagged_pairs() {
+        for lead in 0..=255u8 {
+            for next in 0..=255u8 {
+                if x86::rule_bits(lead, next).0 != 0 {
+                    assert!(x86::flagged(lead, next), "{lead:02X} {next:02X}");
+                }
+            }
+        }
+    }
+
     /// Every pair an AVX2 rule maps is a 2-byte char whose upper case is
     /// exactly the rule's moves away, and no rule touches anything else.
     #[cfg(target_arch = "x86_64")]

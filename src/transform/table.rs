@@ -27,6 +27,12 @@ use std::sync::OnceLock;
 /// index can be masked instead of bounds-checked.
 const PAGES: usize = 128;
 
+/// The 2-byte chars that the AVX2 level's hard step looks up with
+/// [`Table::entry2`] (leads C3..D6): every block of them has a page. Not
+/// the caseless blocks after them (Hebrew, Arabic): there a page would
+/// make the portable step look up what it now copies.
+const PAGED_2BYTE: std::ops::Range<u32> = 0xC0..0x5C0;
+
 /// One char's upper case: the UTF-8 bytes (at most 6: `ΐ` becomes three
 /// 2-byte chars) in bytes 0..7, little-endian, and their count in byte 7.
 /// Written out as one 8-byte store; only the counted bytes are kept.
@@ -110,6 +116,15 @@ impl Table {
         self.caseless[caseless_index(w) & (CASELESS - 1)] != 0
     }
 
+    /// The entry of `cp` in U+00C0..U+05BF (2-byte chars with leads
+    /// C3..D6): every such block has a page, so this is one lookup without
+    /// a test.
+    #[inline(always)]
+    pub(super) fn entry2(&self, cp: u32) -> Entry {
+        debug_assert!(PAGED_2BYTE.contains(&cp));
+        self.entry(self.page(cp), cp)
+    }
+
     /// The upper case of `ch` as its entry, the char itself for caseless blocks.
     pub(super) fn lookup(&self, ch: char) -> Entry {
         let cp = u32::from(ch);
@@ -133,7 +148,9 @@ impl Table {
         // its blocks get pages like any other so the table is complete.
         for block in 0..0x11_0000 / 64 {
             let chars = (block * 64..block * 64 + 64).filter_map(char::from_u32);
-            if chars.clone().all(is_caseless) {
+            // Every block of `PAGED_2BYTE` gets a page, caseless or not,
+            // so that `entry2` needs no test.
+            if !PAGED_2BYTE.contains(&(block * 64)) && chars.clone().all(is_caseless) {
                 continue;
             }
             used += 1;
@@ -222,6 +239,9 @@ mod tests {
             let want = ch.to_uppercase().to_string();
             let len = entry_len(table.lookup(ch));
             assert_eq!(&entry[..len], want.as_bytes(), "U+{:04X}", u32::from(ch));
+            if PAGED_2BYTE.contains(&u32::from(ch)) {
+                assert_eq!(table.entry2(u32::from(ch)), table.lookup(ch));
+            }
         }
     }
 

@@ -11,26 +11,28 @@
 //! eight sets when all four agree on its bit. Two such lookups run side by
 //! side:
 //!
-//! - [`RULES`]: 2-byte chars whose upper case is the same two bytes moved
-//!   by fixed amounts (а..я, ѐ..џ, α..ϋ, à..þ, µ). The moves are added in
-//!   the register: the lead's by the pair's rule, the next byte's by the
-//!   rule of the pair before it.
+//! - [`RULES`]: 2-byte chars whose upper case is two bytes that are the
+//!   char's moved by fixed amounts (а..я, ѐ..џ, α..ω and the accented
+//!   vowels, à..þ, µ, ß -> SS). The moves are added in the register: the
+//!   lead's by the pair's rules, the next byte's by the rules of the pair
+//!   before it.
 //! - [`CLASSES`]: every other pair that may have case (a test checks the
 //!   two cover every char with case). Such a char is *hard*.
 //!
 //! Everything else is left as it is by the transform whatever it is: CJK,
 //! kana, Hangul, emoji, Arabic, Hebrew, upper-case Cyrillic, punctuation,
 //! and bytes that are not UTF-8 at all, which is what makes invalid input
-//! nearly as cheap as text. A block without a hard char is kept whole
-//! (less its last byte when that is the lead of a ruled pair, so the next
-//! block starts at that lead); otherwise its bytes up to the first hard
-//! char are kept, that char goes through the portable step, and the next
-//! block starts after it (always at a char boundary).
+//! nearly as cheap as text. A block is kept whole (less its last byte
+//! when that is the lead of a ruled pair, so the next block starts at that
+//! lead); each hard char in it goes through a scalar step where it is, and
+//! the mapped bytes after it follow the step's output (a hard char may
+//! change length). A block that ends inside a hard char ends after it
+//! (always at a char boundary).
 
 use std::arch::x86_64::*;
 
-use super::portable::{self, load4, step, upcase_ascii_byte, Writer, CHUNK, SLACK};
-use super::table::Table;
+use super::portable::{self, step, Writer, CHUNK, SLACK};
+use super::table::{entry_len, Table};
 
 /// One class of flagged pairs: the lead byte's high and low nibble, the
 /// next byte's high and low nibble, each a set (bit n: nibble n). Their
@@ -172,11 +174,14 @@ const fn two_byte(lead: u8, next_hi: &[u8], next_lo: u16) -> Class {
     }
 }
 
-/// The rules; their pairs are disjoint, so a pair matches at most one. Two
-/// sets of eight (one bit each): the first is looked up for every block
-/// with non-ASCII bytes, the second only for a block where the first left a
-/// hard char. Chars left out (`÷`, `ÿ`, `ß`, `ΰ`...) are flagged by
-/// [`CLASSES`] and taken by the portable step.
+/// The rules, two sets of eight (one bit each). Where rules overlap, their
+/// moves add up: a rule can correct another on a few of its pairs (`ß`
+/// within the Latin-1 capitals that stay), which the nibble products alone
+/// could not cut out. The first set (Latin-1, Cyrillic) is looked up for
+/// a block with one of its leads (C2, C3, D0, D1); the second (Greek) for
+/// a block where pairs are still hard, so every pair it maps is flagged
+/// (a test checks). Chars left out (`÷`, `ǅ`, `ΐ`, `Π`, `ґ`...) are flagged
+/// by [`CLASSES`] and taken by the scalar step.
 const RULES: [Rule; 16] = [
     // à..þ (C3 A0..BF) -> À..Þ, but not ç/ï (next rule), ÷ (C3 B7), ÿ (C3 BF).
     Rule {
@@ -190,11 +195,18 @@ const RULES: [Rule; 16] = [
         lead: 0,
         next: -0x20,
     },
-    // α..ω's first half (CE B1..BF) -> Α..Ο; not ΰ (CE B0).
+    // Latin-1 upper case, C3 80..9F: stays (moves of 0, so it is not
+    // hard), but for ß (next rule).
     Rule {
-        pairs: two_byte(0xCE, &[0xB], ANY & !1),
+        pairs: two_byte(0xC3, &[8, 9], ANY),
         lead: 0,
-        next: -0x20,
+        next: 0,
+    },
+    // ß (C3 9F) -> SS (53 53), over the rule before.
+    Rule {
+        pairs: two_byte(0xC3, &[9], nibbles(&[0xF])),
+        lead: 0x53u8.wrapping_sub(0xC3) as i8,
+        next: 0x53u8.wrapping_sub(0x9F) as i8,
     },
     // а..п (D0 B0..BF) -> А..П.
     Rule {
@@ -205,12 +217,6 @@ const RULES: [Rule; 16] = [
     // р..я (D1 80..8F) -> Р..Я (D0 A0..AF).
     Rule {
         pairs: two_byte(0xD1, &[8], ANY),
-        lead: -1,
-        next: 0x20,
-    },
-    // π..ϋ (CF 80..8B) -> Π..Ϋ (CE A0..AB); not ς (CF 82) nor CF 8C..8F.
-    Rule {
-        pairs: two_byte(0xCF, &[8], ANY & !nibbles(&[2, 0xC, 0xD, 0xE, 0xF])),
         lead: -1,
         next: 0x20,
     },
@@ -226,59 +232,58 @@ const RULES: [Rule; 16] = [
         lead: 0x0C,
         next: -0x19,
     },
-    // The second set: Greek's accented vowels and final sigma, and upper
-    // case that stays (moves of 0) so it is not hard.
-    // ς (CF 82) -> Σ (CE A3).
+    // The second set: Greek (and ÿ).
+    // α..ο (CE B1..BF) -> Α..Ο; not ΰ (CE B0).
     Rule {
-        pairs: two_byte(0xCF, &[8], nibbles(&[2])),
-        lead: -1,
-        next: 0x21,
+        pairs: two_byte(0xCE, &[0xB], ANY & !1),
+        lead: 0,
+        next: -0x20,
     },
-    // ό (CF 8C) -> Ό (CE 8C).
+    // CF 80..8E: π..ϋ (CF 80..8B) -> Π..Ϋ (CE A0..AB), ς (CF 82) -> Σ
+    // (CE A3), ό (CF 8C) -> Ό (CE 8C), ύ, ώ (CF 8D, 8E) -> Ύ, Ώ (CE 8E,
+    // 8F), in three rules: the lead's move for all of them...
     Rule {
-        pairs: two_byte(0xCF, &[8], nibbles(&[0xC])),
+        pairs: two_byte(0xCF, &[8], ANY & !nibbles(&[0xF])),
         lead: -1,
         next: 0,
     },
-    // ύ, ώ (CF 8D, 8E) -> Ύ, Ώ (CE 8E, 8F).
+    // ...π..ϋ's next byte...
     Rule {
-        pairs: two_byte(0xCF, &[8], nibbles(&[0xD, 0xE])),
-        lead: -1,
+        pairs: two_byte(0xCF, &[8], ANY & !nibbles(&[0xC, 0xD, 0xE, 0xF])),
+        lead: 0,
+        next: 0x20,
+    },
+    // ...and one more for ς, ύ, ώ.
+    Rule {
+        pairs: two_byte(0xCF, &[8], nibbles(&[2, 0xD, 0xE])),
+        lead: 0,
         next: 1,
     },
-    // ά (CE AC) -> Ά (CE 86).
+    // ÿ (C3 BF) -> Ÿ (C5 B8): flagged, so here is as good as the first set.
     Rule {
-        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xC])),
-        lead: 0,
-        next: -0x26,
+        pairs: two_byte(0xC3, &[0xB], nibbles(&[0xF])),
+        lead: 2,
+        next: -7,
     },
-    // έ, ή, ί (CE AD..AF) -> Έ, Ή, Ί (CE 88..8A).
+    // έ, ή, ί (CE AD..AF) -> Έ, Ή, Ί (CE 88..8A), and ά (next rule).
     Rule {
-        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xD, 0xE, 0xF])),
+        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xC, 0xD, 0xE, 0xF])),
         lead: 0,
         next: -0x25,
     },
-    // Greek upper case and signs, CE 81..8B, 91..9B, A1..AB: stay.
+    // ά (CE AC) -> Ά (CE 86), over the rule before.
     Rule {
-        pairs: two_byte(
-            0xCE,
-            &[8, 9, 0xA],
-            nibbles(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 0xA, 0xB]),
-        ),
-        lead: 0,
-        next: 0,
-    },
-    // Latin-1 upper case, C3 80..8E, 90..9E: stay.
-    Rule {
-        pairs: two_byte(0xC3, &[8, 9], ANY & !nibbles(&[0xF])),
-        lead: 0,
-        next: 0,
-    },
-    // Ѡ..ѿ (D1 A0..BF): the odd ones are lower case, one below their upper.
-    Rule {
-        pairs: two_byte(0xD1, &[0xA, 0xB], nibbles(&[1, 3, 5, 7, 9, 0xB, 0xD, 0xF])),
+        pairs: two_byte(0xCE, &[0xA], nibbles(&[0xC])),
         lead: 0,
         next: -1,
+    },
+    // Greek upper case and signs, CE 81..8F, 91..9F, A1..AF: stay (under
+    // the accented vowels' rules at CE AC..AF). Not ΐ (CE 90), nor Π
+    // (CE A0), which the nibbles cannot keep apart from it.
+    Rule {
+        pairs: two_byte(0xCE, &[8, 9, 0xA], ANY & !1),
+        lead: 0,
+        next: 0,
     },
 ];
 
@@ -315,16 +320,24 @@ const RULE_LUTS: [[[u8; 16]; 4]; 2] = {
     ]
 };
 
-/// The move of a byte by the rule bits of its pair in one set (at most one
-/// set), the set's low four rules indexed by the low nibble and its high
-/// four by the high one: `which` 0 is the lead's move, 1 the next byte's.
+/// The move of a byte by the rule bits of its pair in one set, the set's
+/// low four rules indexed by the low nibble and its high four by the high
+/// one (the moves of overlapping rules add up): `which` 0 is the lead's
+/// move, 1 the next byte's.
 const fn moves(set: usize, which: u8, high: bool) -> [u8; 16] {
     let mut t = [0u8; 16];
-    let mut k = 0;
-    while k < 4 {
-        let rule = &RULES[set * 8 + if high { k + 4 } else { k }];
-        t[1 << k] = if which == 0 { rule.lead } else { rule.next } as u8;
-        k += 1;
+    let mut bits = 0;
+    while bits < 16 {
+        let mut k = 0;
+        while k < 4 {
+            if bits & (1 << k) != 0 {
+                let rule = &RULES[set * 8 + if high { k + 4 } else { k }];
+                let by = if which == 0 { rule.lead } else { rule.next };
+                t[bits] = t[bits].wrapping_add(by as u8);
+            }
+            k += 1;
+        }
+        bits += 1;
     }
     t
 }
@@ -356,7 +369,20 @@ pub(super) fn flagged(lead: u8, next: u8) -> bool {
         != 0
 }
 
-/// The rule of the pair (lead, next), if any, as (lead move, next move).
+/// The rule bits of the pair (lead, next) in each set: (Greek, first).
+#[cfg(test)]
+pub(super) fn rule_bits(lead: u8, next: u8) -> (u8, u8) {
+    let bits = |t: &[[u8; 16]; 4]| {
+        t[0][usize::from(lead >> 4)]
+            & t[1][usize::from(lead & 15)]
+            & t[2][usize::from(next >> 4)]
+            & t[3][usize::from(next & 15)]
+    };
+    (bits(&RULE_LUTS[1]), bits(&RULE_LUTS[0]))
+}
+
+/// The moves of the pair (lead, next), if a rule maps it, as (lead move,
+/// next move): the sum over the rules that hold it.
 #[cfg(test)]
 pub(super) fn ruled(lead: u8, next: u8) -> Option<(i8, i8)> {
     let bits = |t: &[[u8; 16]; 4]| {
@@ -366,13 +392,12 @@ pub(super) fn ruled(lead: u8, next: u8) -> Option<(i8, i8)> {
             & t[3][usize::from(next & 15)]
     };
     let bits = u16::from(bits(&RULE_LUTS[0])) | u16::from(bits(&RULE_LUTS[1])) << 8;
-    assert!(
-        bits.count_ones() <= 1,
-        "rules overlap on {lead:02X} {next:02X}"
-    );
     (bits != 0).then(|| {
-        let rule = &RULES[bits.trailing_zeros() as usize];
-        (rule.lead, rule.next)
+        (0..16)
+            .filter(|k| bits & (1 << k) != 0)
+            .fold((0i8, 0i8), |(l, n), k| {
+                (l.wrapping_add(RULES[k].lead), n.wrapping_add(RULES[k].next))
+            })
     })
 }
 
@@ -509,14 +534,18 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
         };
         let (lead_hi, lead_lo) = (lut(LEAD_HI), lut(LEAD_LO));
         let (next_hi, next_lo) = (lut(NEXT_HI), lut(NEXT_LO));
-        let rule_luts = RULE_LUTS.map(|set| set.map(lut));
-        let moves = MOVES.map(|set| set.map(lut));
+        let latin_rules = RULE_LUTS[0].map(lut);
+        let latin_moves = MOVES[0].map(lut);
+        let (greek_rules, greek_moves) = (RULE_LUTS[1].map(lut), MOVES[1].map(lut));
         let nibble = _mm256_set1_epi8(0x0F);
         let bias = _mm256_set1_epi8((0x80u8.wrapping_sub(b'a')) as i8);
         let limit = _mm256_set1_epi8(-128 + 26);
         let case_bit = _mm256_set1_epi8(0x20);
         let zero = _mm256_setzero_si256();
         let last = len - 36;
+        // A block's mapped bytes, for the runs between its hard chars;
+        // loads of 32 bytes from any offset below 32 stay inside.
+        let mut spill = [0u8; 64];
         while i <= last {
             let end = (i + CHUNK).min(last + 1);
             let mut w = Writer::new(out, 3 * (end - i) + SLACK);
@@ -553,8 +582,8 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                         ),
                     )
                 };
-                let rules = |set: usize| {
-                    let [a, b, c, d] = rule_luts[set];
+                let greek = || {
+                    let [a, b, c, d] = greek_rules;
                     let rule = pairs(a, b, c, d);
                     let ruled = !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(rule, zero)) as u32);
                     (rule, ruled)
@@ -563,7 +592,8 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                 // after it by the same rule's other move: the rule bits
                 // shifted up one byte (across the lanes).
                 let moved = |set: usize, rule| {
-                    let [lead_lo, lead_hi, next_lo, next_hi] = moves[set];
+                    let [lead_lo, lead_hi, next_lo, next_hi] =
+                        if set == 0 { latin_moves } else { greek_moves };
                     let by = |r, lo_t, hi_t| {
                         _mm256_add_epi8(
                             _mm256_shuffle_epi8(lo_t, _mm256_and_si256(r, nibble)),
@@ -580,49 +610,94 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                 let mut hard = !calm;
                 let mut mapped = up;
                 let mut ruled = 0;
-                // Rules need a lead byte C*/D* (the first table of the
-                // first set): CJK, kana, Hangul, emoji skip them.
-                let leads = _mm256_shuffle_epi8(rule_luts[0][0], v_hi);
-                if _mm256_movemask_epi8(_mm256_cmpeq_epi8(leads, zero)) != -1 {
-                    let (rule, ruled_first) = rules(0);
+                // The first set (Latin-1, Cyrillic) where its leads are
+                // (C2, C3, D0, D1; C0, C1, D2, D3 with them, as nibbles
+                // go): the product of its lead tables, which its pairs
+                // then reuse. Greek's set only for pairs still hard: all
+                // of its pairs are flagged. CJK, kana, Hangul, emoji skip
+                // both.
+                let latin = _mm256_and_si256(
+                    _mm256_shuffle_epi8(latin_rules[0], v_hi),
+                    _mm256_shuffle_epi8(latin_rules[1], v_lo),
+                );
+                if _mm256_testz_si256(latin, latin) == 0 {
+                    let rule = _mm256_and_si256(
+                        latin,
+                        _mm256_and_si256(
+                            _mm256_shuffle_epi8(latin_rules[2], n_hi),
+                            _mm256_shuffle_epi8(latin_rules[3], n_lo),
+                        ),
+                    );
+                    ruled = !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(rule, zero)) as u32);
                     mapped = _mm256_add_epi8(mapped, moved(0, rule));
-                    ruled = ruled_first;
-                    hard &= !ruled_first;
-                    if hard != 0 {
-                        let (rule, ruled_too) = rules(1);
-                        mapped = _mm256_add_epi8(mapped, moved(1, rule));
-                        ruled |= ruled_too;
-                        hard &= !ruled_too;
-                    }
+                    hard &= !ruled;
+                }
+                if hard != 0 {
+                    let (rule, ruled_greek) = greek();
+                    mapped = _mm256_add_epi8(mapped, moved(1, rule));
+                    ruled |= ruled_greek;
+                    hard &= !ruled_greek;
                 }
                 _mm256_storeu_si256(w.end_ptr(32).cast(), mapped);
+                // A ruled pair whose second byte is beyond the block is
+                // left for the next block, which starts at its lead.
+                let keep = 32 - (ruled >> 31) as usize;
                 if hard == 0 {
-                    // A ruled pair whose second byte is beyond the block
-                    // is left for the next block, which starts at its lead.
-                    let keep = 32 - (ruled >> 31) as usize;
                     w.advance(keep);
                     i += keep;
                     continue;
                 }
-                // Keep the block up to the first char no rule maps, and
-                // take that char with the portable step. Where it is the
-                // block's first, such chars are likely dense (Armenian,
-                // Latin Extended): go char by char to the block's end.
-                let first = hard.trailing_zeros() as usize;
-                w.advance(first);
-                let stop = if first == 0 { i + 32 } else { i + first + 1 };
-                i += first;
-                while i < stop {
-                    // i < last + 32 = len - 4: a 4-byte window is there.
-                    let word = load4(input, i);
-                    if word & 0x80 != 0 {
-                        i += step(table, word, &mut w);
-                    } else {
-                        w.store([upcase_ascii_byte(word as u8)]);
-                        w.advance(1);
-                        i += 1;
+                // Chars no rule maps: each through the portable step, in
+                // place, and the block's mapped bytes between them copied
+                // from `spill` (a hard char may change length, `ß` -> `SS`,
+                // so what follows moves). The block's first run is stored
+                // already.
+                _mm256_storeu_si256(spill.as_mut_ptr().cast(), mapped);
+                let mut at = hard.trailing_zeros() as usize;
+                w.advance(at);
+                let mut from;
+                loop {
+                    // i + at < last + 32 = len - 4: a 4-byte window is there.
+                    debug_assert!(i + at + 4 <= len);
+                    // SAFETY: as just said.
+                    let word = unsafe { input.as_ptr().add(i + at).cast::<u32>().read_unaligned() }
+                        .to_le();
+                    from = at
+                        + if word & 0xE0 == 0xC0 {
+                            // A 2-byte char: a flagged pair with a C*/D* lead
+                            // has a continuation byte and a lead in C3..D6
+                            // (see CLASSES), as `entry2` wants.
+                            debug_assert!(word & 0xC000 == 0x8000);
+                            debug_assert!((0xC3..=0xD6).contains(&(word & 0xFF)));
+                            let entry = table.entry2((word & 0x1F) << 6 | (word >> 8) & 0x3F);
+                            w.store(entry.to_le_bytes());
+                            w.advance(entry_len(entry));
+                            2
+                        } else {
+                            step(table, word, &mut w)
+                        };
+                    // No flag falls inside the char just taken: its other
+                    // bytes (or an invalid run's) are continuation bytes,
+                    // and no class flags those. `from` is at most 35.
+                    hard &= hard - 1;
+                    debug_assert!(hard & !((u64::MAX << from) as u32) == 0);
+                    if hard == 0 {
+                        break;
                     }
+                    at = hard.trailing_zeros() as usize;
+                    // SAFETY: `from <= at < 32` and `spill` has 64 bytes.
+                    let run = _mm256_loadu_si256(spill.as_ptr().add(from).cast());
+                    _mm256_storeu_si256(w.end_ptr(32).cast(), run);
+                    w.advance(at - from);
                 }
+                if from < keep {
+                    // SAFETY: as above.
+                    let run = _mm256_loadu_si256(spill.as_ptr().add(from).cast());
+                    _mm256_storeu_si256(w.end_ptr(32).cast(), run);
+                    w.advance(keep - from);
+                    from = keep;
+                }
+                i += from;
             }
             w.commit();
         }
