@@ -611,7 +611,7 @@ impl<S: Socket> Connection<S> {
     /// and the connection's record count every byte.
     #[inline(always)]
     pub fn serve_fast(&mut self, readable: bool, hup: bool, shared: &mut Shared) -> Fast {
-        // `|`: one branch for the five tests.
+        // `|`: one branch for the six tests.
         if !readable
             | hup
             | self.hup
