@@ -611,7 +611,7 @@ impl<S: Socket> Connection<S> {
     /// and the connection's record count every byte.
     #[inline(always)]
     pub fn serve_fast(&mut self, readable: bool, hup: bool, shared: &mut Shared) -> Fast {
-        // `|`: one branch for the five tests.
+        // `|`: one branch for the six tests.
         if !readable
             | hup
             | self.hup
@@ -1972,6 +1972,13 @@ mod tests {
         cap: usize,
         mode: Mode,
         events: Vec<(bool, bool, Option<usize>)>,
+        /// The connection's telnet setting.
+        telnet: telnet::Setting,
+        /// A graceful shutdown begins before the events.
+        shutdown: bool,
+        /// Whether the fast path must be taken at least once (`true`) or
+        /// never (`false`: a state its entry test must decline).
+        fast: bool,
     }
 
     impl Script {
@@ -1985,6 +1992,9 @@ mod tests {
                 cap: 64 * 1024,
                 mode: Mode::Unicode,
                 events: vec![(true, false, None)],
+                telnet: telnet::Setting::Off,
+                shutdown: false,
+                fast: true,
             }
         }
 
@@ -1993,7 +2003,7 @@ mod tests {
             fake.writes.extend(self.writes.iter().cloned());
             fake.room = self.room;
             fake.per_write = self.per_write;
-            on(fake, self.mode)
+            on_telnet(fake, self.mode, self.telnet)
         }
     }
 
@@ -2127,6 +2137,50 @@ mod tests {
                     vec![data(b"abc"), Rd::WouldBlock, data(b"d"), Rd::Eof],
                 )
             },
+            // The states the entry test declines, each met by a readable
+            // event without `hup`, where a missing test would serve it.
+            Script {
+                // Urgent data (or an error, or the FIN) reported once: from
+                // then on a short read is no proof of a drained queue.
+                events: vec![(true, false, None), (true, true, None), (true, false, None)],
+                ..Script::new(
+                    "hup reported before, not now",
+                    vec![
+                        data(b"xy"),
+                        data(b"ab"),
+                        Rd::WouldBlock,
+                        data(b"cd"),
+                        data(b"ef"),
+                        Rd::WouldBlock,
+                    ],
+                )
+            },
+            Script {
+                room: 0,
+                events: vec![(true, false, None), (true, false, Some(2))],
+                ..Script::new(
+                    "replies queued, then a request",
+                    vec![data(b"hello"), data(b"abc"), Rd::WouldBlock],
+                )
+            },
+            Script {
+                telnet: telnet::Setting::On,
+                fast: false,
+                events: twice(2),
+                ..Script::new(
+                    "telnet",
+                    vec![data(b"a\xFF\xF6b"), data(b"c\xFF\xFFd"), Rd::WouldBlock],
+                )
+            },
+            Script {
+                cap: 8,
+                shutdown: true,
+                fast: false,
+                ..Script::new(
+                    "a shutdown's drain over the budget",
+                    vec![data(&[b'a'; 40]), Rd::WouldBlock],
+                )
+            },
         ];
         for script in scripts {
             let name = script.name;
@@ -2135,6 +2189,12 @@ mod tests {
             let mut shared_general = Shared::new(script.cap);
             let mut shared_fast = Shared::new(script.cap);
             let mut taken = 0;
+            if script.shutdown {
+                let expected = general.begin_shutdown(&mut shared_general);
+                let status = fast.begin_shutdown(&mut shared_fast);
+                assert_eq!(status, expected, "{name}: shutdown");
+                assert!(matches!(fast.input, Input::Draining(_)), "{name}: shutdown");
+            }
             for (i, &(readable, hup, room)) in script.events.iter().enumerate() {
                 if let Some(room) = room {
                     general.stream.room = room;
@@ -2166,7 +2226,11 @@ mod tests {
                     break;
                 }
             }
-            assert!(taken > 0, "{name}: the fast path was never taken");
+            if script.fast {
+                assert!(taken > 0, "{name}: the fast path was never taken");
+            } else {
+                assert_eq!(taken, 0, "{name}: the fast path was taken");
+            }
         }
     }
 
