@@ -31,6 +31,10 @@ struct Store {
     fds: Vec<(String, OwnedFd)>,
     /// Every notification, as text.
     messages: Vec<String>,
+    /// Keeps connections' descriptors past `FDSTOREREMOVE=1`, as a manager
+    /// that has not got to the message yet does: the window in which the
+    /// store still holds a duplicate of a socket the daemon closes.
+    slow_to_remove: bool,
 }
 
 impl Store {
@@ -168,7 +172,9 @@ impl Store {
             self.fds
                 .extend(fds.into_iter().map(|fd| (name.clone(), fd)));
         } else if lines.contains(&"FDSTOREREMOVE=1") {
-            self.fds.retain(|(n, _)| *n != name);
+            if !(self.slow_to_remove && name == "upcased.conn") {
+                self.fds.retain(|(n, _)| *n != name);
+            }
         }
         self.messages.push(text);
     }
@@ -574,4 +580,71 @@ fn a_handed_over_connection_is_recorded_by_both_processes() {
     );
     let counters = first.lines().join("\n");
     assert!(counters.contains("handed_over=1"), "{counters}");
+}
+
+/// The epoll set's registrations of `pid` (its `/proc` fdinfo) that no
+/// longer stand for an open descriptor of the process: a socket closed
+/// while another descriptor of it lives on stays in an epoll set
+/// (registrations belong to the open file, not to the number), and its
+/// events keep coming under the old token.
+fn stale_registrations(pid: i32) -> Vec<String> {
+    let fds = format!("/proc/{pid}/fd");
+    let mut stale = Vec::new();
+    for entry in std::fs::read_dir(&fds).unwrap() {
+        let entry = entry.unwrap();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:[eventpoll]" {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        for line in std::fs::read_to_string(info).unwrap().lines() {
+            let Some(rest) = line.strip_prefix("tfd:") else {
+                continue;
+            };
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let tfd = words[0];
+            let ino = words
+                .iter()
+                .find_map(|w| w.strip_prefix("ino:"))
+                .expect("ino: in an epoll fdinfo line");
+            let ino = u64::from_str_radix(ino, 16).unwrap();
+            let open = std::fs::metadata(format!("{fds}/{tfd}"))
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino)
+                .unwrap_or(false);
+            if !open {
+                stale.push(line.to_owned());
+            }
+        }
+    }
+    stale
+}
+
+/// A connection the next process adopted is closed while the manager
+/// still holds the duplicate it was handed over in (the store drops it
+/// when it gets to `FDSTOREREMOVE=1`): the daemon takes it out of its
+/// epoll set itself, so no event of that socket reaches the connection
+/// that gets its slot next.
+#[test]
+fn an_adopted_connection_closed_before_the_store_lets_go_leaves_no_registration() {
+    let manager = FdManager::new("lingering");
+    manager.with(|s| s.slow_to_remove = true);
+    let args = ["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"];
+    let mut first = start_first(&manager, &args, "100");
+    let mut client = connect(first.tcp[0]);
+    client.write_all(b"before\n").unwrap();
+    assert_eq!(read_exact(&mut client, 7), b"BEFORE\n");
+    restart(&mut first, &manager, 1);
+    let second = manager.start_next(&args, "100", 2);
+    second.wait_for_log("adopted 1 connection,");
+    client.write_all(b"after\n").unwrap();
+    assert_eq!(read_exact(&mut client, 6), b"AFTER\n");
+    assert_eq!(stale_registrations(second.pid()), Vec::<String>::new());
+
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut client), b"");
+    second.counters_until("the adopted connection closed", |l| l.contains(" open=0 "));
+    manager.with(|s| assert_eq!(s.count("upcased.conn"), 1, "the store let go"));
+    assert_eq!(stale_registrations(second.pid()), Vec::<String>::new());
 }
