@@ -284,6 +284,12 @@ pub struct Snapshot {
 }
 
 impl Connection<TcpStream> {
+    /// Whether this process's descriptor is the socket's only one (see
+    /// the field): if not, closing it leaves the socket registered.
+    pub fn alone(&self) -> bool {
+        self.alone
+    }
+
     /// The socket, for (de)registration by the loop.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream

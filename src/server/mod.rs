@@ -883,11 +883,20 @@ impl Server {
         self.remove(key);
     }
 
-    /// Drops a connection (closing its socket also removes it from epoll)
-    /// and, if accepting was paused at the limit, resumes it.
+    /// Drops a connection and, if accepting was paused at the limit,
+    /// resumes it. Closing a socket takes it out of epoll only when it was
+    /// the socket's last descriptor: one that came through the service
+    /// manager's store (not `alone`) may have a duplicate there still, and
+    /// would stay registered under its key, its events going to the
+    /// connection that takes the slot next; so that one is deregistered
+    /// first.
     fn remove(&mut self, key: usize) {
         self.idle.unlink(key);
-        let slot = self.conns.remove(key);
+        let mut slot = self.conns.remove(key);
+        if !slot.conn.alone() {
+            // Already out if the handover took it; nothing else can fail.
+            let _ = self.poll.registry().deregister(slot.conn.stream_mut());
+        }
         debug!("{}: closed", slot.conn.peer());
         if slot.ip_counted {
             self.acceptor.closed(slot.conn.peer().ip());
