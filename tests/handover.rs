@@ -171,10 +171,10 @@ impl Store {
         } else if lines.contains(&"FDSTORE=1") {
             self.fds
                 .extend(fds.into_iter().map(|fd| (name.clone(), fd)));
-        } else if lines.contains(&"FDSTOREREMOVE=1") {
-            if !(self.slow_to_remove && name == "upcased.conn") {
-                self.fds.retain(|(n, _)| *n != name);
-            }
+        } else if lines.contains(&"FDSTOREREMOVE=1")
+            && !(self.slow_to_remove && name == "upcased.conn")
+        {
+            self.fds.retain(|(n, _)| *n != name);
         }
         self.messages.push(text);
     }
