@@ -137,9 +137,13 @@ impl OutBuf {
         max_pending_output + OutBuf::reply_bound(max_pending_output, growth)
     }
 
-    /// The largest reply one read can produce (see `bound`).
+    /// The largest reply one read can produce (see `bound`), and the
+    /// spare room the transform may reserve while producing it
+    /// (`transform::reserve_slack`, the most of any mode: the bound is
+    /// one of the allocation, not only of the bytes).
     pub fn reply_bound(max_pending_output: usize, growth: usize) -> usize {
         growth * (READ_BUF_SIZE.min(max_pending_output) + 3)
+            + crate::transform::reserve_slack(crate::transform::Mode::Unicode)
     }
 
     /// Drops the bytes already sent, moving the pending ones to the front.
@@ -325,8 +329,12 @@ mod tests {
 
     #[test]
     fn the_bound_is_the_cap_plus_one_reads_reply() {
-        assert_eq!(OutBuf::bound(65536, 3), 65536 + 3 * (65536 + 3));
-        assert_eq!(OutBuf::bound(1 << 20, 1), (1 << 20) + READ_BUF_SIZE + 3);
-        assert_eq!(OutBuf::bound(100, 3), 100 + 3 * 103);
+        let slack = crate::transform::reserve_slack(crate::transform::Mode::Unicode);
+        assert_eq!(OutBuf::bound(65536, 3), 65536 + 3 * (65536 + 3) + slack);
+        assert_eq!(
+            OutBuf::bound(1 << 20, 1),
+            (1 << 20) + READ_BUF_SIZE + 3 + slack
+        );
+        assert_eq!(OutBuf::bound(100, 3), 100 + 3 * 103 + slack);
     }
 }
