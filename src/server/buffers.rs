@@ -137,9 +137,13 @@ impl OutBuf {
         max_pending_output + OutBuf::reply_bound(max_pending_output, growth)
     }
 
-    /// The largest reply one read can produce (see `bound`).
+    /// The largest reply one read can produce (see `bound`), and the
+    /// spare room the transform may reserve while producing it
+    /// (`transform::reserve_slack`, the most of any mode: the bound is
+    /// one of the allocation, not only of the bytes).
     pub fn reply_bound(max_pending_output: usize, growth: usize) -> usize {
         growth * (READ_BUF_SIZE.min(max_pending_output) + 3)
+            + crate::transform::reserve_slack(crate::transform::Mode::Unicode)
     }
 
     /// Drops the bytes already sent, moving the pending ones to the front.
@@ -297,10 +301,40 @@ mod tests {
         assert_eq!((again.pending(), again.data.len()), (0, 0));
     }
 
+    /// A unicode-mode reply produced into the room `make_room` leaves
+    /// (what `Connection::reply` does) keeps the allocation within
+    /// `bound`: the transform must not reserve past it, at any level, for
+    /// a read of any size up to the cap.
+    #[test]
+    fn a_unicode_reply_keeps_the_allocation_within_the_bound() {
+        use crate::transform::{max_growth, Level, Mode, Upcaser};
+        let growth = max_growth(Mode::Unicode);
+        for level in Level::available() {
+            for cap in [40, 100, 1000, 5000] {
+                for text in ["\u{434}", "\u{390}", "\u{6771}", "a\u{e9}"] {
+                    let input: Vec<u8> = text.bytes().cycle().take(cap).collect();
+                    let bound = OutBuf::bound(cap, growth);
+                    let mut out = OutBuf::default();
+                    out.make_room(OutBuf::reply_bound(cap, growth), bound);
+                    Upcaser::new(Mode::Unicode).feed_at(level, &input, &mut out.data);
+                    assert!(
+                        out.data.capacity() <= bound,
+                        "{level:?}, {cap} bytes of {text:?}: capacity {} over the bound {bound}",
+                        out.data.capacity()
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_bound_is_the_cap_plus_one_reads_reply() {
-        assert_eq!(OutBuf::bound(65536, 3), 65536 + 3 * (65536 + 3));
-        assert_eq!(OutBuf::bound(1 << 20, 1), (1 << 20) + READ_BUF_SIZE + 3);
-        assert_eq!(OutBuf::bound(100, 3), 100 + 3 * 103);
+        let slack = crate::transform::reserve_slack(crate::transform::Mode::Unicode);
+        assert_eq!(OutBuf::bound(65536, 3), 65536 + 3 * (65536 + 3) + slack);
+        assert_eq!(
+            OutBuf::bound(1 << 20, 1),
+            (1 << 20) + READ_BUF_SIZE + 3 + slack
+        );
+        assert_eq!(OutBuf::bound(100, 3), 100 + 3 * 103 + slack);
     }
 }

@@ -173,11 +173,27 @@ impl Level {
 /// For [`Upcaser::feed`] count the carried bytes as input too: they come
 /// out of the call that completes their character, even when that call gets
 /// a single new byte, so the bound for one call is
-/// `max_growth(mode) * (input.len() + upcaser.carried())`.
+/// `max_growth(mode) * (input.len() + upcaser.carried())`. A call may
+/// reserve [`reserve_slack`] more capacity than that.
 pub const fn max_growth(mode: Mode) -> usize {
     match mode {
         Mode::Ascii => 1,
         Mode::Unicode => 3,
+    }
+}
+
+/// Spare capacity, beyond `max_growth(mode) * (input.len() + carried)`,
+/// that one call may reserve in its output: unicode mode's loops store
+/// whole words and vectors past the bytes they keep, and reserve per chunk
+/// for the worst growth of the chunk plus the widest such store
+/// (`portable::SLACK`; the last 4..=7 bytes' step reserves `3 * 8` more
+/// than its 3 bytes per byte). A caller that sizes a buffer so that a call
+/// never reallocates it (the server's output buffers, which must stay
+/// within their bound) leaves this much more room.
+pub const fn reserve_slack(mode: Mode) -> usize {
+    match mode {
+        Mode::Ascii => 0,
+        Mode::Unicode => portable::SLACK + 3 * 8,
     }
 }
 
@@ -500,7 +516,11 @@ mod tests {
         let mut u = Upcaser::new(mode);
         let mut out = Vec::new();
         for piece in pieces {
+            // With the room the docs promise is enough, no reallocation.
+            out.reserve_exact(max_growth(mode) * (piece.len() + u.carried()) + reserve_slack(mode));
+            let capacity = out.capacity();
             u.feed_at(level, piece, &mut out);
+            assert_eq!(out.capacity(), capacity, "{level:?} reallocated");
             assert!(u.carried() <= 3);
             if mode == Mode::Ascii {
                 assert_eq!(u.carried(), 0);

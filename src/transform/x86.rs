@@ -155,6 +155,21 @@ const LEAD_LO: [u8; 16] = lut(&CLASSES, 1);
 const NEXT_HI: [u8; 16] = lut(&CLASSES, 2);
 const NEXT_LO: [u8; 16] = lut(&CLASSES, 3);
 
+// No class flags a continuation byte (high nibble 8..B), nor an ASCII one:
+// `body`'s hard loop relies on it for `from <= at` (the run between two
+// hard chars is `at - from` bytes long, read from `spill` at `from`), so
+// it is checked when this compiles, not only in debug builds.
+const _: () = {
+    let mut n = 0;
+    while n < 12 {
+        assert!(
+            LEAD_HI[n] == 0,
+            "a class flags a continuation or ASCII byte"
+        );
+        n += 1;
+    }
+};
+
 /// A 2-byte char whose upper case is a 2-byte char at a fixed distance in
 /// UTF-8: its lead byte moves by `lead`, its second byte by `next`. These
 /// are mapped in the register, so most Cyrillic, Greek and Latin-1 text
