@@ -673,6 +673,29 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                             w.store(entry.to_le_bytes());
                             w.advance(entry_len(entry));
                             2
+                        } else if word & 0xC0_C0F0 == 0x80_80E0 {
+                            // A 3-byte char (`ﬁ`, `ⓐ`, `ａ`...): decoded and
+                            // looked up here, not through the portable step
+                            // (its pair and caseless tests, then the general
+                            // step out of line: about 60 instructions more).
+                            // A flagged pair may still be an overlong or a
+                            // surrogate (not by CLASSES today, but they are
+                            // cheap to rule out); those go to the step.
+                            let cp =
+                                (word & 0x0F) << 12 | (word & 0x3F00) >> 2 | (word >> 16) & 0x3F;
+                            if cp >= 0x800 && cp & 0xF800 != 0xD800 {
+                                let page = table.page(cp);
+                                let entry = if page == 0 {
+                                    u64::from(word) | 3 << 56
+                                } else {
+                                    table.entry(page, cp)
+                                };
+                                w.store(entry.to_le_bytes());
+                                w.advance(entry_len(entry));
+                                3
+                            } else {
+                                step(table, word, &mut w)
+                            }
                         } else {
                             step(table, word, &mut w)
                         };
