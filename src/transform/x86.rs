@@ -665,11 +665,10 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                     from = at
                         + if word & 0xE0 == 0xC0 {
                             // A 2-byte char: a flagged pair with a C*/D* lead
-                            // has a continuation byte and a lead in C3..D6
-                            // (see CLASSES), as `entry2` wants.
+                            // has a continuation byte (see CLASSES), as
+                            // `entry2` wants; one load from its flat table.
                             debug_assert!(word & 0xC000 == 0x8000);
-                            debug_assert!((0xC3..=0xD6).contains(&(word & 0xFF)));
-                            let entry = table.entry2((word & 0x1F) << 6 | (word >> 8) & 0x3F);
+                            let entry = table.entry2(word);
                             w.store(entry.to_le_bytes());
                             w.advance(entry_len(entry));
                             2
