@@ -20,18 +20,16 @@
 //!   with its `ED` lead, emoji, most punctuation): such a lead and its
 //!   continuation bytes are copied as they are. Invalid ones are copied
 //!   unchanged too, byte by byte, which is the same bytes.
+//!
+//! And one for the AVX2 level's hard step: `two`, the entry of every
+//! 2-byte sequence in one flat table (16 KiB), so that a 2-byte char no
+//! vector rule maps (`ı`, `ŉ`, `ΐ`, `ǅ`) is one load, not two.
 
 use std::sync::OnceLock;
 
 /// Room for the pages (63 are used today); a power of two, so that the
 /// index can be masked instead of bounds-checked.
 const PAGES: usize = 128;
-
-/// The 2-byte chars that the AVX2 level's hard step looks up with
-/// [`Table::entry2`] (leads C3..D6): every block of them has a page. Not
-/// the caseless blocks after them (Hebrew, Arabic): there a page would
-/// make the portable step look up what it now copies.
-const PAGED_2BYTE: std::ops::Range<u32> = 0xC0..0x5C0;
 
 /// One char's upper case: the UTF-8 bytes (at most 6: `ΐ` becomes three
 /// 2-byte chars) in bytes 0..7, little-endian, and their count in byte 7.
@@ -56,6 +54,21 @@ pub(super) struct Table {
     /// 1 where no char starting with a 3- or 4-byte lead and the next byte
     /// has case; index: [`caseless_index`].
     caseless: Box<[u8; CASELESS]>,
+    /// The entry of every 2-byte sequence (a 2-byte lead and a
+    /// continuation byte), flat, for the AVX2 level's hard step; index:
+    /// [`two_index`].
+    two: Box<[Entry; TWO]>,
+}
+
+/// Entries of `two`: every index [`two_index`] makes (16 KiB).
+const TWO: usize = 0x800;
+
+/// The index in `two` of the window `w` that starts with a 2-byte lead
+/// and a continuation byte: the lead's 5 low bits, then the next byte's
+/// 6 (the code point's bits, in another order: no shift of the lead).
+#[inline(always)]
+fn two_index(w: u32) -> usize {
+    (w & 0x1F | (w >> 3) & 0x7E0) as usize
 }
 
 /// Entries of `pair`: every index `pair_index` makes (32 KiB, of which a
@@ -116,13 +129,13 @@ impl Table {
         self.caseless[caseless_index(w) & (CASELESS - 1)] != 0
     }
 
-    /// The entry of `cp` in U+00C0..U+05BF (2-byte chars with leads
-    /// C3..D6): every such block has a page, so this is one lookup without
-    /// a test.
+    /// The entry of the 2-byte char at the start of `w` (a 2-byte lead
+    /// and a continuation byte): one lookup in a flat table, without the
+    /// page step.
     #[inline(always)]
-    pub(super) fn entry2(&self, cp: u32) -> Entry {
-        debug_assert!(PAGED_2BYTE.contains(&cp));
-        self.entry(self.page(cp), cp)
+    pub(super) fn entry2(&self, w: u32) -> Entry {
+        debug_assert!(w & 0xC0E0 == 0x80C0);
+        self.two[two_index(w) & (TWO - 1)]
     }
 
     /// The upper case of `ch` as its entry, the char itself for caseless blocks.
@@ -148,9 +161,7 @@ impl Table {
         // its blocks get pages like any other so the table is complete.
         for block in 0..0x11_0000 / 64 {
             let chars = (block * 64..block * 64 + 64).filter_map(char::from_u32);
-            // Every block of `PAGED_2BYTE` gets a page, caseless or not,
-            // so that `entry2` needs no test.
-            if !PAGED_2BYTE.contains(&(block * 64)) && chars.clone().all(is_caseless) {
+            if chars.clone().all(is_caseless) {
                 continue;
             }
             used += 1;
@@ -164,11 +175,36 @@ impl Table {
             }
         }
         let (pair, caseless) = build_fast();
+        let mut two: Box<[Entry; TWO]> = vec![0; TWO]
+            .into_boxed_slice()
+            .try_into()
+            .expect("length is TWO");
+        for lead in 0xC0..=0xDFu32 {
+            for next in 0x80..=0xBFu32 {
+                let w = lead | next << 8;
+                let cp = (lead & 0x1F) << 6 | next & 0x3F;
+                two[two_index(w)] = match char::from_u32(cp) {
+                    // The overlongs C0 and C1: never flagged, but every
+                    // entry is defined (copied, as the portable step
+                    // copies invalid bytes, one at a time).
+                    Some(ch) if cp >= 0x80 => {
+                        let page = page[(cp >> 6) as usize];
+                        if page == 0 {
+                            encode_entry(&[ch])
+                        } else {
+                            pages[usize::from(page)][cp as usize & 63]
+                        }
+                    }
+                    _ => u64::from(lead) | 1 << 56,
+                };
+            }
+        }
         Table {
             page,
             pages,
             pair,
             caseless,
+            two,
         }
     }
 }
@@ -239,8 +275,10 @@ mod tests {
             let want = ch.to_uppercase().to_string();
             let len = entry_len(table.lookup(ch));
             assert_eq!(&entry[..len], want.as_bytes(), "U+{:04X}", u32::from(ch));
-            if PAGED_2BYTE.contains(&u32::from(ch)) {
-                assert_eq!(table.entry2(u32::from(ch)), table.lookup(ch));
+            if (0x80..0x800).contains(&u32::from(ch)) {
+                let mut b = [0u8; 4];
+                ch.encode_utf8(&mut b);
+                assert_eq!(table.entry2(u32::from_le_bytes(b)), table.lookup(ch));
             }
         }
     }

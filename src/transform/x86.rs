@@ -680,14 +680,36 @@ pub(super) unsafe fn body(table: &Table, input: &[u8], out: &mut Vec<u8>) -> usi
                     from = at
                         + if word & 0xE0 == 0xC0 {
                             // A 2-byte char: a flagged pair with a C*/D* lead
-                            // has a continuation byte and a lead in C3..D6
-                            // (see CLASSES), as `entry2` wants.
+                            // has a continuation byte (see CLASSES), as
+                            // `entry2` wants; one load from its flat table.
                             debug_assert!(word & 0xC000 == 0x8000);
-                            debug_assert!((0xC3..=0xD6).contains(&(word & 0xFF)));
-                            let entry = table.entry2((word & 0x1F) << 6 | (word >> 8) & 0x3F);
+                            let entry = table.entry2(word);
                             w.store(entry.to_le_bytes());
                             w.advance(entry_len(entry));
                             2
+                        } else if word & 0xC0_C0F0 == 0x80_80E0 {
+                            // A 3-byte char (`ﬁ`, `ⓐ`, `ａ`...): decoded and
+                            // looked up here, not through the portable step
+                            // (its pair and caseless tests, then the general
+                            // step out of line: about 60 instructions more).
+                            // A flagged pair may still be an overlong or a
+                            // surrogate (not by CLASSES today, but they are
+                            // cheap to rule out); those go to the step.
+                            let cp =
+                                (word & 0x0F) << 12 | (word & 0x3F00) >> 2 | (word >> 16) & 0x3F;
+                            if cp >= 0x800 && cp & 0xF800 != 0xD800 {
+                                let page = table.page(cp);
+                                let entry = if page == 0 {
+                                    u64::from(word) | 3 << 56
+                                } else {
+                                    table.entry(page, cp)
+                                };
+                                w.store(entry.to_le_bytes());
+                                w.advance(entry_len(entry));
+                                3
+                            } else {
+                                step(table, word, &mut w)
+                            }
                         } else {
                             step(table, word, &mut w)
                         };
