@@ -546,9 +546,7 @@ impl<S: Socket> Connection<S> {
             Ok(n) if n > 0 => n,
             other => return self.took_nothing(shared, other),
         };
-        shared.counters.bytes_in += n as u64;
-        shared.counters.tcp_reads += 1;
-        self.bytes_in += n as u64;
+        self.count_read(shared, n);
         if n < len && !self.hup && self.input == Input::Open {
             // A short read emptied the receive queue: on Linux, data
             // arriving after it raises a new edge, so the read that would
@@ -568,6 +566,15 @@ impl<S: Socket> Connection<S> {
             }
         }
         Ok(())
+    }
+
+    /// A read that brought `n` bytes, counted for the daemon and for the
+    /// connection's record.
+    #[inline(always)]
+    fn count_read(&mut self, shared: &mut Shared, n: usize) {
+        shared.counters.bytes_in += n as u64;
+        shared.counters.tcp_reads += 1;
+        self.bytes_in += n as u64;
     }
 
     /// [`took`](Connection::took) for a read that brought no bytes: the
@@ -634,9 +641,7 @@ impl<S: Socket> Connection<S> {
             Ok(n) if n > 0 => n,
             result => return self.fast_read_exit(shared, result),
         };
-        shared.counters.bytes_in += n as u64;
-        shared.counters.tcp_reads += 1;
-        self.bytes_in += n as u64;
+        self.count_read(shared, n);
         // The short-read rule (no `hup`, open): drained. The event was
         // readable, so a full read leaves `readable` set, as `note` would.
         self.readable = n == len;
@@ -647,10 +652,8 @@ impl<S: Socket> Connection<S> {
         // `write_all_nonblocking` makes no call then either.
         if !scratch.is_empty() {
             match self.stream.send(scratch) {
-                Ok(written) if written == scratch.len() => {
-                    shared.counters.bytes_out += written as u64;
-                    self.bytes_out += written as u64;
-                }
+                // Whole: `sent` counts it and queues nothing.
+                Ok(written) if written == scratch.len() => self.sent(shared, written),
                 result => return self.fast_send_exit(shared, result),
             }
         }
