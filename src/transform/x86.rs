@@ -400,13 +400,8 @@ pub(super) fn rule_bits(lead: u8, next: u8) -> (u8, u8) {
 /// next move): the sum over the rules that hold it.
 #[cfg(test)]
 pub(super) fn ruled(lead: u8, next: u8) -> Option<(i8, i8)> {
-    let bits = |t: &[[u8; 16]; 4]| {
-        t[0][usize::from(lead >> 4)]
-            & t[1][usize::from(lead & 15)]
-            & t[2][usize::from(next >> 4)]
-            & t[3][usize::from(next & 15)]
-    };
-    let bits = u16::from(bits(&RULE_LUTS[0])) | u16::from(bits(&RULE_LUTS[1])) << 8;
+    let (greek, first) = rule_bits(lead, next);
+    let bits = u16::from(first) | u16::from(greek) << 8;
     (bits != 0).then(|| {
         (0..16)
             .filter(|k| bits & (1 << k) != 0)
